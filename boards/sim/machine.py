@@ -1,0 +1,498 @@
+"""Fake `machine` for the simulated ESP32 (MicroPython ESP32 port API).
+
+Faithful, not friendly: deepsleep() and reset() never return, a missing I2C
+device raises OSError(ENODEV), an unfed WDT resets the board, RTC memory holds at
+most 2048 bytes and is gone after power loss. State lives in simstate.board.
+"""
+
+import errno
+
+import simstate
+from simstate import board, Halt  # noqa: F401  (Halt re-exported for runners)
+
+PWRON_RESET = simstate.PWRON_RESET
+HARD_RESET = simstate.HARD_RESET
+WDT_RESET = simstate.WDT_RESET
+DEEPSLEEP_RESET = simstate.DEEPSLEEP_RESET
+SOFT_RESET = simstate.SOFT_RESET
+PIN_WAKE = simstate.EXT0_WAKE
+EXT0_WAKE = simstate.EXT0_WAKE
+EXT1_WAKE = simstate.EXT1_WAKE
+TIMER_WAKE = simstate.TIMER_WAKE
+TOUCHPAD_WAKE = 5
+ULP_WAKE = 6
+SLEEP = 2
+DEEPSLEEP = 4
+
+# ESP32 GPIOs: 20, 24 and 28-31 do not exist; 34-39 are input only.
+_NO_PIN = (20, 24, 28, 29, 30, 31)
+_INPUT_ONLY = (34, 35, 36, 37, 38, 39)
+_ADC_PINS = (32, 33, 34, 35, 36, 37, 38, 39, 0, 2, 4, 12, 13, 14, 15, 25, 26, 27)
+
+
+def _pin_id(pin):
+    if isinstance(pin, Pin):
+        return pin.id
+    if not isinstance(pin, int) or pin < 0 or pin > 39 or pin in _NO_PIN:
+        raise ValueError("invalid pin")
+    return pin
+
+
+# ------------------------------------------------------------------ system
+def reset():
+    """Hard reset through esp_restart(): reset_cause() is SOFT_RESET next boot."""
+    board.alive()
+    board.halt(SOFT_RESET, 0, "machine.reset()")
+
+
+def deepsleep(time_ms=0):
+    """Never returns. The next boot has DEEPSLEEP_RESET and the wake reason."""
+    board.alive()
+    board.halt(DEEPSLEEP_RESET, max(0, time_ms), "deepsleep(%d)" % time_ms)
+
+
+def lightsleep(time_ms=0):
+    """Stop the CPU until the timer or a wake source; RAM and pins are kept."""
+    board.alive()
+
+    def woke():
+        w = board._ext_wake()
+        if w:
+            return w
+        for pin in board.irqs:
+            irq = board.irqs[pin]
+            if irq[3] & SLEEP and board.level(pin) == (1 if irq[1] == Pin.WAKE_HIGH else 0):
+                return PIN_WAKE
+        return 0
+
+    reason = woke()
+    if reason:
+        board.wake_reason = reason
+        return
+    if time_ms <= 0 and not board.events:
+        board.halt(DEEPSLEEP_RESET, 0, "lightsleep() with no wake source")
+    reason = board.advance(time_ms * 1000 if time_ms > 0 else (1 << 62), woke)
+    board.wake_reason = reason or TIMER_WAKE
+
+
+sleep = lightsleep
+
+
+def reset_cause():
+    board.alive()
+    return board.reset_cause
+
+
+def wake_reason():
+    board.alive()
+    return board.wake_reason
+
+
+def unique_id():
+    board.alive()
+    return bytes(board.uid)
+
+
+def freq(hz=None):
+    board.alive()
+    if hz is None:
+        return board.cpu_hz
+    if hz not in (20000000, 40000000, 80000000, 160000000, 240000000):
+        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
+    board.cpu_hz = hz
+
+
+def idle():
+    board.advance(1000)  # waits for the next interrupt: at most a tick
+
+
+def disable_irq():
+    return 0
+
+
+def enable_irq(state):
+    pass
+
+
+# ------------------------------------------------------------------ Pin
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 2
+    PULL_DOWN = 1
+    PULL_HOLD = 4
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+    WAKE_LOW = 4
+    WAKE_HIGH = 5
+    DRIVE_0 = 0
+    DRIVE_1 = 1
+    DRIVE_2 = 2
+    DRIVE_3 = 3
+
+    def __init__(self, id, mode=-1, pull=-1, value=None, drive=None, hold=None):
+        self.id = _pin_id(id)
+        self.init(mode, pull, value, drive, hold)
+
+    def init(self, mode=-1, pull=-1, value=None, drive=None, hold=None):
+        board.alive()
+        n = self.id
+        if mode != -1 and mode is not None:
+            if mode in (Pin.OUT, Pin.OPEN_DRAIN) and n in _INPUT_ONLY:
+                raise ValueError("pin can only be input")
+            board.modes[n] = mode
+            if mode == Pin.IN:
+                board.outputs.pop(n, None)
+        if pull != -1:
+            if pull is None:
+                board.pulls.pop(n, None)
+            else:
+                board.pulls[n] = 1 if pull == Pin.PULL_UP else 0
+        if value is not None:
+            self._set(value)
+        elif board.modes.get(n) in (Pin.OUT, Pin.OPEN_DRAIN) and n not in board.outputs:
+            self._set(0)
+        if hold is True:
+            board.held[n] = board.level(n)
+        elif hold is False:
+            board.held.pop(n, None)
+
+    def _set(self, v):
+        n = self.id
+        if n in board.held:
+            return  # a held pad keeps its level until hold is released
+        v = 1 if v else 0
+        if board.modes.get(n) == Pin.OPEN_DRAIN and v:
+            board.outputs.pop(n, None)  # released: the pull or the outside decides
+        else:
+            board.outputs[n] = v
+
+    def value(self, v=None):
+        board.alive()
+        if v is None:
+            return board.level(self.id)
+        if board.modes.get(self.id) not in (Pin.OUT, Pin.OPEN_DRAIN):
+            return  # writing an input pin changes nothing on the pad
+        self._set(v)
+
+    def __call__(self, v=None):
+        return self.value(v)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def irq(self, handler=None, trigger=3, wake=None):
+        board.alive()
+        if handler is None:
+            board.irqs.pop(self.id, None)
+        else:
+            board.irqs[self.id] = [handler, trigger, self, wake or 0]
+
+    def __repr__(self):
+        return "Pin(%d)" % self.id
+
+
+class Signal:
+    def __init__(self, pin, invert=False):
+        self.pin = pin
+        self.invert = invert
+
+    def value(self, v=None):
+        if v is None:
+            return self.pin.value() ^ self.invert
+        self.pin.value((1 if v else 0) ^ self.invert)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+
+# ------------------------------------------------------------------ ADC
+class ADC:
+    ATTN_0DB = 0
+    ATTN_2_5DB = 1
+    ATTN_6DB = 2
+    ATTN_11DB = 3
+    WIDTH_9BIT = 9
+    WIDTH_10BIT = 10
+    WIDTH_11BIT = 11
+    WIDTH_12BIT = 12
+    # Input range of each attenuation (ESP-IDF recommended ranges), in microvolts.
+    FULL_SCALE_UV = (950000, 1250000, 1750000, 2450000)
+    CONVERSION_US = 40
+
+    def __init__(self, pin, atten=None):
+        board.alive()
+        self.id = _pin_id(pin)
+        if self.id not in _ADC_PINS:
+            raise ValueError("invalid pin")
+        self._atten = ADC.ATTN_0DB if atten is None else atten
+        self._width = 12
+
+    def atten(self, a=None):
+        if a is None:
+            return self._atten
+        if a not in (0, 1, 2, 3):
+            raise ValueError("invalid attenuation")
+        self._atten = a
+
+    def width(self, w=None):
+        if w is None:
+            return self._width
+        if w not in (9, 10, 11, 12):
+            raise ValueError("invalid width")
+        self._width = w
+
+    def _raw12(self):
+        board.advance(ADC.CONVERSION_US)
+        uv = board.analog.get(self.id, 0)
+        fs = ADC.FULL_SCALE_UV[self._atten]
+        if uv <= 0:
+            return 0
+        if uv >= fs:
+            return 4095
+        return uv * 4095 // fs
+
+    def read(self):
+        return self._raw12() >> (12 - self._width)
+
+    def read_u16(self):
+        r = self._raw12()
+        return (r << 4) | (r >> 8)
+
+    def read_uv(self):
+        return self._raw12() * ADC.FULL_SCALE_UV[self._atten] // 4095
+
+
+# ------------------------------------------------------------------ I2C
+class I2C:
+    """Hardware I2C. Devices are models on board.i2c[bus][addr] (see simdev)."""
+
+    def __init__(self, id=0, scl=None, sda=None, freq=400000, timeout=50000):
+        board.alive()
+        if id not in (0, 1):
+            raise ValueError("I2C(%s) doesn't exist" % id)
+        self.id = id
+        self.freq = freq
+        self.timeout_us = timeout
+
+    def init(self, scl=None, sda=None, freq=400000, timeout=50000):
+        self.freq = freq
+        self.timeout_us = timeout
+
+    def _dev(self, addr, nbytes):
+        board.alive()
+        # address byte + payload, 9 clocks each
+        board.advance((nbytes + 1) * 9 * 1000000 // self.freq + 1)
+        dev = board.i2c.get(self.id, {}).get(addr)
+        if dev is None or dev.fault == "nack":
+            raise OSError(errno.ENODEV)
+        if dev.stretch_us:
+            if dev.stretch_us > self.timeout_us:
+                board.advance(self.timeout_us)
+                raise OSError(errno.ETIMEDOUT)
+            board.advance(dev.stretch_us)
+        return dev
+
+    def scan(self):
+        board.alive()
+        found = []
+        for addr in range(0x08, 0x78):
+            dev = board.i2c.get(self.id, {}).get(addr)
+            if dev is not None and dev.fault != "nack":
+                found.append(addr)
+        board.advance(112 * 9 * 1000000 // self.freq)
+        return found
+
+    def writeto(self, addr, buf, stop=True):
+        dev = self._dev(addr, len(buf))
+        dev.i2c_write(bytes(buf))
+        return len(buf)
+
+    def writevto(self, addr, vector, stop=True):
+        data = b"".join(bytes(b) for b in vector)
+        return self.writeto(addr, data, stop)
+
+    def readfrom(self, addr, nbytes, stop=True):
+        dev = self._dev(addr, nbytes)
+        return dev.read_bytes(nbytes)
+
+    def readfrom_into(self, addr, buf, stop=True):
+        data = self.readfrom(addr, len(buf), stop)
+        for i in range(len(buf)):
+            buf[i] = data[i]
+
+    def _memaddr(self, memaddr, addrsize):
+        n = addrsize // 8
+        return bytes((memaddr >> (8 * (n - 1 - i))) & 0xFF for i in range(n))
+
+    def readfrom_mem(self, addr, memaddr, nbytes, addrsize=8):
+        dev = self._dev(addr, nbytes + addrsize // 8 + 1)
+        dev.i2c_write(self._memaddr(memaddr, addrsize))
+        return dev.read_bytes(nbytes)
+
+    def readfrom_mem_into(self, addr, memaddr, buf, addrsize=8):
+        data = self.readfrom_mem(addr, memaddr, len(buf), addrsize)
+        for i in range(len(buf)):
+            buf[i] = data[i]
+
+    def writeto_mem(self, addr, memaddr, buf, addrsize=8):
+        dev = self._dev(addr, len(buf) + addrsize // 8)
+        dev.i2c_write(self._memaddr(memaddr, addrsize) + bytes(buf))
+
+
+SoftI2C = I2C
+
+
+# ------------------------------------------------------------------ SPI
+class SPI:
+    """SPI bus. The selected device is the model whose CS pin is driven low."""
+
+    MSB = 0
+    LSB = 1
+
+    def __init__(self, id=1, baudrate=1000000, polarity=0, phase=0, bits=8, firstbit=0,
+                 sck=None, mosi=None, miso=None):
+        board.alive()
+        self.id = id
+        self.baudrate = baudrate
+
+    def init(self, baudrate=1000000, **kw):
+        self.baudrate = baudrate
+
+    def deinit(self):
+        pass
+
+    def _xfer(self, out):
+        board.alive()
+        board.advance(len(out) * 8 * 1000000 // self.baudrate + 1)
+        for cs in board.spi.get(self.id, {}):
+            if board.level(cs) == 0:
+                return bytes(board.spi[self.id][cs].transfer(bytes(out)))
+        return b"\xff" * len(out)  # nobody selected: MISO floats high
+
+    def write(self, buf):
+        self._xfer(buf)
+
+    def read(self, nbytes, write=0):
+        return self._xfer(bytes([write]) * nbytes)
+
+    def readinto(self, buf, write=0):
+        data = self.read(len(buf), write)
+        for i in range(len(buf)):
+            buf[i] = data[i]
+
+    def write_readinto(self, out, inbuf):
+        data = self._xfer(out)
+        for i in range(len(inbuf)):
+            inbuf[i] = data[i]
+
+
+SoftSPI = SPI
+
+
+# ------------------------------------------------------------------ RTC
+_DAYS_BEFORE_MONTH = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+
+
+def _leap(y):
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+
+
+def days_since_2000(year, month, day):
+    days = (year - 2000) * 365 + (year - 1997) // 4 - (year - 1901) // 100 + (year - 1601) // 400
+    days += _DAYS_BEFORE_MONTH[month - 1] + day - 1
+    if month > 2 and _leap(year):
+        days += 1
+    return days
+
+
+def civil_from_seconds(secs):
+    """Seconds since 2000-01-01 -> (year, month, mday, hour, min, sec, weekday, yday)."""
+    days, rem = divmod(secs, 86400)
+    weekday = (days + 5) % 7  # 2000-01-01 was a Saturday; Monday is 0
+    year = 2000 + days // 366
+    while days_since_2000(year + 1, 1, 1) <= days:
+        year += 1
+    yday = days - days_since_2000(year, 1, 1)
+    month = 12
+    while days_since_2000(year, month, 1) > days:
+        month -= 1
+    mday = days - days_since_2000(year, month, 1) + 1
+    return (year, month, mday, rem // 3600, (rem // 60) % 60, rem % 60, weekday, yday + 1)
+
+
+class RTC:
+    def __init__(self, id=0):
+        board.alive()
+
+    def datetime(self, dt=None):
+        """(year, month, day, weekday, hours, minutes, seconds, microseconds)"""
+        if dt is None:
+            us = board.rtc_us()
+            t = civil_from_seconds(us // 1000000)
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], us % 1000000)
+        secs = days_since_2000(dt[0], dt[1], dt[2]) * 86400 + dt[4] * 3600 + dt[5] * 60 + dt[6]
+        board.set_rtc_us(secs * 1000000 + (dt[7] if len(dt) > 7 else 0))
+
+    def init(self, dt):
+        self.datetime(dt)
+
+    def memory(self, data=None):
+        """Slow RTC memory: kept through deep sleep and reset, lost on power-off."""
+        board.alive()
+        if data is None:
+            return bytes(board.rtc_mem)
+        if len(data) > simstate.RTC_MEMORY_MAX:
+            raise ValueError("buffer too long")
+        board.rtc_mem = bytes(data)
+
+
+# ------------------------------------------------------------------ WDT
+class WDT:
+    """Task watchdog: once started it cannot be stopped; unfed, it resets."""
+
+    def __init__(self, id=0, timeout=5000):
+        board.alive()
+        if timeout <= 0:
+            raise ValueError("WDT timeout too short")
+        board.wdt_timeout_us = timeout * 1000
+        self.feed()
+
+    def feed(self):
+        board.alive()
+        board.wdt_deadline = board.world_us + board.wdt_timeout_us
+
+
+# ------------------------------------------------------------------ Timer
+class Timer:
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id, mode=PERIODIC, period=-1, callback=None, freq=-1):
+        board.alive()
+        if id not in (0, 1, 2, 3):
+            raise ValueError("invalid Timer number")
+        self.id = id
+        if period > 0 or freq > 0:
+            self.init(mode=mode, period=period, callback=callback, freq=freq)
+
+    def init(self, mode=PERIODIC, period=-1, callback=None, freq=-1):
+        board.alive()
+        if freq > 0:
+            period_us = 1000000 // freq
+        elif period > 0:
+            period_us = period * 1000
+        else:
+            raise ValueError("period or freq required")
+        board.timers[self.id] = [board.world_us + period_us,
+                                 period_us if mode == Timer.PERIODIC else 0, callback, self]
+
+    def deinit(self):
+        board.timers.pop(self.id, None)

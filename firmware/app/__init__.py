@@ -1,0 +1,36 @@
+"""The Petrel application: one wake cycle, then deep sleep.
+
+For now the cycle restores its state from RTC memory, counts the boot, says on
+the serial log why it booted, saves its state and sleeps until the next wake.
+"""
+
+import struct
+
+import machine
+
+import eventlog as log
+import rtcmem
+
+SLEEP_MS = 300000  # one wake every 5 minutes
+
+CAUSES = {
+    machine.PWRON_RESET: "poweron",
+    machine.HARD_RESET: "hard",
+    machine.WDT_RESET: "watchdog",
+    machine.DEEPSLEEP_RESET: "deepsleep",
+    machine.SOFT_RESET: "reset",
+}
+WAKES = {0: "none", 2: "ext0", 3: "ext1", 4: "timer", 5: "touch", 6: "ulp"}
+
+
+def run():
+    rtc = machine.RTC()
+    payload, why = rtcmem.load(rtc)
+    boots = struct.unpack("<I", payload)[0] if payload else 0
+    boots += 1
+    cause = machine.reset_cause()
+    log.info("boot", "cause=%s wake=%s boot=%d rtc=%s",
+             CAUSES.get(cause, cause), WAKES.get(machine.wake_reason(), "other"), boots, why)
+    rtcmem.save(rtc, struct.pack("<I", boots))
+    log.info("sleep", "ms=%d", SLEEP_MS)
+    machine.deepsleep(SLEEP_MS)

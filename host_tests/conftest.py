@@ -1,0 +1,4 @@
+# Every test process sees the simulated board: `import machine` is boards/sim.
+from petrel import harness
+
+harness.install()

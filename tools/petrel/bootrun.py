@@ -1,0 +1,230 @@
+"""Play many wakes of the simulated board in a row.
+
+Each boot runs boot.py and main.py from the board's flash folder until the chip
+halts (deep sleep, reset, watchdog, power cut). Between boots the board carries
+what the chip carries: RTC memory, reset cause and wake reason, the virtual clock.
+
+Two interpreters, one board model (boards/sim/simstate.py):
+- "cpython": in this process, firmware modules re-imported at each boot;
+- "vm": a fresh MicroPython VM process per boot (boards/sim/vmboot.py), the
+  board's state handed over as JSON.
+
+The serial output is what a technician would see on the ESP32's UART: the ROM
+reset line, then everything the firmware prints.
+"""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from . import harness, paths
+
+ROM_BANNER = "ets Jun  8 2016 00:22:57\n\nrst:0x%x (%s),boot:0x13 (SPI_FAST_FLASH_BOOT)\n"
+REPL_BANNER = ("MicroPython v1.29.0 on 2026-07-12; ESP32 module with ESP32 (simulated)\n"
+               "Type \"help()\" for more information.\n>>> \n")
+
+
+class Boot:
+    """What one boot did."""
+
+    def __init__(self, number, reset_cause, wake_reason, start_us):
+        self.number = number  # 1-based, since the runner started
+        self.reset_cause = reset_cause
+        self.wake_reason = wake_reason
+        self.start_us = start_us
+        self.end_us = start_us
+        self.end = None  # "halt", "repl" (stuck awake), "error"
+        self.halt_cause = None
+        self.sleep_ms = None
+        self.why = ""
+        self.output = ""
+
+    @property
+    def awake_ms(self):
+        return (self.end_us - self.start_us) / 1000
+
+    def __repr__(self):
+        return "Boot(%d, cause=%s, wake=%s, end=%s %s)" % (
+            self.number, self.reset_cause, self.wake_reason, self.end, self.why)
+
+
+class BootRunner:
+    def __init__(self, flash, interpreter="cpython", setup=None, serial=None,
+                 boot_timeout_s=120, prepare=None):
+        """flash: the board's flash folder (boot.py, main.py, lib/ ...).
+        setup: name of a module on the sim path with setup(board), run before each
+        boot to wire device models. prepare(board) runs once before the first boot.
+        serial: callable receiving the UART text as it comes."""
+        harness.install()
+        import simstate
+
+        self.simstate = simstate
+        self.flash = Path(flash).resolve()
+        self.interpreter = interpreter
+        self.setup = setup
+        self.serial = serial or (lambda text: None)
+        self.boot_timeout_s = boot_timeout_s
+        if interpreter == "cpython":
+            self.board = simstate.reset_world()  # the one the fakes use
+        elif interpreter == "vm":
+            self.board = simstate.Board()
+            self.board.power_on()
+        else:
+            raise ValueError("interpreter must be 'cpython' or 'vm'")
+        if prepare is not None:
+            prepare(self.board)
+        self.boots = []
+        self.asleep_forever = False
+
+    # ------------------------------------------------------------------
+    def run(self, boots):
+        """Play up to `boots` boots; stops early if the board never wakes again
+        or is left awake at the REPL with no watchdog to reset it."""
+        for _ in range(boots):
+            b = self.board
+            cause, name = self.simstate.ROM_RESET[b.reset_cause]
+            record = Boot(len(self.boots) + 1, b.reset_cause, b.wake_reason, b.world_us)
+            self.boots.append(record)
+            self._emit(record, ROM_BANNER % (cause, name))
+            if self.interpreter == "cpython":
+                self._boot_cpython(record)
+            else:
+                self._boot_vm(record)
+            if not self._next(record):
+                break
+        return self.boots
+
+    def _emit(self, record, text):
+        record.output += text
+        self.serial(text)
+
+    def _next(self, record):
+        """From how the boot ended to the next boot, as the chip would go."""
+        b = self.board
+        if record.end == "repl":
+            self._emit(record, REPL_BANNER)
+            if b.wdt_deadline is None:
+                record.why = "stuck awake at the REPL"
+                return False
+            # awake at the REPL until the armed watchdog bites
+            b.world_us = max(b.world_us, b.wdt_deadline)
+            record.halt_cause = self.simstate.WDT_RESET
+            record.why = "watchdog reset at the REPL"
+            halt = self.simstate.Halt(self.simstate.WDT_RESET, 0, record.why)
+        elif record.end == "halt":
+            halt = self.simstate.Halt(record.halt_cause, record.sleep_ms or 0, record.why)
+        else:
+            return False
+        record.end_us = b.world_us
+        if not b.after_halt(halt):
+            self.asleep_forever = True
+            return False
+        return True
+
+    # ------------------------------------------------------------------
+    def _boot_cpython(self, record):
+        b = self.board
+        harness.add_firmware_root(self.flash)
+        harness.forget_modules([self.flash, paths.LIB, paths.FIRMWARE])
+        if self.setup:
+            __import__(self.setup).setup(b)
+        saved_path = list(sys.path)
+        sys.path[:0] = [str(self.flash), str(self.flash / "lib")]
+        out = _Tee(lambda text: self._emit(record, text))
+        try:
+            with contextlib.redirect_stdout(out):
+                try:
+                    for name in ("boot.py", "main.py"):
+                        f = self.flash / name
+                        if f.exists():
+                            code = compile(f.read_text(), name, "exec")
+                            exec(code, {"__name__": "__main__", "__file__": str(f)})
+                    record.end = "repl"
+                except self.simstate.Halt:
+                    pass
+                except BaseException:  # main.py raised: the ESP32 prints it, drops to the REPL
+                    if b.halted is None:
+                        out.write(_micropython_traceback())
+                        record.end = "repl"
+                if b.halted is not None:
+                    record.end = "halt"
+                    record.halt_cause = b.halted.cause
+                    record.sleep_ms = b.halted.sleep_ms
+                    record.why = b.halted.why
+        finally:
+            sys.path[:] = saved_path
+        record.end_us = b.world_us
+
+    def _boot_vm(self, record):
+        b = self.board
+        with tempfile.TemporaryDirectory(prefix="petrel-boot-") as tmp:
+            state = os.path.join(tmp, "state.json")
+            events = os.path.join(tmp, "events.jsonl")
+            with open(state, "w") as f:
+                json.dump(b.snapshot(), f)
+            open(events, "w").close()
+            env = dict(os.environ)
+            env.update({
+                "MICROPYPATH": paths.vm_path(),
+                "PETREL_SIM_STATE": state,
+                "PETREL_SIM_EVENTS": events,
+                "PETREL_SIM_FLASH": str(self.flash),
+            })
+            if self.setup:
+                env["PETREL_SIM_SETUP"] = self.setup
+            cmd = [paths.micropython_binary(), str(paths.SIM / "vmboot.py")]
+            try:
+                proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, timeout=self.boot_timeout_s)
+                text = proc.stdout.decode("utf-8", "replace")
+            except subprocess.TimeoutExpired as e:
+                text = (e.stdout or b"").decode("utf-8", "replace")
+                text += "\n[boot runner] the VM did not finish within %d s\n" % self.boot_timeout_s
+            self._emit(record, text)
+            end, halt = None, None
+            with open(events) as f:
+                for line in f:
+                    kind, data = json.loads(line)
+                    if kind == "end":
+                        end = data
+                    elif kind == "halt":
+                        halt = data
+        if end is None:
+            record.end = "error"
+            record.why = "the VM process ended without reporting (crash or timeout)"
+            return
+        b.restore(end["state"])
+        b.world_us = end["world_us"]
+        b.wdt_deadline = end["wdt_deadline"]
+        record.end_us = b.world_us
+        record.end = end["how"]
+        if record.end == "halt":
+            record.halt_cause = halt["cause"]
+            record.sleep_ms = halt["sleep_ms"]
+            record.why = halt["why"]
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, sink):
+        self.sink = sink
+
+    def write(self, s):
+        self.sink(s)
+        return len(s)
+
+
+def _micropython_traceback():
+    """The exception being handled, in MicroPython's words (file and line)."""
+    etype, value, tb = sys.exc_info()
+    lines = ["Traceback (most recent call last):\n"]
+    for frame in traceback.extract_tb(tb)[1:]:  # skip the runner's own frame
+        lines.append('  File "%s", line %d, in %s\n' % (
+            os.path.basename(frame.filename), frame.lineno, frame.name))
+    lines.append("%s: %s\n" % (etype.__name__, value) if str(value) else "%s\n" % etype.__name__)
+    return "".join(lines)

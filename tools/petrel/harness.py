@@ -1,0 +1,76 @@
+"""Run firmware modules under CPython against the simulated board.
+
+The fakes in boards/sim are plain modules; `install()` puts them first on
+sys.path so `import machine`, `network`, `esp32`, `ntptime` and `micropython`
+find them (ahead of the `micropython.py` the VM wheel leaves in site-packages).
+
+`time` is special: CPython's own must keep working for pytest and the tools, so
+the fake is given only to code that lives in the project's firmware-side folders
+(boards/sim, lib, firmware, portable tests, bench, and any flash folder a boot
+runner adds). Everywhere else `import time` is CPython's.
+"""
+
+import builtins
+import importlib.util
+import os
+import sys
+
+from .paths import ROOT, SIM, LIB, FIRMWARE, PORTABLE_TESTS
+
+_SWAPPED = ("time", "utime")
+_roots = [str(SIM), str(LIB), str(FIRMWARE), str(PORTABLE_TESTS), str(ROOT / "bench")]
+_fake_time = None
+_real_import = builtins.__import__
+
+
+def _is_firmware_side(globals_):
+    f = globals_.get("__file__") if globals_ else None
+    if not f:
+        return False
+    f = os.path.abspath(f)
+    for r in _roots:
+        if f.startswith(r + os.sep):
+            return True
+    return False
+
+
+def _import(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0 and name in _SWAPPED and _is_firmware_side(globals):
+        return _fake_time
+    return _real_import(name, globals, locals, fromlist, level)
+
+
+def add_firmware_root(path):
+    """Code under `path` (a board's flash folder) also sees the fake time."""
+    p = os.path.abspath(str(path))
+    if p not in _roots:
+        _roots.append(p)
+
+
+def install():
+    """Make the simulated board importable under CPython. Idempotent."""
+    global _fake_time
+    for p in (str(FIRMWARE), str(LIB), str(SIM)):
+        if p in sys.path:
+            sys.path.remove(p)
+        sys.path.insert(0, p)
+    stale = sys.modules.get("micropython")
+    if stale is not None and not str(getattr(stale, "__file__", "")).startswith(str(SIM)):
+        del sys.modules["micropython"]  # the VM wheel's stub, if anything loaded it
+    if _fake_time is None:
+        spec = importlib.util.spec_from_file_location("time", SIM / "time.py")
+        _fake_time = importlib.util.module_from_spec(spec)
+        sys.modules["petrel_sim_time"] = _fake_time
+        builtins.__import__ = _import
+        spec.loader.exec_module(_fake_time)
+    return _fake_time
+
+
+def forget_modules(roots):
+    """Drop modules loaded from these folders, so the next boot imports them
+    afresh, as a real wake does."""
+    roots = [os.path.abspath(str(r)) + os.sep for r in roots]
+    for name in list(sys.modules):
+        f = getattr(sys.modules[name], "__file__", None) or ""
+        if any(os.path.abspath(f).startswith(r) for r in roots):
+            del sys.modules[name]

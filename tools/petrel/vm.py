@@ -1,0 +1,29 @@
+"""Run code on the real MicroPython VM with the simulated board on its path."""
+
+import os
+import subprocess
+
+from . import paths
+
+
+def vm_env(extra_path=()):
+    env = dict(os.environ)
+    env["MICROPYPATH"] = paths.vm_path(*extra_path)
+    return env
+
+
+def run_file(script, args=(), extra_path=(), timeout=None, heapsize=None):
+    """Run a script on the VM; returns its exit code. Output goes to ours."""
+    cmd = [paths.micropython_binary()]
+    if heapsize:
+        cmd += ["-X", "heapsize=%s" % heapsize]
+    cmd += [str(script)] + list(args)
+    return subprocess.call(cmd, env=vm_env(extra_path), timeout=timeout)
+
+
+def run_portable_tests(selected=(), directory=None, timeout=600):
+    """The portable test suite on the VM; returns the runner's exit code."""
+    directory = directory or paths.PORTABLE_TESTS
+    runner = paths.ROOT / "host_tests" / "vmrunner.py"
+    return run_file(runner, [str(directory)] + list(selected),
+                    extra_path=[directory], timeout=timeout)
