@@ -71,14 +71,14 @@ class BootRunner:
         self.serial = serial or (lambda text: None)
         self.boot_timeout_s = boot_timeout_s
         if interpreter == "cpython":
-            self.board = simstate.reset_world()  # the one the fakes use
+            self.board = simstate.reset_world(power=False)  # the one the fakes use
         elif interpreter == "vm":
             self.board = simstate.Board()
-            self.board.power_on()
         else:
             raise ValueError("interpreter must be 'cpython' or 'vm'")
         if prepare is not None:
             prepare(self.board)
+        self.board.power_on()
         self.boots = []
         self.asleep_forever = False
 

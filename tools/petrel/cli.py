@@ -18,7 +18,7 @@ def _cmd_vm_run(args):
     if not script.exists():
         print("petrel vm run: %s does not exist" % script, file=sys.stderr)
         return 2
-    return vm.run_file(script, args.args, heapsize=args.heapsize)
+    return vm.run_file(script.resolve(), args.args, heapsize=args.heapsize, as_board=True)
 
 
 def _cmd_vm_test(args):
@@ -73,7 +73,8 @@ def build_parser():
         "run", help="run a script on the VM with lib/, firmware/ and the simulated board on its path",
         description="Runs FILE on the real MicroPython VM (unix port) with boards/sim, lib/ and "
                     "firmware/ on MICROPYPATH, so `import machine` is the simulated ESP32. "
-                    "Exits with the script's exit code.")
+                    "A deep sleep or reset ends the script as it ends a board's program "
+                    "(reported on stderr). Exits with the script's exit code.")
     run.add_argument("file", help="the script to run")
     run.add_argument("args", nargs="*", help="arguments passed to the script (sys.argv[1:])")
     run.add_argument("--heapsize", help="VM heap size, e.g. 64k (default: the VM's)")

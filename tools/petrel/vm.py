@@ -12,11 +12,14 @@ def vm_env(extra_path=()):
     return env
 
 
-def run_file(script, args=(), extra_path=(), timeout=None, heapsize=None):
-    """Run a script on the VM; returns its exit code. Output goes to ours."""
+def run_file(script, args=(), extra_path=(), timeout=None, heapsize=None, as_board=False):
+    """Run a script on the VM; returns its exit code. Output goes to ours.
+    as_board: run it as the board's program, so a deep sleep ends it quietly."""
     cmd = [paths.micropython_binary()]
     if heapsize:
         cmd += ["-X", "heapsize=%s" % heapsize]
+    if as_board:
+        cmd.append(str(paths.SIM / "vmrun.py"))
     cmd += [str(script)] + list(args)
     return subprocess.call(cmd, env=vm_env(extra_path), timeout=timeout)
 

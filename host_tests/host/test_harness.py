@@ -1,0 +1,27 @@
+"""The CPython harness: firmware code gets the fakes, everything else stays CPython."""
+
+import importlib
+import time as host_time
+
+import simstate
+
+
+def test_host_code_keeps_cpythons_time():
+    assert hasattr(host_time, "perf_counter")
+    assert host_time.time() > 1.6e9  # a real 1970-epoch clock
+
+
+def test_firmware_side_gets_the_virtual_clock():
+    eventlog = importlib.import_module("eventlog")  # lib/ module
+    assert not hasattr(eventlog.time, "perf_counter")
+    b = simstate.reset_world()
+    w0 = b.world_us
+    eventlog.time.sleep(5)
+    assert b.world_us - w0 >= 5000000
+
+
+def test_micropython_module_is_the_sims_not_the_wheels():
+    import micropython
+
+    assert micropython.const(7) == 7
+    assert "boards" in micropython.__file__
