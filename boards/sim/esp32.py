@@ -6,6 +6,7 @@ a reset. Partitions are NOR flash: erase sets 0xFF, a program can only clear bit
 
 import errno
 
+from norflash import NorFlash, SECTOR
 from simstate import board
 
 WAKEUP_ALL_LOW = False
@@ -149,54 +150,25 @@ class Partition:
         r = self.row
         return (r[1], r[2], r[3], r[4], r[0], False)
 
-    def _blocks(self):
-        """Erase blocks of this partition that were ever written; the rest read 0xFF."""
+    def flash(self):
+        """The NOR flash behind this partition (boards/sim/norflash.py); it
+        outlives every reset and power cut, as flash does."""
         label = self.row[0]
         if label not in board.partitions:
-            board.partitions[label] = {}
+            board.partitions[label] = NorFlash(self.row[4] // SECTOR)
         return board.partitions[label]
-
-    def _check(self, start, n):
-        if start < 0 or start + n > self.row[4]:
-            raise OSError(errno.EIO)
-
-    def _spans(self, start, n):
-        """(erase block, offset in it, offset in buf, length) pieces of a transfer."""
-        pos = 0
-        while pos < n:
-            blk, off = divmod(start + pos, 4096)
-            size = min(4096 - off, n - pos)
-            yield blk, off, pos, size
-            pos += size
 
     def readblocks(self, block_num, buf, offset=0):
         board.alive()
-        start = block_num * self.block_size + offset
-        self._check(start, len(buf))
-        blocks = self._blocks()
-        mv = memoryview(buf)
-        for blk, off, pos, size in self._spans(start, len(buf)):
-            data = blocks.get(blk)
-            if data is None:
-                for i in range(pos, pos + size):
-                    mv[i] = 0xFF
-            else:
-                mv[pos:pos + size] = data[off:off + size]
+        self.flash().read(block_num * self.block_size + offset, buf)
 
     def writeblocks(self, block_num, buf, offset=None):
         board.alive()
-        start = block_num * self.block_size + (offset or 0)
-        self._check(start, len(buf))
+        f = self.flash()
         if offset is None:  # whole blocks: erase first, as MicroPython does
             for b in range(len(buf) // self.block_size):
                 self.ioctl(6, block_num + b)
-        blocks = self._blocks()
-        for blk, off, pos, size in self._spans(start, len(buf)):
-            data = blocks.get(blk)
-            if data is None:
-                data = blocks[blk] = bytearray(b"\xff" * 4096)
-            for i in range(size):
-                data[off + i] &= buf[pos + i]  # NOR flash: programming only clears bits
+        f.program(block_num * self.block_size + (offset or 0), buf)
 
     def ioctl(self, cmd, arg):
         board.alive()
@@ -205,9 +177,9 @@ class Partition:
         if cmd == 5:
             return self.block_size
         if cmd == 6:
-            first = arg * self.block_size // 4096
-            for n in range(first, first + max(1, self.block_size // 4096)):
-                self._blocks().pop(n, None)  # erased: all 0xFF
+            first = arg * self.block_size // SECTOR
+            for n in range(first, first + max(1, self.block_size // SECTOR)):
+                self.flash().erase(n)
             return 0
         return 0
 

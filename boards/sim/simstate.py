@@ -66,7 +66,7 @@ class Board:
         self.aps = []  # scripted Wi-Fi access points (see network.py)
         self.ntp_ok = True  # whether an NTP server answers when the link is up
         self.nvs = {}  # committed NVS: namespace -> {key: int | bytes}
-        self.partitions = {}  # label -> {erase block: bytearray(4096)} (flash)
+        self.partitions = {}  # label -> norflash.NorFlash
         self.events = []  # scheduled [at_us, kind, a, b], sorted by time
         self.boot_us = 0  # time from reset to the first line of boot.py
         self.sleep_drift_ppm = 0  # RTC slow clock error during deep sleep

@@ -1,0 +1,126 @@
+"""A NOR flash chip model: the block device under the simulated board's
+filesystem (esp32.Partition uses it, and tests mount vfs.VfsLfs2 on it).
+
+NOR rules: an erase sets a 4 KiB sector to 0xFF; a program can only clear bits.
+It counts what wears the chip (erases, programs, bytes programmed) and can be
+told to lose power at its N-th program or erase: that operation is left half
+done (a torn program, a half-erased sector) and every later access fails until
+revive(), as a chip whose supply died would.
+
+Speaks MicroPython's extended block-device protocol:
+readblocks(n, buf, off), writeblocks(n, buf, off), ioctl(op, arg).
+"""
+
+import errno
+
+SECTOR = 4096
+
+
+class NorFlash:
+    def __init__(self, blocks, block_size=SECTOR):
+        self.blocks = blocks
+        self.block_size = block_size
+        self.sectors = {}  # sector number -> bytearray; absent sectors read 0xFF
+        self.reads = 0
+        self.programs = 0
+        self.erases = 0
+        self.bytes_programmed = 0
+        self.cut_at = None  # the op count (programs + erases) at which power dies
+        self.dead = False
+
+    # ----------------------------------------------------------- faults
+    def cut_power_at(self, n):
+        """Lose power during the n-th program or erase from now (1 = the next)."""
+        self.cut_at = self.programs + self.erases + n
+
+    def revive(self):
+        """Power is back: the chip answers again, with whatever it holds."""
+        self.dead = False
+        self.cut_at = None
+
+    def _op(self):
+        """Count a program/erase; True when this one is cut short."""
+        if self.dead:
+            raise OSError(errno.EIO)
+        return self.cut_at is not None and self.programs + self.erases >= self.cut_at
+
+    def _die(self):
+        self.dead = True
+        raise OSError(errno.EIO)
+
+    # ----------------------------------------------------------- storage
+    def _check(self, start, n):
+        if start < 0 or start + n > self.blocks * self.block_size:
+            raise OSError(errno.EIO)
+
+    def _spans(self, start, n):
+        pos = 0
+        while pos < n:
+            sec, off = divmod(start + pos, SECTOR)
+            size = min(SECTOR - off, n - pos)
+            yield sec, off, pos, size
+            pos += size
+
+    def read(self, start, buf):
+        if self.dead:
+            raise OSError(errno.EIO)
+        self._check(start, len(buf))
+        self.reads += 1
+        mv = memoryview(buf)
+        for sec, off, pos, size in self._spans(start, len(buf)):
+            data = self.sectors.get(sec)
+            if data is None:
+                for i in range(pos, pos + size):
+                    mv[i] = 0xFF
+            else:
+                mv[pos : pos + size] = data[off : off + size]
+
+    def program(self, start, buf):
+        cut = self._op()
+        self._check(start, len(buf))
+        n = len(buf) // 2 if cut else len(buf)  # a cut leaves a torn program
+        self.programs += 1
+        self.bytes_programmed += n
+        for sec, off, pos, size in self._spans(start, n):
+            data = self.sectors.get(sec)
+            if data is None:
+                data = self.sectors[sec] = bytearray(b"\xff" * SECTOR)
+            for i in range(size):
+                data[off + i] &= buf[pos + i]
+        if cut:
+            self._die()
+
+    def erase(self, sector):
+        cut = self._op()
+        if sector < 0 or (sector + 1) * SECTOR > self.blocks * self.block_size:
+            raise OSError(errno.EIO)
+        self.erases += 1
+        if cut:  # half erased: the first half is 0xFF, the rest still old data
+            data = self.sectors.get(sector)
+            if data is not None:
+                for i in range(SECTOR // 2):
+                    data[i] = 0xFF
+            self._die()
+        self.sectors.pop(sector, None)
+
+    # ----------------------------------------------------------- block device
+    def readblocks(self, block_num, buf, offset=0):
+        self.read(block_num * self.block_size + offset, buf)
+
+    def writeblocks(self, block_num, buf, offset=None):
+        if offset is None:  # simple protocol: whole blocks, erase first
+            for b in range(len(buf) // self.block_size):
+                self.ioctl(6, block_num + b)
+        self.program(block_num * self.block_size + (offset or 0), buf)
+
+    def ioctl(self, op, arg):
+        if op == 4:  # block count
+            return self.blocks
+        if op == 5:  # block size
+            return self.block_size
+        if op == 6:  # erase one block
+            first = arg * self.block_size // SECTOR
+            for s in range(first, first + max(1, self.block_size // SECTOR)):
+                self.erase(s)
+            return 0
+        return 0  # init, deinit, sync
