@@ -19,3 +19,48 @@ def sleep_and_wake(fn, *args):
     h = raises(simstate.Halt, fn, *args)
     b.after_halt(h)
     return h
+
+
+_scratch = {"n": 0, "mount": None}
+
+
+def scratch_dir(blocks=64):
+    """An empty folder on a real filesystem -> (path, flash).
+    On the VM: littlefs (vfs.VfsLfs2) on a NOR flash model, as on the board;
+    flash is the norflash.NorFlash to count wear or cut power. Under CPython
+    (no littlefs): a temporary folder, flash is None."""
+    import sys
+
+    _scratch["n"] += 1
+    if sys.implementation.name != "micropython":
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="petrel-test-"), None
+    import vfs
+    from norflash import NorFlash
+
+    if _scratch["mount"]:
+        try:
+            vfs.umount(_scratch["mount"])
+        except OSError:
+            pass
+    dev = NorFlash(blocks)
+    vfs.VfsLfs2.mkfs(dev)
+    path = "/scratch%d" % _scratch["n"]
+    vfs.mount(vfs.VfsLfs2(dev), path)
+    _scratch["mount"] = path
+    return path, dev
+
+
+def remount(path, flash):
+    """After a reset or power cut: mount the same flash afresh (VM only)."""
+    if flash is None:
+        return
+    import vfs
+
+    try:
+        vfs.umount(path)
+    except OSError:
+        pass
+    flash.revive()
+    vfs.mount(vfs.VfsLfs2(flash), path)

@@ -1,0 +1,241 @@
+# lib/outbox: the store-and-forward queue. Logic on CPython (a temp folder) and
+# on the VM (littlefs on the NOR flash model). Power cuts: host_tests/vm/powercut.py.
+import os
+
+import machine
+import simstate
+import outbox
+import rtcmem
+from ptest import raises, scratch_dir, remount
+
+
+def rtc_region():
+    return rtcmem.Region(machine.RTC(), 256, 1536)
+
+
+def payload(i):
+    return b"r%05d" % i
+
+
+def reopen(path, flash, **kw):
+    """A reboot: RAM is gone, the filesystem is mounted again."""
+    remount(path, flash)
+    return outbox.Outbox(path, **kw)
+
+
+def test_append_peek_ack_in_order():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path)
+    seqs = [ob.append(payload(i), 1000 + i) for i in range(30)]
+    assert seqs == list(range(1, 31))
+    batch = ob.peek(12)
+    assert [r[0] for r in batch] == list(range(1, 13))
+    assert batch[0] == (1, 1000, b"r00000")
+    ob.ack(12)
+    assert [r[0] for r in ob.peek(100)] == list(range(13, 31))
+    assert len(ob) == 18
+
+
+def test_reboot_keeps_unacked_and_forgets_acked():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path)
+    for i in range(40):
+        ob.append(payload(i), i)
+    ob.ack(25)
+    ob = reopen(path, flash)
+    assert [r[0] for r in ob.peek(100)] == list(range(26, 41))
+    assert ob.append(b"next", 0) == 41  # sequence numbers never go backwards
+    ob.ack(41)
+    ob = reopen(path, flash)
+    assert ob.peek(100) == [] and len(ob) == 0
+    assert ob.append(b"after", 0) == 42
+
+
+def test_ack_is_clamped_and_never_goes_back():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path)
+    for i in range(5):
+        ob.append(payload(i), i)
+    ob.ack(99)  # beyond what was issued: only what exists
+    assert ob.acked == 5
+    ob.ack(2)
+    assert ob.acked == 5
+    assert ob.append(b"x", 0) == 6
+
+
+def test_rtc_fast_path_keeps_flash_untouched_until_full():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path, rtc=rtc_region())
+    for i in range(12):
+        ob.append(payload(i), i)
+    assert [n for n in os.listdir(path) if n.endswith(".q")] == []
+    ob.ack(12)  # delivered from RTC: flash never saw these readings
+    assert [n for n in os.listdir(path) if n.endswith(".q")] == []
+    for i in range(200):  # an outage: the region fills and goes to flash in blocks
+        ob.append(payload(i), i)
+    segs = [n for n in os.listdir(path) if n.endswith(".q")]
+    assert 1 <= len(segs) <= 2
+    assert [r[0] for r in ob.peek(500)] == list(range(13, 213))
+
+
+def test_rtc_readings_survive_deep_sleep_and_reset():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path, rtc=rtc_region())
+    for i in range(10):
+        ob.append(payload(i), i)
+    try:
+        machine.reset()
+    except simstate.Halt as h:
+        simstate.board.after_halt(h)
+    ob = reopen(path, flash, rtc=rtc_region())
+    assert [r[0] for r in ob.peek(100)] == list(range(1, 11))
+    assert not ob.rtc_lost
+    assert ob.append(b"x", 0) == 11
+
+
+def test_power_loss_loses_only_rtc_readings_and_never_reuses_a_seq():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path, rtc=rtc_region(), reserve=100)
+    for i in range(150):  # some flushed to flash, the newest still in RTC
+        ob.append(payload(i), i)
+    on_flash = [r[0] for r in ob.peek(500) if r[0] < ob.buf[0][0]]
+    assert on_flash
+    simstate.board.power_on()  # battery out: RTC memory is gone
+    ob = reopen(path, flash, rtc=rtc_region(), reserve=100)
+    assert ob.rtc_lost
+    assert [r[0] for r in ob.peek(500)] == on_flash
+    assert ob.append(b"x", 0) > 150  # past every seq handed out before the cut
+
+
+def test_flush_interrupted_before_rtc_clear_gives_no_duplicates():
+    path, flash = scratch_dir()
+    region = rtc_region()
+    ob = outbox.Outbox(path, rtc=region)
+    for i in range(20):
+        ob.append(payload(i), i)
+    # the crash window: records written to flash, RTC not yet cleared
+    ob._write([outbox.encode(s, t, p) for s, t, p in ob.buf], ob.buf[0][0], ob.buf[-1][0])
+    ob = reopen(path, flash, rtc=region)
+    assert [r[0] for r in ob.peek(100)] == list(range(1, 21))
+
+
+def test_full_outbox_drops_oldest_and_counts_them_persistently():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path, capacity=1024, segment_bytes=256)
+    for i in range(200):
+        ob.append(payload(i), i)
+    st = ob.stats()
+    assert st["flash_bytes"] <= 1024 + 256
+    kept = [r[0] for r in ob.peek(500)]
+    assert kept == list(range(kept[0], 201))  # the newest, contiguous
+    assert st["drops"] == 200 - len(kept) > 0
+    drops = st["drops"]
+    ob = reopen(path, flash, capacity=1024, segment_bytes=256)
+    assert ob.drops == drops
+    assert [r[0] for r in ob.peek(500)] == kept
+    ob.append(b"x", 0)
+    assert ob.drops >= drops
+
+
+def segment_files(path):
+    return sorted(n for n in os.listdir(path) if n.endswith(".q"))
+
+
+def rewrite(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_corrupted_record_is_skipped_counted_once_and_later_records_kept():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path, segment_bytes=4096)
+    for i in range(20):
+        ob.append(payload(i), i)
+    seg = path + "/" + segment_files(path)[0]
+    data = bytearray(read(seg))
+    rec = outbox.REC_OVERHEAD + 6
+    data[4 + 5 * rec + 3] ^= 0xFF  # damage the 6th record
+    rewrite(seg, data)
+    ob = reopen(path, flash)
+    seqs = [r[0] for r in ob.peek(100)]
+    assert seqs == [s for s in range(1, 21) if s != 6]
+    assert ob.corrupt == 1
+    ob = reopen(path, flash)
+    assert ob.corrupt == 1  # counted once: the damage was cut out
+    assert [r[0] for r in ob.peek(100)] == seqs
+
+
+def test_truncated_segment_keeps_its_valid_prefix():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path)
+    for i in range(10):
+        ob.append(payload(i), i)
+    seg = path + "/" + segment_files(path)[0]
+    rewrite(seg, read(seg)[:-7])  # a torn last record
+    ob = reopen(path, flash)
+    assert [r[0] for r in ob.peek(100)] == list(range(1, 10))
+    assert ob.corrupt == 1
+    assert ob.append(b"x", 0) == 10  # the torn one was never confirmed: its seq is free
+
+
+def test_foreign_random_and_other_version_files_are_discarded():
+    import random
+
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path)
+    for i in range(5):
+        ob.append(payload(i), i)
+    random.seed(7)
+    rewrite(path + "/00000007.q", bytes(random.getrandbits(8) for _ in range(300)))
+    rewrite(path + "/00000008.q", b"PQ\x02\x00" + outbox.encode(99, 0, b"future"))
+    rewrite(path + "/notes.txt", b"hello")
+    ob = reopen(path, flash)
+    assert [r[0] for r in ob.peek(100)] == [1, 2, 3, 4, 5]
+    assert ob.discarded == 3
+    assert segment_files(path) == ["00000001.q"]
+    assert ob.append(b"x", 0) == 6  # keeps working
+    assert [r[0] for r in ob.peek(100)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_random_bytes_inside_a_segment_keep_the_good_records():
+    import random
+
+    path, flash = scratch_dir()
+    random.seed(3)
+    body = b"PQ\x01\x00" + outbox.encode(1, 10, b"one")
+    body += bytes(random.getrandbits(8) for _ in range(200))
+    body += outbox.encode(2, 20, b"two") + outbox.encode(3, 30, b"three")
+    rewrite(path + "/00000001.q", body)
+    ob = outbox.Outbox(path)
+    assert ob.peek(10) == [(1, 10, b"one"), (2, 20, b"two"), (3, 30, b"three")]
+    assert ob.corrupt >= 1
+
+
+def test_damaged_state_file_is_replaced_and_the_queue_kept():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path)
+    for i in range(8):
+        ob.append(payload(i), i)
+    ob.ack(3)
+    rewrite(path + "/state", b"garbage")
+    ob = reopen(path, flash)
+    # acked records whose segment is still there come back once: resent, not lost
+    assert [r[0] for r in ob.peek(100)] == list(range(1, 9))
+    assert ob.discarded == 1
+    ob.ack(8)
+    ob = reopen(path, flash)
+    assert ob.peek(100) == []
+
+
+def test_bad_arguments_are_refused():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path)
+    raises(ValueError, ob.append, b"x" * 256, 0)
+    raises(ValueError, ob.append, b"x", -1)
+    raises(ValueError, outbox.Outbox, path, 4096, 4096)
+    assert len(ob) == 0

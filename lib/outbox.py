@@ -1,0 +1,385 @@
+"""Store-and-forward outbox: every accepted reading is kept until the uplink
+confirms it, through network outages, deep sleep, resets and power cuts.
+
+    ob = Outbox("/outbox", rtc=rtcmem.Region(machine.RTC(), 256, 1536))
+    seq = ob.append(payload, t)       # accepted: it will be delivered or counted
+    batch = ob.peek(12)               # [(seq, t, payload), ...] oldest first
+    ...publish, wait for PUBACK...
+    ob.ack(batch[-1][0])              # only now is it forgotten
+
+On flash the queue is a folder of segment files (NNNNNNNN.q, ~4 KiB each) of
+self-checking records, plus a small state file (acknowledged and dropped
+sequence numbers, counters) replaced atomically by rename:
+
+    segment = b"PQ" | version | 0 | record...
+    record  = 0xA5 | len | seq (u32) | t (u32) | payload | crc32 (u32)
+
+Bounded by bytes: when the segments would exceed `capacity`, the oldest segment
+goes and `drops` counts its unconfirmed readings; the counter is persisted.
+
+The RTC fast path (pass `rtc`): new readings are kept in an RTC memory region
+and written to flash in one block when the region fills, so a node that
+samples every minute and uploads hourly never writes flash at all while its
+link is up. RTC memory survives deep sleep, reset and watchdog but not power
+loss: on a power cut the readings still in RTC (at most one region's worth)
+are lost, and sequence numbers are reserved ahead on flash so none is reused.
+Without `rtc`, every append is on flash before it returns.
+
+Recovery at boot never crashes on what it finds: a torn or corrupted record is
+skipped and counted and the good records after it are kept (the segment is
+rewritten without it, so it is counted once); a segment from another version
+or a foreign file is discarded and logged; a bad state file is replaced.
+"""
+
+import os
+import struct
+from binascii import crc32
+
+import eventlog as log
+
+VERSION = 1
+SEG_HEADER = b"PQ" + bytes((VERSION, 0))
+REC_MAGIC = 0xA5
+REC_HEAD = 10  # magic, len, seq, t
+REC_OVERHEAD = REC_HEAD + 4
+STATE_MAGIC = b"PS" + bytes((VERSION,))
+_STATE_FMT = "<IIIIII"  # acked, floor, drops, corrupt, discarded, seq_limit
+_STATE_LEN = 3 + 24 + 4
+_RTC_FMT = "<I"  # next sequence number, then records
+
+
+def encode(seq, t, payload):
+    body = struct.pack("<BBII", REC_MAGIC, len(payload), seq, t) + payload
+    return body + struct.pack("<I", crc32(body) & 0xFFFFFFFF)
+
+
+def decode(data, start=0):
+    """Valid records in data[start:]: yields (seq, t, payload, end_offset);
+    a damaged stretch yields (None, None, None, end_of_damage) once."""
+    i = start
+    n = len(data)
+    bad_from = -1
+    while i < n:
+        rec = None
+        if data[i] == REC_MAGIC and i + REC_OVERHEAD <= n:
+            ln = data[i + 1]
+            end = i + REC_OVERHEAD + ln
+            if end <= n:
+                crc = struct.unpack("<I", data[end - 4 : end])[0]
+                if crc == crc32(data[i : end - 4]) & 0xFFFFFFFF:
+                    seq, t = struct.unpack("<II", data[i + 2 : i + REC_HEAD])
+                    rec = (seq, t, bytes(data[i + REC_HEAD : end - 4]), end)
+        if rec is None:
+            if bad_from < 0:
+                bad_from = i
+            i += 1
+            continue
+        if bad_from >= 0:
+            yield None, None, None, i
+            bad_from = -1
+        yield rec
+        i = rec[3]
+    if bad_from >= 0:
+        yield None, None, None, n
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+class Outbox:
+    def __init__(self, path, capacity=65536, segment_bytes=4096, rtc=None, reserve=1024):
+        if capacity < 2 * segment_bytes:
+            raise ValueError("outbox capacity must hold at least two segments")
+        self.path = path
+        self.capacity = capacity
+        self.segment_bytes = segment_bytes
+        self.rtc = rtc
+        self.reserve = reserve
+        # persisted in the state file
+        self.acked = 0  # every seq <= acked was confirmed by the uplink
+        self.floor = 0  # every seq <= floor is gone (acked or dropped)
+        self.drops = 0  # readings dropped unconfirmed because the outbox was full
+        self.corrupt = 0  # damaged records skipped at recovery
+        self.discarded = 0  # files discarded: another version, foreign, unreadable
+        self.seq_limit = 0  # seqs below this may have been handed out
+        self.rtc_lost = False  # the RTC buffer was lost (power cut) before this boot
+        self.segs = []  # [segno, first_seq, last_seq, live_count, nbytes], oldest first
+        self.buf = []  # RTC fast path: [(seq, t, payload)], newer than any segment
+        self.next_seq = 1
+        self._recover()
+
+    # ------------------------------------------------------------ public
+    def append(self, payload, t):
+        """Accept one reading; returns its sequence number."""
+        if len(payload) > 255:
+            raise ValueError("outbox payload over 255 bytes")
+        if t < 0 or t > 0xFFFFFFFF:
+            raise ValueError("outbox timestamp out of u32 range")
+        seq = self.next_seq
+        if self.rtc is None:
+            self._write([encode(seq, t, payload)], seq, seq)
+            self.next_seq = seq + 1
+            return seq
+        if seq >= self.seq_limit:
+            self.seq_limit = seq + self.reserve
+            self._save_state()
+        self.buf.append((seq, t, bytes(payload)))
+        self.next_seq = seq + 1
+        if self._rtc_bytes() > self.rtc.size - 9 - 4:
+            self.flush()
+        else:
+            self._save_rtc()
+        return seq
+
+    def flush(self):
+        """Move the RTC-buffered readings to flash (the region is full, or the
+        node is about to risk its power: low battery, firmware update)."""
+        if not self.buf:
+            return
+        try:
+            self._write([encode(s, t, p) for s, t, p in self.buf],
+                        self.buf[0][0], self.buf[-1][0])
+        except OSError as e:
+            # keep them in RTC while they fit; the oldest goes first when not
+            log.error("outbox", "flush failed err=%s kept=%d", e, len(self.buf))
+            while self.buf and self._rtc_bytes() > self.rtc.size - 9:
+                self.buf.pop(0)
+                self.drops += 1
+            self._save_rtc()
+            return
+        self.buf = []
+        self._save_rtc()
+
+    def peek(self, max_records=50, max_bytes=None):
+        """Oldest unconfirmed readings: [(seq, t, payload)]."""
+        out = []
+        size = 0
+        for seg in self.segs:
+            for seq, t, payload, _ in decode(self._read(seg[0]), len(SEG_HEADER)):
+                if seq is None or seq <= self.floor:
+                    continue
+                if len(out) >= max_records or (max_bytes and size + len(payload) > max_bytes):
+                    return out
+                out.append((seq, t, payload))
+                size += len(payload)
+        for rec in self.buf:
+            if len(out) >= max_records or (max_bytes and size + len(rec[2]) > max_bytes):
+                break
+            out.append(rec)
+            size += len(rec[2])
+        return out
+
+    def ack(self, upto):
+        """The uplink confirmed every reading up to seq `upto`: forget them."""
+        upto = min(upto, self.next_seq - 1)
+        if upto <= self.acked:
+            return
+        on_flash = bool(self.segs)
+        self.acked = upto
+        self.floor = max(self.floor, upto)
+        if on_flash:
+            self._save_state()  # before deleting: an acked record never comes back
+            while self.segs and self.segs[0][2] <= upto:
+                self._remove(self.segs.pop(0)[0])
+            if self.segs:
+                self._recount(self.segs[0])
+        if self.buf and self.buf[0][0] <= upto:
+            self.buf = [r for r in self.buf if r[0] > upto]
+            self._save_rtc()
+
+    def __len__(self):
+        return sum(s[3] for s in self.segs) + len(self.buf)
+
+    def stats(self):
+        return {"depth": len(self), "drops": self.drops, "corrupt": self.corrupt,
+                "discarded": self.discarded, "next_seq": self.next_seq,
+                "flash_bytes": sum(s[4] for s in self.segs), "rtc": len(self.buf)}
+
+    # ------------------------------------------------------------ flash
+    def _seg_path(self, segno):
+        return "%s/%08d.q" % (self.path, segno)
+
+    def _read(self, segno):
+        with open(self._seg_path(segno), "rb") as f:
+            return f.read()
+
+    def _remove(self, segno):
+        try:
+            os.remove(self._seg_path(segno))
+        except OSError:
+            pass
+
+    def _recount(self, seg):
+        live = 0
+        for seq, _, _, _ in decode(self._read(seg[0]), len(SEG_HEADER)):
+            if seq is not None and seq > self.floor:
+                live += 1
+        seg[3] = live
+
+    def _write(self, records, first, last):
+        """Append encoded records to the newest segment, making room first."""
+        size = 0
+        for r in records:
+            size += len(r)
+        total = sum(s[4] for s in self.segs)
+        while self.segs and total + size > self.capacity:
+            old = self.segs[0]
+            if len(self.segs) == 1 and old[4] < self.segment_bytes:
+                break  # never drop the segment being filled
+            self.drops += old[3]
+            self.floor = max(self.floor, old[2])
+            self._save_state()  # before removing: dropped records never come back
+            self._remove(old[0])
+            total -= old[4]
+            self.segs.pop(0)
+            log.warn("outbox", "full dropped=%d total_drops=%d", old[3], self.drops)
+        seg = self.segs[-1] if self.segs else None
+        if seg is None or seg[4] >= self.segment_bytes:
+            segno = self._next_segno
+            with open(self._seg_path(segno), "wb") as f:
+                f.write(SEG_HEADER + b"".join(records))
+            self._next_segno = segno + 1
+            seg = [segno, first, last, 0, len(SEG_HEADER)]
+            self.segs.append(seg)
+        else:
+            with open(self._seg_path(seg[0]), "ab") as f:
+                f.write(b"".join(records))
+        seg[2] = last
+        seg[3] += len(records)
+        seg[4] += size
+
+    def _save_state(self):
+        body = STATE_MAGIC + struct.pack(_STATE_FMT, self.acked, self.floor, self.drops,
+                                         self.corrupt, self.discarded, self.seq_limit)
+        tmp = self.path + "/state.tmp"
+        with open(tmp, "wb") as f:
+            f.write(body + struct.pack("<I", crc32(body) & 0xFFFFFFFF))
+        os.rename(tmp, self.path + "/state")
+
+    def _load_state(self):
+        try:
+            with open(self.path + "/state", "rb") as f:
+                raw = f.read()
+        except OSError:
+            return "missing"
+        if (len(raw) != _STATE_LEN or raw[:3] != STATE_MAGIC
+                or struct.unpack("<I", raw[-4:])[0] != crc32(raw[:-4]) & 0xFFFFFFFF):
+            return "bad"
+        (self.acked, self.floor, self.drops, self.corrupt, self.discarded,
+         self.seq_limit) = struct.unpack(_STATE_FMT, raw[3:-4])
+        return "ok"
+
+    # ------------------------------------------------------------ RTC
+    def _rtc_bytes(self):
+        n = 4
+        for r in self.buf:
+            n += REC_OVERHEAD + len(r[2])
+        return n
+
+    def _save_rtc(self):
+        if self.rtc is not None:
+            self.rtc.save(struct.pack(_RTC_FMT, self.next_seq)
+                          + b"".join([encode(s, t, p) for s, t, p in self.buf]))
+
+    # ------------------------------------------------------------ recovery
+    def _recover(self):
+        try:
+            os.mkdir(self.path)
+        except OSError:
+            pass
+        why = self._load_state()
+        if why == "bad":
+            self.discarded += 1
+            log.warn("outbox", "state file damaged, starting from the segments")
+        names = []
+        for name in os.listdir(self.path):
+            if name in ("state", "state.tmp"):
+                continue
+            if len(name) == 10 and name.endswith(".q") and name[:8].isdigit():
+                names.append(int(name[:8]))
+            else:
+                self._discard(self.path + "/" + name, "foreign file")
+        names.sort()
+        self._next_segno = (names[-1] + 1) if names else 1
+        last = self.floor
+        dirty = False
+        for segno in names:
+            last, d = self._recover_segment(segno, last)
+            dirty = dirty or d
+        self._recover_rtc(last)
+        if dirty or why != "ok" or _exists(self.path + "/state.tmp"):
+            self._save_state()
+
+    def _discard(self, path, why):
+        self.discarded += 1
+        log.warn("outbox", "discarded file=%s why=%s", path, why)
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+    def _recover_segment(self, segno, last):
+        """Index one segment; returns (last seq kept, state changed)."""
+        path = self._seg_path(segno)
+        try:
+            data = self._read(segno)
+        except OSError:
+            self._discard(path, "unreadable")
+            return last, True
+        if data[:4] != SEG_HEADER:
+            self._discard(path, "not a version %d segment" % VERSION)
+            return last, True
+        good = []
+        damaged = 0
+        first = None
+        top = last
+        for seq, t, payload, end in decode(data, 4):
+            if seq is None:
+                damaged += 1
+                continue
+            if seq <= top:
+                continue  # already acked, dropped, or a duplicate
+            good.append(encode(seq, t, payload))
+            if first is None:
+                first = seq
+            top = seq
+        if damaged:
+            self.corrupt += damaged
+            log.warn("outbox", "skipped damaged records=%d file=%08d.q kept=%d", damaged, segno, len(good))
+        if not good:
+            self._remove(segno)
+            return last, damaged > 0
+        body = SEG_HEADER + b"".join(good)
+        if damaged:  # rewrite without the damage, so it is counted once
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(body)
+            os.rename(tmp, path)
+        self.segs.append([segno, first, top, len(good), len(body)])
+        return top, damaged > 0
+
+    def _recover_rtc(self, last):
+        if self.rtc is None:
+            self.next_seq = max(last, self.acked, self.floor, self.seq_limit - 1) + 1
+            return
+        payload, why = self.rtc.load()
+        rtc_next = 0
+        if payload is not None and len(payload) >= 4:
+            rtc_next = struct.unpack(_RTC_FMT, payload[:4])[0]
+            for seq, t, p, _ in decode(payload, 4):
+                if seq is not None and seq > last and seq > self.floor:
+                    self.buf.append((seq, t, p))
+                    last = seq
+        elif why != "empty" or self.seq_limit:
+            # RTC lost (power cut) or damaged: what it held is gone
+            self.rtc_lost = True
+            log.warn("outbox", "rtc buffer lost why=%s seq_from=%d", why, self.seq_limit)
+        if rtc_next:
+            self.next_seq = max(rtc_next, last + 1, self.floor + 1)
+        else:
+            self.next_seq = max(last + 1, self.floor + 1, self.seq_limit)
