@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PETREL := $(VENV)/bin/petrel
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test test-cpython test-vm test-host sim clean
+.PHONY: all venv test test-cpython test-vm test-host test-powercut bench bench-outbox sim clean
 
 all: test
 
@@ -34,6 +34,21 @@ test-vm: $(STAMP)
 test-host: $(STAMP)
 	@echo "== host tests (tools, boot cycles on both interpreters)"
 	$(PY) -m pytest -q host_tests/host
+
+# The long campaign: the outbox cut at every program/erase position of a
+# 1000-reading run (the fast slice of it is in make test). About 15 minutes.
+POWERCUT := MICROPYPATH=.frozen:$(CURDIR)/boards/sim:$(CURDIR)/lib $(VENV)/bin/micropython host_tests/vm/powercut.py
+test-powercut: $(STAMP)
+	$(POWERCUT) -q rtc-reset 1000 all
+	$(POWERCUT) -q rtc-power 1000 all
+	$(POWERCUT) -q rtc-power 1000 all 8192
+	$(POWERCUT) -q direct 1000 spread:400 8192
+	$(POWERCUT) -q direct 1000 all
+
+# Benchmarks run on the VM without the simulated board, so `time` is the VM's clock.
+bench: bench-outbox
+bench-outbox: $(STAMP)
+	MICROPYPATH=.frozen:$(CURDIR)/lib $(VENV)/bin/micropython bench/outbox.py
 
 sim: $(STAMP)
 	$(PETREL) sim --boots 6

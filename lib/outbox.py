@@ -36,6 +36,7 @@ import struct
 from binascii import crc32
 
 import eventlog as log
+import rtcmem
 
 VERSION = 1
 SEG_HEADER = b"PQ" + bytes((VERSION, 0))
@@ -128,30 +129,20 @@ class Outbox:
         if seq >= self.seq_limit:
             self.seq_limit = seq + self.reserve
             self._save_state()
+        if self._rtc_bytes() + REC_OVERHEAD + len(payload) > self.rtc.size - rtcmem.OVERHEAD:
+            self.flush()  # raises if flash fails: this reading is refused, none is lost
         self.buf.append((seq, t, bytes(payload)))
         self.next_seq = seq + 1
-        if self._rtc_bytes() > self.rtc.size - 9 - 4:
-            self.flush()
-        else:
-            self._save_rtc()
+        self._save_rtc()
         return seq
 
     def flush(self):
-        """Move the RTC-buffered readings to flash (the region is full, or the
-        node is about to risk its power: low battery, firmware update)."""
+        """Move the RTC-buffered readings to flash: done when the region is full,
+        or when the node is about to risk its power (low battery, update).
+        On a flash error they stay in RTC memory and OSError is raised."""
         if not self.buf:
             return
-        try:
-            self._write([encode(s, t, p) for s, t, p in self.buf],
-                        self.buf[0][0], self.buf[-1][0])
-        except OSError as e:
-            # keep them in RTC while they fit; the oldest goes first when not
-            log.error("outbox", "flush failed err=%s kept=%d", e, len(self.buf))
-            while self.buf and self._rtc_bytes() > self.rtc.size - 9:
-                self.buf.pop(0)
-                self.drops += 1
-            self._save_rtc()
-            return
+        self._write([encode(s, t, p) for s, t, p in self.buf], self.buf[0][0], self.buf[-1][0])
         self.buf = []
         self._save_rtc()
 

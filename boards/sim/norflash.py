@@ -27,16 +27,25 @@ class NorFlash:
         self.bytes_programmed = 0
         self.cut_at = None  # the op count (programs + erases) at which power dies
         self.dead = False
+        self.epoch = 0  # bumped at each revive: old block_device() ports stay dead
 
     # ----------------------------------------------------------- faults
     def cut_power_at(self, n):
         """Lose power during the n-th program or erase from now (1 = the next)."""
-        self.cut_at = self.programs + self.erases + n
+        self.cut_at = self.programs + self.erases + n - 1
 
     def revive(self):
         """Power is back: the chip answers again, with whatever it holds."""
         self.dead = False
         self.cut_at = None
+        self.epoch += 1
+
+    def block_device(self):
+        """What to mount a filesystem on (vfs.VfsLfs2(flash.block_device())).
+        Errors reach littlefs as -EIO return codes, as from a real driver, and a
+        filesystem mounted before a power cut can never touch the chip again
+        (its unclosed files' finalisers would otherwise write after the cut)."""
+        return _Port(self)
 
     def _op(self):
         """Count a program/erase; True when this one is cut short."""
@@ -124,3 +133,41 @@ class NorFlash:
                 self.erase(s)
             return 0
         return 0  # init, deinit, sync
+
+
+class _Port:
+    def __init__(self, flash):
+        self.flash = flash
+        self.epoch = flash.epoch
+
+    def _ok(self):
+        f = self.flash
+        return not f.dead and f.epoch == self.epoch
+
+    def readblocks(self, block_num, buf, offset=0):
+        if not self._ok():
+            return -errno.EIO
+        try:
+            self.flash.readblocks(block_num, buf, offset)
+        except OSError:
+            return -errno.EIO
+        return 0
+
+    def writeblocks(self, block_num, buf, offset=None):
+        if not self._ok():
+            return -errno.EIO
+        try:
+            self.flash.writeblocks(block_num, buf, offset)
+        except OSError:
+            return -errno.EIO
+        return 0
+
+    def ioctl(self, op, arg):
+        if op in (4, 5):
+            return self.flash.ioctl(op, arg)
+        if not self._ok():
+            return -errno.EIO
+        try:
+            return self.flash.ioctl(op, arg)
+        except OSError:
+            return -errno.EIO

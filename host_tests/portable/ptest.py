@@ -45,9 +45,9 @@ def scratch_dir(blocks=64):
         except OSError:
             pass
     dev = NorFlash(blocks)
-    vfs.VfsLfs2.mkfs(dev)
+    vfs.VfsLfs2.mkfs(dev.block_device())
     path = "/scratch%d" % _scratch["n"]
-    vfs.mount(vfs.VfsLfs2(dev), path)
+    vfs.mount(vfs.VfsLfs2(dev.block_device()), path)
     _scratch["mount"] = path
     return path, dev
 
@@ -63,4 +63,4 @@ def remount(path, flash):
     except OSError:
         pass
     flash.revive()
-    vfs.mount(vfs.VfsLfs2(flash), path)
+    vfs.mount(vfs.VfsLfs2(flash.block_device()), path)
