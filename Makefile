@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PETREL := $(VENV)/bin/petrel
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test test-cpython test-vm test-host test-powercut bench bench-outbox sim clean
+.PHONY: all venv test test-cpython test-vm test-host test-powercut bench bench-outbox bench-filters sim clean
 
 all: test
 
@@ -37,7 +37,7 @@ test-host: $(STAMP)
 
 # The long campaign: the outbox cut at every program/erase position of a
 # 1000-reading run (the fast slice of it is in make test). About 15 minutes.
-POWERCUT := MICROPYPATH=.frozen:$(CURDIR)/boards/sim:$(CURDIR)/lib $(VENV)/bin/micropython host_tests/vm/powercut.py
+POWERCUT := MICROPYPATH=.frozen:$(CURDIR)/boards/sim:$(CURDIR)/lib $(VENV)/bin/micropython -X heapsize=8M host_tests/vm/powercut.py
 test-powercut: $(STAMP)
 	$(POWERCUT) -q rtc-reset 1000 all
 	$(POWERCUT) -q rtc-power 1000 all
@@ -46,9 +46,11 @@ test-powercut: $(STAMP)
 	$(POWERCUT) -q direct 1000 all
 
 # Benchmarks run on the VM without the simulated board, so `time` is the VM's clock.
-bench: bench-outbox
+bench: bench-outbox bench-filters
 bench-outbox: $(STAMP)
 	MICROPYPATH=.frozen:$(CURDIR)/lib $(VENV)/bin/micropython bench/outbox.py
+bench-filters: $(STAMP)
+	MICROPYPATH=.frozen:$(CURDIR)/lib $(VENV)/bin/micropython bench/filters.py
 
 sim: $(STAMP)
 	$(PETREL) sim --boots 6

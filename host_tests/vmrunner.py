@@ -1,6 +1,6 @@
 """Runs the portable tests on the MicroPython VM (pytest runs them on CPython).
 
-    micropython vmrunner.py DIR [module | module::test ...]
+    micropython vmrunner.py DIR[:DIR...] [module | module::test ...]
 
 Each test is a plain function named test_*, run on a freshly powered-on
 simulated board. Prints one line per test and closes with "N passed, N failed";
@@ -13,9 +13,11 @@ import sys
 import simstate
 
 
-def _tests(directory, selected):
-    names = sorted(f[:-3] for f in os.listdir(directory)
-                   if f.startswith("test_") and f.endswith(".py"))
+def _tests(directories, selected):
+    names = []
+    for d in directories:
+        names += [f[:-3] for f in os.listdir(d) if f.startswith("test_") and f.endswith(".py")]
+    names.sort()
     wanted = {}
     for s in selected:
         mod, _, fn = s.partition("::")
@@ -38,10 +40,11 @@ def _tests(directory, selected):
 
 
 def main(argv):
-    directory = argv[0]
-    sys.path.append(directory)
+    directories = argv[0].split(":")
+    for d in directories:
+        sys.path.append(d)
     passed = failed = 0
-    for mod, name, fn in _tests(directory, argv[1:]):
+    for mod, name, fn in _tests(directories, argv[1:]):
         simstate.reset_world()
         try:
             fn()

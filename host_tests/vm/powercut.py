@@ -199,7 +199,7 @@ def first_fast_path_cycle(mode, readings, capacity):
 
 def positions(spec, total, mode, readings, capacity):
     if spec == "all":
-        return list(range(1, total + 1))
+        return range(1, total + 1)
     if spec.startswith("spread:"):
         k = int(spec[7:])
         pts = set(first_fast_path_cycle(mode, readings, capacity))

@@ -10,6 +10,7 @@ SIM = ROOT / "boards" / "sim"
 LIB = ROOT / "lib"
 FIRMWARE = ROOT / "firmware"
 PORTABLE_TESTS = ROOT / "host_tests" / "portable"
+VM_TESTS = ROOT / "host_tests" / "vm"
 
 
 def micropython_binary():

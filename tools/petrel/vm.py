@@ -24,9 +24,10 @@ def run_file(script, args=(), extra_path=(), timeout=None, heapsize=None, as_boa
     return subprocess.call(cmd, env=vm_env(extra_path), timeout=timeout)
 
 
-def run_portable_tests(selected=(), directory=None, timeout=600):
-    """The portable test suite on the VM; returns the runner's exit code."""
-    directory = directory or paths.PORTABLE_TESTS
+def run_portable_tests(selected=(), directories=None, timeout=600):
+    """The portable tests, and the VM-only ones (host_tests/vm/test_*.py: heap
+    locks and the like), on the VM; returns the runner's exit code."""
+    directories = directories or [paths.PORTABLE_TESTS, paths.VM_TESTS]
     runner = paths.ROOT / "host_tests" / "vmrunner.py"
-    return run_file(runner, [str(directory)] + list(selected),
-                    extra_path=[directory], timeout=timeout)
+    return run_file(runner, [":".join(str(d) for d in directories)] + list(selected),
+                    extra_path=directories, timeout=timeout)

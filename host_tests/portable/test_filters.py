@@ -1,0 +1,276 @@
+# lib/filters: every filter's semantics, the chain, its snapshot, configuration errors.
+import filters
+from ptest import raises
+
+
+def chain(items, scale=1):
+    return filters.build_chain("temp", {"scale": scale, "filters": items})
+
+
+def feed(c, values, step_ms=1000, start=0):
+    out = []
+    now = start
+    for v in values:
+        out.append(c.push(v, now))
+        now += step_ms
+    return out
+
+
+def test_offset_multiply_in_channel_units():
+    c = chain([{"offset": 1.5}, {"multiply": 2}], scale=100)
+    assert c.push(1000, 0) == (1000 + 150) * 2
+
+
+def test_calibrate_linear_least_squares_and_exact():
+    c = chain([{"calibrate_linear": [[0, 0], [10, 21], [20, 39]]}], scale=10)
+    # least squares through (0,0) (10,21) (20,39): y = 1.95 x + 0.5
+    assert c.push(100, 0) == 200
+    assert c.push(0, 0) == 5
+    c = chain([{"calibrate_linear": {"method": "exact",
+                                     "datapoints": ["0 -> 0", "10 -> 20", "20 -> 30"]}}])
+    assert feed(c, [5, 10, 15, 30, -10]) == [10, 20, 25, 40, -20]  # extrapolates the end segments
+
+
+def test_calibrate_polynomial_fits_a_parabola():
+    pts = [[x, 2 * x * x - 3 * x + 1] for x in range(-3, 4)]
+    c = chain([{"calibrate_polynomial": {"degree": 2, "datapoints": pts}}])
+    assert feed(c, [0, 2, 10]) == [1, 3, 171]
+
+
+def test_filter_out_values_and_missing_readings():
+    c = chain([{"filter_out": [0, 85]}])
+    assert feed(c, [20, 0, 85, None, 21]) == [20, None, None, None, 21]
+    assert c.drops[filters.VALUE] == 2 and c.drops[filters.NAN] == 1
+
+
+def test_clamp_clamps_or_drops():
+    c = chain([{"clamp": {"min_value": -40, "max_value": 85}}], scale=10)
+    assert feed(c, [900, -500, 250]) == [850, -400, 250]
+    c.push(900, 0)
+    assert c.flags == filters.CLAMPED
+    c.push(250, 0)
+    assert c.flags == 0
+    c = chain([{"clamp": {"max_value": 85, "ignore_out_of_range": True}}], scale=10)
+    assert feed(c, [900, 250]) == [None, 250]
+    assert c.drops[filters.RANGE] == 1
+
+
+def test_round_to_decimals():
+    c = chain([{"round": 1}], scale=100)
+    assert feed(c, [2154, 2155, -2155, 2149]) == [2150, 2160, -2160, 2150]
+
+
+def test_median_window_edges_and_send_every():
+    c = chain([{"median": {"window_size": 3, "send_every": 1}}])
+    assert feed(c, [5, 1, 9, 2, 100, 3]) == [5, 3, 5, 2, 9, 3]  # partial window at first
+    c = chain([{"median": {"window_size": 5, "send_every": 5, "send_first_at": 2}}])
+    out = feed(c, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+    assert [i for i in range(12) if out[i] is not None] == [1, 6, 11]
+    assert out[1] == 1 and out[6] == 5 and out[11] == 10  # even window: mean of the middle two
+
+
+def test_quantile_min_max_and_sliding_average():
+    values = [4, 8, 15, 16, 23, 42]
+    q = chain([{"quantile": {"window_size": 5, "send_every": 1, "quantile": 0.9}}])
+    assert feed(q, values)[-1] == 42  # ceil(5 * 0.9) - 1 = 4th of [8 15 16 23 42]
+    mn = chain([{"min": {"window_size": 3, "send_every": 1}}])
+    mx = chain([{"max": {"window_size": 3, "send_every": 1}}])
+    assert feed(mn, values) == [4, 4, 4, 8, 15, 16]
+    assert feed(mx, values) == [4, 8, 15, 16, 23, 42]
+    avg = chain([{"sliding_window_moving_average": {"window_size": 4, "send_every": 2}}])
+    assert feed(avg, values) == [4, None, 9, None, 16, None]  # first value sent at once
+    avg = chain([{"sliding_window_moving_average":
+                  {"window_size": 4, "send_every": 2, "send_first_at": 2}}])
+    assert feed(avg, values) == [None, 6, None, 11, None, 24]  # (15+16+23+42)/4 = 24
+
+
+def test_ema_follows_esphome_formula():
+    c = chain([{"exponential_moving_average": {"alpha": 0.5, "send_every": 1}}], scale=100)
+    out = feed(c, [1000, 2000, 2000, 0])
+    assert out == [1000, 1500, 1750, 875]
+    c = chain([{"exponential_moving_average": {"alpha": 0.1}}])  # defaults: send every 15
+    out = feed(c, [10] * 31)
+    assert [i for i in range(31) if out[i] is not None] == [0, 15, 30]
+
+
+def test_ema_has_no_dead_band_for_small_steps():
+    c = chain([{"exponential_moving_average": {"alpha": 0.1, "send_every": 1}}])
+    out = feed(c, [0] + [10] * 60)
+    assert out[-1] >= 9  # converges to within a unit, not stuck short
+
+
+def test_skip_initial():
+    c = chain([{"skip_initial": 2}])
+    assert feed(c, [1, 2, 3, 4]) == [None, None, 3, 4]
+    assert c.drops[filters.SKIP] == 2
+
+
+def test_delta_absolute_and_percent():
+    c = chain([{"delta": 0.5}], scale=10)
+    assert feed(c, [200, 204, 205, 201, 199]) == [200, None, 205, None, 199]
+    assert c.drops[filters.DELTA] == 2
+    c = chain([{"delta": "10%"}])
+    assert feed(c, [100, 109, 110, 120, 121]) == [100, None, 110, None, 121]
+
+
+def test_hampel_drops_or_replaces_outliers_only():
+    c = chain([{"hampel": {"window_size": 7, "n_sigmas": 3}}])
+    values = [200, 202, 199, 201, 200, 950, 201, 203, 198, 200]
+    out = feed(c, values)
+    assert out[5] is None and c.drops[filters.OUTLIER] == 1
+    assert [v for v in out if v is not None] == [v for v in values if v != 950]
+    c = chain([{"hampel": {"window_size": 7, "replace": True}}])
+    out = feed(c, values)
+    assert out[5] == 200 and c.reason == filters.OK
+    c.push(950, 0)
+    assert c.flags == filters.REPLACED
+    # a real step change is followed once the window holds it
+    c = chain([{"hampel": {"window_size": 5}}])
+    out = feed(c, [100, 101, 100, 99, 100] + [300] * 8)
+    assert out[-1] == 300
+
+
+def test_throttle_passes_one_value_per_period():
+    c = chain([{"throttle": "10s"}])
+    out = feed(c, list(range(25)), step_ms=1000)
+    assert [v for v in out if v is not None] == [0, 10, 20]
+    assert c.drops[filters.THROTTLE] == 22
+
+
+def test_throttle_average_sends_the_period_mean():
+    c = chain([{"throttle_average": "5s"}])
+    out = feed(c, [10, 20, 30, 40, 50, 60, 70], step_ms=1000)
+    assert out == [None, None, None, None, None, 35, None]  # values at t=0..5s
+    assert c.tick(10000) is None  # the next period began with 70 at 6 s
+    assert c.tick(11000) == 70
+
+
+def test_heartbeat_sends_latest_on_time_only():
+    c = chain([{"heartbeat": "1min"}])
+    assert feed(c, [1, 2, 3], step_ms=10000) == [None, None, None]
+    assert c.tick(30000) is None
+    assert c.tick(60000) == 3
+    assert c.tick(90000) is None
+    assert c.tick(120000) == 3  # repeats the latest while nothing new comes
+    c = chain([{"heartbeat": {"period": "1min", "optimistic": True}}])
+    assert c.push(7, 0) == 7
+
+
+def test_timeout_marks_stale_or_sends_fallback():
+    c = chain([{"timeout": "30s"}])
+    assert c.push(21, 0) == 21 and c.flags == 0
+    assert c.tick(29000) is None
+    assert c.tick(30000) == 21 and c.flags == filters.STALE
+    assert c.tick(90000) is None  # once per silence
+    assert c.push(22, 100000) == 22 and c.flags == 0
+    c = chain([{"timeout": {"period": "30s", "value": -1}}], scale=10)
+    c.push(5, 0)
+    assert c.tick(31000) == -10 and c.flags == 0
+
+
+def test_debounce_sends_after_quiet_time():
+    c = chain([{"debounce": "2s"}])
+    assert feed(c, [1, 2, 3], step_ms=500) == [None, None, None]
+    assert c.tick(2500) is None  # last value came at 1.0 s
+    assert c.tick(3000) == 3
+    assert c.tick(9000) is None
+
+
+def test_or_passes_when_any_branch_does():
+    c = chain([{"or": [{"delta": 5}, {"heartbeat": {"period": "60s", "optimistic": False}}]}])
+    out = feed(c, [100, 101, 102, 110], step_ms=10000)
+    assert out == [100, None, None, 110]
+    assert c.drops[filters.OR] == 2
+    assert c.tick(60000) == 110  # the heartbeat branch speaks on time
+
+
+def test_time_filters_work_across_the_clock_wrap():
+    c = chain([{"throttle": "10s"}])
+    start = (1 << 30) - 5000
+    out = feed(c, list(range(15)), step_ms=1000, start=start)
+    assert [v for v in out if v is not None] == [0, 10]
+
+
+def test_tick_output_goes_through_later_filters():
+    c = chain([{"heartbeat": "10s"}, {"offset": 1}, {"clamp": {"max_value": 5}}])
+    c.push(9, 0)
+    assert c.tick(10000) == 5 and c.flags == filters.CLAMPED
+
+
+def test_common_chain_end_to_end():
+    c = chain([{"median": {"window_size": 5, "send_every": 1}},
+               {"exponential_moving_average": {"alpha": 0.5, "send_every": 1}},
+               {"clamp": {"min_value": -40, "max_value": 85}},
+               {"delta": 0.1}], scale=100)
+    out = feed(c, [2100, 2101, 9000, 2102, 2099, 2100, 2500, 2500, 2500, 2500])
+    assert out[0] == 2100
+    assert 9000 not in out and max(v for v in out if v is not None) < 2500  # spike gone
+    assert out[-1] is not None and out[-1] > 2300  # the real step comes through
+
+
+def test_snapshot_restore_mid_stream_matches_a_chain_that_never_slept():
+    cfg = [{"skip_initial": 1}, {"hampel": {"window_size": 5}},
+           {"median": {"window_size": 5, "send_every": 2}},
+           {"exponential_moving_average": {"alpha": 0.3, "send_every": 1}},
+           {"clamp": {"min_value": -40, "max_value": 85}},
+           {"or": [{"delta": 0.2}, {"throttle": "5min"}]}, {"timeout": "15min"}]
+    values = [2000 + ((i * 37) % 23) * 7 - (400 if i % 11 == 0 else 0) for i in range(60)]
+    awake = chain(cfg, scale=100)
+    ref = feed(awake, values, step_ms=60000)
+    sleeper = chain(cfg, scale=100)
+    got = []
+    for i in range(60):
+        got.append(sleeper.push(values[i], i * 60000))
+        snap = sleeper.snapshot()
+        assert len(snap) < 200  # fits the RTC-memory budget
+        sleeper = chain(cfg, scale=100)  # deep sleep: RAM is gone
+        sleeper.restore(snap)
+    assert got == ref
+    assert sleeper.tick(80 * 60000) == awake.tick(80 * 60000)
+
+
+def test_snapshot_of_another_configuration_is_refused():
+    a = chain([{"median": {"window_size": 3}}])
+    b = chain([{"median": {"window_size": 3}}, {"delta": 1}])
+    raises(ValueError, b.restore, a.snapshot())
+    raises(ValueError, a.restore, b"")
+    raises(ValueError, a.restore, a.snapshot() + b"\x02")
+    raises(ValueError, a.restore, b"\x01\x80")
+
+
+def test_configuration_errors_name_channel_filter_and_key():
+    def err(items):
+        return str(raises(filters.ConfigError, chain, items))
+
+    e = err([{"median": {"window_size": 5}}, {"clamp": {"minimum": 0}}])
+    assert "channel 'temp'" in e and "filter 2 'clamp'" in e and "'minimum'" in e
+    assert "min_value" in e  # says what is expected
+    e = err([{"median": {"window_size": "five"}}])
+    assert "'window_size'" in e and "integer" in e
+    e = err([{"exponential_moving_average": {"alpha": 2}}])
+    assert "'alpha'" in e
+    e = err([{"throttle": "soon"}])
+    assert "duration" in e
+    e = err([{"smooth": 3}])
+    assert "unknown filter" in e and "'smooth'" in e
+    e = err([{"median": {}, "delta": 1}])
+    assert "filter 1" in e
+    e = err([{"or": [{"delta": 1}, {"clamp": {"max_value": "x"}}]}])
+    assert "'or'" in e and "'clamp'" in e and "'max_value'" in e
+    e = err([{"median": {"send_every": 2, "send_first_at": 3}}])
+    assert "send_first_at" in e
+    e = err([{"calibrate_polynomial": {"degree": 3, "datapoints": [[0, 0], [1, 1]]}}])
+    assert "datapoints" in e
+    raises(filters.ConfigError, filters.build_chain, "x", {"scale": 0})
+    raises(filters.ConfigError, filters.build_chain, "x", {"filter": []})
+    raises(filters.ConfigError, filters.build, [1, 2])
+
+
+def test_build_from_json_text():
+    import json
+
+    chains = filters.build(json.loads(
+        '{"t": {"scale": 100, "filters": [{"median": {"window_size": 3, "send_every": 1}}]},'
+        ' "rh": {"filters": [{"delta": 1}]}}'))
+    assert sorted(chains) == ["rh", "t"]
+    assert chains["t"].push(2000, 0) == 2000
