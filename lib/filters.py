@@ -36,25 +36,11 @@ carries chain.flags (STALE: re-sent by timeout, CLAMPED, REPLACED by hampel).
 A chain's state fits a compact snapshot() for RTC memory across deep sleep.
 """
 
-from array import array
+import filterprog as prog
+from filterprog import (OK, NAN, VALUE, RANGE, OUTLIER, SKIP, THROTTLE, DELTA, HOLD, OR,  # noqa: F401
+                        STALE, CLAMPED, REPLACED)
 
-# why a push returned None
-OK = 0
-NAN = 1  # the reading was missing
-VALUE = 2  # filter_out matched
-RANGE = 3  # clamp with ignore_out_of_range
-OUTLIER = 4  # hampel
-SKIP = 5  # skip_initial
-THROTTLE = 6
-DELTA = 7  # no significant change
-HOLD = 8  # kept for later: window filling, send_every, period not over
-OR = 9  # no branch of an or passed it
 REASONS = ("ok", "nan", "value", "range", "outlier", "skip", "throttle", "delta", "hold", "or")
-
-# what a sent value went through
-STALE = 1
-CLAMPED = 2
-REPLACED = 4
 
 _PERIOD = 1 << 30
 _HALF = _PERIOD >> 1
@@ -91,14 +77,6 @@ class Filter:
 
     def load(self, it):
         pass
-
-
-class Offset(Filter):
-    def __init__(self, offset):
-        self.offset = offset
-
-    def push(self, x, now):
-        return x + self.offset
 
 
 class Multiply(Filter):
@@ -173,277 +151,20 @@ class CalibratePolynomial(Filter):
         return int(round(y))
 
 
-class FilterOut(Filter):
-    reason = VALUE
-
-    def __init__(self, values):
-        self.values = values
-
-    def push(self, x, now):
-        for v in self.values:
-            if x == v:
-                return None
-        return x
-
-
-class Clamp(Filter):
-    reason = RANGE
-
-    def __init__(self, lo, hi, drop):
-        self.lo = lo
-        self.hi = hi
-        self.drop = drop
-
-    def push(self, x, now):
-        self.flag = 0
-        if x < self.lo:
-            if self.drop:
-                return None
-            self.flag = CLAMPED
-            return self.lo
-        if x > self.hi:
-            if self.drop:
-                return None
-            self.flag = CLAMPED
-            return self.hi
-        return x
-
-
-class Round(Filter):
-    def __init__(self, step):
-        self.step = step  # in units; 1 means no rounding finer than the scale
-
-    def push(self, x, now):
-        return _div(x, self.step) * self.step
-
-
-class SkipInitial(Filter):
-    reason = SKIP
-
-    def __init__(self, n):
-        self.left = n
-
-    def push(self, x, now):
-        if self.left > 0:
-            self.left -= 1
-            return None
-        return x
-
-    def state(self):
-        return [self.left]
-
-    def load(self, it):
-        self.left = next(it)
-
-
-# ------------------------------------------------------------------ windows
-class _Window:
-    """The last `size` values, in arrival order and sorted, with their sum:
-    adding one costs a shift, and allocates nothing."""
-
-    def __init__(self, size):
-        self.size = size
-        self.ring = array("i", [0] * size)
-        self.sorted = array("i", [0] * size)
-        self.n = 0
-        self.pos = 0
-        self.total = 0
-
-    def add(self, x):
-        s = self.sorted
-        if self.n == self.size:
-            old = self.ring[self.pos]
-            self.total -= old
-            i = 0
-            while s[i] != old:
-                i += 1
-            while i < self.n - 1:
-                s[i] = s[i + 1]
-                i += 1
-            self.n -= 1
-        self.ring[self.pos] = x
-        self.pos = (self.pos + 1) % self.size
-        self.total += x
-        i = self.n
-        while i > 0 and s[i - 1] > x:
-            s[i] = s[i - 1]
-            i -= 1
-        s[i] = x
-        self.n += 1
-
-    def median(self):
-        n = self.n
-        s = self.sorted
-        if n & 1:
-            return s[n >> 1]
-        return (s[(n >> 1) - 1] + s[n >> 1]) >> 1
-
-    def oldest_first(self):
-        out = []
-        for k in range(self.n):
-            out.append(self.ring[(self.pos - self.n + k) % self.size])
-        return out
-
-
-class _Windowed(Filter):
-    reason = HOLD
-
-    def __init__(self, window_size, send_every, send_first_at):
-        self.w = _Window(window_size)
-        self.every = send_every
-        self.count = send_every - send_first_at
-
-    def push(self, x, now):
-        self.w.add(x)
-        self.count += 1
-        if self.count >= self.every:
-            self.count = 0
-            return self.value()
-        return None
-
-    def state(self):
-        return [self.count, self.w.n] + self.w.oldest_first()
-
-    def load(self, it):
-        self.count = next(it)
-        for _ in range(next(it)):
-            self.w.add(next(it))
-
-
-class Median(_Windowed):
-    def value(self):
-        return self.w.median()
-
-
-class Quantile(_Windowed):
-    def __init__(self, window_size, send_every, send_first_at, quantile):
-        _Windowed.__init__(self, window_size, send_every, send_first_at)
-        self.q = quantile  # in 1/1000
-
-    def value(self):
-        pos = (self.w.n * self.q + 999) // 1000 - 1  # ceil(n * q) - 1, as ESPHome
-        return self.w.sorted[max(0, pos)]
-
-
-class Min(_Windowed):
-    def value(self):
-        return self.w.sorted[0]
-
-
-class Max(_Windowed):
-    def value(self):
-        return self.w.sorted[self.w.n - 1]
-
-
-class SlidingAverage(_Windowed):
-    def value(self):
-        return _div(self.w.total, self.w.n)
-
-
-class Hampel(Filter):
-    """Outlier rejection: x is an outlier when |x - median| > k * 1.4826 * MAD
-    over the last window_size raw values (MAD: median absolute deviation).
-    Outliers are dropped, or replaced by the median (flagged REPLACED). Every
-    raw value enters the window, so a real step change is followed once it
-    holds half the window, while a lone spike never moves the median."""
-
-    reason = OUTLIER
-
-    def __init__(self, window_size, k_milli, replace):
-        self.w = _Window(window_size)
-        self.dev = _Window(window_size)
-        self.k = k_milli * 1483 // 1000  # k * 1.4826, in 1/1000
-        self.replace = replace
-
-    def push(self, x, now):
-        self.flag = 0
-        w = self.w
-        if w.n >= 3:
-            m = w.median()
-            d = self.dev
-            d.n = 0
-            d.pos = 0
-            d.total = 0
-            for i in range(w.n):
-                v = w.ring[i] - m
-                d.add(v if v >= 0 else -v)
-            mad = d.median()
-            dx = x - m if x >= m else m - x
-            w.add(x)
-            if dx * 1000 > self.k * max(mad, 1):
-                if self.replace:
-                    self.flag = REPLACED
-                    return m
-                return None
-            return x
-        w.add(x)
-        return x
-
-    def state(self):
-        return [self.w.n] + self.w.oldest_first()
-
-    def load(self, it):
-        for _ in range(next(it)):
-            self.w.add(next(it))
-
-
-class EMA(Filter):
-    """Exponential moving average with alpha in 1/1024, kept with 4 extra bits."""
-
-    reason = HOLD
-    BITS = 4
-
-    def __init__(self, alpha_1024, send_every, send_first_at):
-        self.a = alpha_1024
-        self.acc = 0  # value << BITS
-        self.have = 0
-        self.every = send_every
-        self.count = send_every - send_first_at
-
-    def push(self, x, now):
-        if self.have:
-            self.acc += ((x << 4) - self.acc) * self.a >> 10
-        else:
-            self.acc = x << 4
-            self.have = 1
-        self.count += 1
-        if self.count >= self.every:
-            self.count = 0
-            return (self.acc + 8) >> 4
-        return None
-
-    def state(self):
-        return [self.have, self.acc, self.count]
-
-    def load(self, it):
-        self.have = next(it)
-        self.acc = next(it)
-        self.count = next(it)
-
-
-class Delta(Filter):
+class DeltaPercent(Filter):
     """Pass a value only when it differs from the last one passed by at least
-    `delta` units, or by `ppm` parts per million of it (percent mode)."""
+    `ppm` parts per million of that one. (An absolute delta is compiled.)"""
 
     reason = DELTA
 
-    def __init__(self, delta, ppm):
-        self.delta = delta
+    def __init__(self, ppm):
         self.ppm = ppm
         self.last = 0
         self.have = 0
 
     def push(self, x, now):
-        if self.have:
-            d = x - self.last
-            if d < 0:
-                d = -d
-            if self.ppm:
-                ref = self.last if self.last >= 0 else -self.last
-                if d * 1000000 < ref * self.ppm:
-                    return None
-            elif d < self.delta:
-                return None
+        if self.have and abs(x - self.last) * 1000000 < abs(self.last) * self.ppm:
+            return None
         self.last = x
         self.have = 1
         return x
@@ -831,6 +552,8 @@ class _Spec:
 
     def window(self, d_window, d_every, d_first):
         size = self.count(self.get("window_size", d_window), "window_size")
+        if size > 64:
+            self.fail("key 'window_size' must be at most 64, got %d" % size)
         every = self.count(self.get("send_every", d_every), "send_every")
         first = self.count(self.get("send_first_at", d_first), "send_first_at")
         if first > every:
@@ -848,7 +571,7 @@ def _scalar_or(spec, key):
 
 def _make(spec, name, channel, scale):
     if name == "offset":
-        return Offset(spec.units(_scalar_or(spec, "value"), "value"))
+        return prog.Offset(spec.units(_scalar_or(spec, "value"), "value"))
     if name == "multiply":
         return Multiply(spec.number(_scalar_or(spec, "value"), "value"))
     if name == "calibrate_linear":
@@ -874,35 +597,36 @@ def _make(spec, name, channel, scale):
             v = spec.get("values", required=True)
         if not isinstance(v, list):
             v = [v]
-        return FilterOut([spec.units(x, "values") for x in v])
+        return prog.FilterOut([spec.units(x, "values") for x in v])
     if name == "clamp":
         lo = spec.get("min_value")
         hi = spec.get("max_value")
         drop = spec.get("ignore_out_of_range", False)
         if not isinstance(drop, bool):
             spec.fail("key 'ignore_out_of_range' must be true or false")
-        lo = -(1 << 62) if lo is None else spec.units(lo, "min_value")
-        hi = (1 << 62) if hi is None else spec.units(hi, "max_value")
+        lo = -prog.LIMIT if lo is None else spec.units(lo, "min_value")
+        hi = prog.LIMIT if hi is None else spec.units(hi, "max_value")
         if lo > hi:
             spec.fail("min_value is above max_value")
-        return Clamp(lo, hi, drop)
+        return prog.Clamp(lo, hi, drop)
     if name == "round":
         decimals = spec.count(_scalar_or(spec, "accuracy_decimals"), "accuracy_decimals", 0)
-        return Round(max(1, scale // (10 ** decimals)))
+        return prog.Round(max(1, scale // (10 ** decimals)))
     if name == "skip_initial":
-        return SkipInitial(spec.count(_scalar_or(spec, "count"), "count"))
+        return prog.SkipInitial(spec.count(_scalar_or(spec, "count"), "count"))
     if name in ("median", "min", "max"):
         size, every, first = spec.window(5, 5, 1)
-        return {"median": Median, "min": Min, "max": Max}[name](size, every, first)
+        kind = {"median": prog.MEDIAN, "min": prog.MIN, "max": prog.MAX}[name]
+        return prog.Window(kind, size, every, first)
     if name == "quantile":
         size, every, first = spec.window(5, 5, 1)
         q = spec.number(spec.get("quantile", 0.9), "quantile")
         if not 0 < q <= 1:
             spec.fail("key 'quantile' must be in (0, 1], got %r" % q)
-        return Quantile(size, every, first, int(round(q * 1000)))
+        return prog.Window(prog.QUANTILE, size, every, first, int(round(q * 1000)))
     if name == "sliding_window_moving_average":
         size, every, first = spec.window(15, 15, 1)
-        return SlidingAverage(size, every, first)
+        return prog.Window(prog.MEAN, size, every, first)
     if name == "exponential_moving_average":
         alpha = spec.number(spec.get("alpha", 0.1), "alpha")
         if not 0 < alpha <= 1:
@@ -911,16 +635,18 @@ def _make(spec, name, channel, scale):
         first = spec.count(spec.get("send_first_at", 1), "send_first_at")
         if first > every:
             spec.fail("send_first_at (%d) must not exceed send_every (%d)" % (first, every))
-        return EMA(max(1, int(round(alpha * 1024))), every, first)
+        return prog.EMA(alpha, every, first)
     if name == "hampel":
         size = spec.count(spec.get("window_size", 7), "window_size", 3)
+        if size > 64:
+            spec.fail("key 'window_size' must be at most 64, got %d" % size)
         k = spec.number(spec.get("n_sigmas", 3.0), "n_sigmas")
-        if k <= 0:
-            spec.fail("key 'n_sigmas' must be positive")
+        if not 0 < k <= 8:
+            spec.fail("key 'n_sigmas' must be in (0, 8], got %r" % k)
         replace = spec.get("replace", False)
         if not isinstance(replace, bool):
             spec.fail("key 'replace' must be true or false")
-        return Hampel(size, int(round(k * 1000)), replace)
+        return prog.Hampel(size, k, replace)
     if name == "delta":
         v = _scalar_or(spec, "value")
         if isinstance(v, str) and v.endswith("%"):
@@ -930,11 +656,11 @@ def _make(spec, name, channel, scale):
                 pct = -1
             if pct <= 0:
                 spec.fail("a percentage delta must look like '5%%', got %r" % v)
-            return Delta(0, int(round(pct * 10000)))
+            return DeltaPercent(int(round(pct * 10000)))
         d = spec.units(v, "value")
-        if d < 0:
-            spec.fail("delta must not be negative")
-        return Delta(d, 0)
+        if not 0 <= d < prog.LIMIT:
+            spec.fail("delta must be between 0 and %d units" % prog.LIMIT)
+        return prog.Delta(d)
     if name == "throttle":
         return Throttle(spec.duration(_scalar_or(spec, "period"), "period"))
     if name == "throttle_average":
@@ -964,7 +690,10 @@ def _make(spec, name, channel, scale):
         if not isinstance(spec.params, list) or not spec.params:
             spec.fail("expects a list of filters")
         spec.seen.append("filters")
-        return Or(_filters(channel, spec.params, scale, spec.where + " > "))
+        branches = []
+        for i in range(len(spec.params)):  # each branch sees every value on its own
+            branches += _filters(channel, [spec.params[i]], scale, spec.where + " > ")
+        return Or(branches)
     spec.fail("unknown filter (known: %s)" % ", ".join(FILTER_NAMES))
 
 
@@ -976,7 +705,10 @@ FILTER_NAMES = ("offset", "multiply", "calibrate_linear", "calibrate_polynomial"
 
 
 def _filters(channel, items, scale, prefix=""):
+    """Configuration items -> filters, consecutive integer ones compiled into
+    one filterprog.Stage."""
     out = []
+    run = []
     for i in range(len(items)):
         item = items[i]
         if not isinstance(item, dict) or len(item) != 1:
@@ -986,9 +718,22 @@ def _filters(channel, items, scale, prefix=""):
         spec = _Spec(channel, i, name, item[name], scale)
         if prefix:
             spec.where = prefix + spec.where
-        f = _make(spec, name, channel, scale)
+        try:
+            f = _make(spec, name, channel, scale)
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            spec.fail(str(e))
         spec.done()
-        out.append(f)
+        if isinstance(f, Filter):
+            if run:
+                out.append(prog.Stage(run))
+                run = []
+            out.append(f)
+        else:
+            run.append(f)
+    if run:
+        out.append(prog.Stage(run))
     return out
 
 

@@ -322,6 +322,9 @@ class Outbox:
         except OSError:
             self._discard(path, "unreadable")
             return last, True
+        if not data:  # created when the power went: nothing was ever in it
+            self._remove(segno)
+            return last, False
         if data[:4] != SEG_HEADER:
             self._discard(path, "not a version %d segment" % VERSION)
             return last, True
