@@ -274,3 +274,34 @@ def test_build_from_json_text():
         ' "rh": {"filters": [{"delta": 1}]}}'))
     assert sorted(chains) == ["rh", "t"]
     assert chains["t"].push(2000, 0) == 2000
+
+
+def test_values_beyond_the_integer_stage_range_are_counted_not_wrapped():
+    c = chain([{"median": {"window_size": 3, "send_every": 1}}])
+    assert c.push(262143, 0) == 262143  # 2**18 - 1 units: fine
+    assert c.push(262144, 0) is None and c.reason == filters.RANGE
+    assert c.push(-300000, 0) is None and c.drops[filters.RANGE] == 2
+    e = str(raises(filters.ConfigError, chain, [{"offset": 5000}], 100))
+    assert "coarser scale" in e
+
+
+def test_small_alpha_keeps_its_precision():
+    c = chain([{"exponential_moving_average": {"alpha": 0.01, "send_every": 1}}])
+    out = feed(c, [0] + [10000] * 100)
+    # 1 - 0.99**100 = 0.634 of the step after 100 samples
+    assert 6300 <= out[-1] <= 6370
+
+
+def test_window_and_hampel_limits():
+    raises(filters.ConfigError, chain, [{"median": {"window_size": 65}}])
+    raises(filters.ConfigError, chain, [{"hampel": {"n_sigmas": 9}}])
+    raises(filters.ConfigError, chain, [{"hampel": {"window_size": 2}}])
+
+
+def test_negative_values_through_every_integer_filter():
+    c = chain([{"offset": -10}, {"median": {"window_size": 3, "send_every": 1}},
+               {"exponential_moving_average": {"alpha": 0.5, "send_every": 1}},
+               {"clamp": {"min_value": -40}}, {"round": 0}, {"delta": 1}], scale=1)
+    # offset: -30 -32 -34 -110; median: -30 -31 -32 -34; EMA 0.5: -30 -30.5 -31.25 -32.6
+    # (rounded: -30 -30 -31 -33); delta 1 drops the repeated -30
+    assert feed(c, [-20, -22, -24, -100]) == [-30, None, -31, -33]
