@@ -63,6 +63,7 @@ class Board:
         self.analog = {}  # pin -> microvolts at the pad
         self.i2c = {}  # bus id -> {addr: device model}
         self.spi = {}  # bus id -> {cs pin: device model}
+        self.onewire = {}  # pin -> [1-Wire device models] (see _onewire.py)
         self.aps = []  # scripted Wi-Fi access points (see network.py)
         self.ntp_ok = True  # whether an NTP server answers when the link is up
         self.nvs = {}  # committed NVS: namespace -> {key: int | bytes}
