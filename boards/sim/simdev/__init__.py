@@ -7,6 +7,9 @@ the way parts fail on a bench:
   stretch_us = N     the chip holds SCL low N microseconds (past the bus
                      timeout: OSError ETIMEDOUT)
   corrupt = fn       fn(bytes) -> bytes mangles what the chip sends back
+
+Models: bme280.BME280Model, sht4x.SHT4xModel (I2C), ds18b20 (1-Wire, slot
+level, on board.onewire[pin] through the fake _onewire module).
 """
 
 
