@@ -305,3 +305,24 @@ def test_negative_values_through_every_integer_filter():
     # offset: -30 -32 -34 -110; median: -30 -31 -32 -34; EMA 0.5: -30 -30.5 -31.25 -32.6
     # (rounded: -30 -30 -31 -33); delta 1 drops the repeated -30
     assert feed(c, [-20, -22, -24, -100]) == [-30, None, -31, -33]
+
+
+def test_time_filters_on_the_simulated_clock_across_the_tick_wrap():
+    import time
+
+    import simstate
+
+    b = simstate.board
+    b.start_ticks_ms = (1 << 30) - 20000  # 20 s before ticks_ms wraps
+    b.power_on()
+    c = chain([{"throttle": "10s"}, {"timeout": "30s"}])
+    sent = []
+    for i in range(40):  # one reading a second
+        out = c.push(i, time.ticks_ms())
+        if out is not None:
+            sent.append(out)
+        time.sleep_ms(1000)
+    assert sent == [0, 10, 20, 30]
+    assert time.ticks_ms() < 30000  # the clock wrapped meanwhile
+    time.sleep_ms(25000)  # 65 s: 30 s after the last value that got past the throttle
+    assert c.tick(time.ticks_ms()) == 30 and c.flags == filters.STALE
