@@ -13,7 +13,16 @@ STAMP  := $(VENV)/.installed
 
 all: test
 
-$(STAMP): requirements.txt pyproject.toml
+# Mosquitto (Debian's package) is the real broker of the uplink tests and make sim.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+MOSQUITTO := /usr/sbin/mosquitto
+$(MOSQUITTO):
+	@command -v mosquitto >/dev/null || [ -x $@ ] || { \
+	  echo "installing mosquitto (Debian package)"; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto; }; }
+
+$(STAMP): requirements.txt pyproject.toml | $(MOSQUITTO)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .

@@ -1,0 +1,246 @@
+"""lib/mqtt on the MicroPython VM against a real Mosquitto with TLS on loopback."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import run_vm
+
+CLIENT = """
+import sys, time, mqtt
+args = sys.argv[1:]
+def ctx(kind):
+    if kind == "psk":
+        return mqtt.tls_context(psk_identity=args[3].encode(), psk_key=bytes.fromhex(args[4]))
+    if kind == "plain":
+        return None
+    ca = open(args[3], "rb").read()
+    if kind == "mtls":
+        return mqtt.tls_context(ca=ca, cert=open(args[4], "rb").read(), key=open(args[5], "rb").read())
+    return mqtt.tls_context(ca=ca)
+kind, port, host = args[0], int(args[1]), args[2]
+c = mqtt.MQTTClient("vm-" + kind, "127.0.0.1", port, ssl_context=ctx(kind), server_hostname=host,
+                    insecure=(kind == "plain"), timeout_ms=3000,
+                    will=("petrel/vm/status", b"lost", True))
+try:
+    c.connect()
+except mqtt.MQTTError as e:
+    print("REFUSED", e)
+    sys.exit(0)
+print("CONNECTED", c.connect_ms)
+c.publish("petrel/vm/status", b"online", qos=1, retain=True)
+for i in range(60):
+    c.publish("petrel/vm/up", b"reading %d" % i, qos=1)
+c.wait_all()
+print("ACKED", len(c.acked))
+c.disconnect()
+"""
+
+
+class Subscriber:
+    """An independent client (paho) on the broker's plain listener."""
+
+    def __init__(self, broker, topic):
+        import paho.mqtt.client as paho
+
+        self.messages = []
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="checker-%d" % time.monotonic_ns())
+        self.c.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.retain))
+        ready = threading.Event()
+        self.c.on_subscribe = lambda *a: ready.set()
+        self.c.connect("127.0.0.1", broker.ports["plain"])
+        self.c.subscribe(topic, qos=1)
+        self.c.loop_start()
+        assert ready.wait(5)
+
+    def wait(self, n, timeout=10):
+        end = time.monotonic() + timeout
+        while len(self.messages) < n and time.monotonic() < end:
+            time.sleep(0.02)
+        return self.messages
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def client(broker, kind, listener=None, host="localhost", extra=()):
+    pki = broker.pki
+    port = broker.ports[listener or kind]
+    if kind == "psk":
+        ident, key = extra or next(iter(broker.psk.items()))
+        args = [kind, port, host, ident, key]
+    elif kind == "plain":
+        args = [kind, port, host]
+    elif kind == "mtls":
+        args = [kind, port, host, pki["ca"].with_suffix(".der"), pki["client"].with_suffix(".der"),
+                pki["client_key"].with_suffix(".key.der")]
+    else:
+        args = [kind, port, host, extra[0] if extra else pki["ca"].with_suffix(".der")]
+    return run_vm(CLIENT, args, timeout=60)
+
+
+def connected_clients(broker, client_id):
+    return broker.log().count("as %s " % client_id)
+
+
+def test_tls_happy_path_delivers_every_qos1_message(broker):
+    sub = Subscriber(broker, "petrel/vm/up")
+    rc, out = client(broker, "tls")
+    assert "ACKED 61" in out, out
+    msgs = sub.wait(60)
+    sub.close()
+    assert [m[1] for m in msgs] == [b"reading %d" % i for i in range(60)]
+
+
+def test_wrong_ca_is_refused_before_any_application_byte(broker):
+    before = connected_clients(broker, "vm-tls")
+    rc, out = client(broker, "tls", extra=[broker.pki["other_ca"].with_suffix(".der")])
+    assert "REFUSED tls:" in out, out
+    assert connected_clients(broker, "vm-tls") == before  # no CONNECT reached the broker
+
+
+def test_wrong_hostname_is_refused(broker):
+    before = connected_clients(broker, "vm-tls")
+    rc, out = client(broker, "tls", host="wrong.example")
+    assert "REFUSED tls:" in out and "CN" in out, out
+    assert connected_clients(broker, "vm-tls") == before
+
+
+def test_expired_certificate_is_refused(broker):
+    rc, out = client(broker, "tls", listener="expired")
+    assert "REFUSED tls:" in out and "expired" in out, out
+
+
+def test_mutual_tls_requires_a_client_certificate(broker):
+    before = connected_clients(broker, "vm-tls")
+    rc, out = client(broker, "tls", listener="mtls")
+    assert "REFUSED" in out, out
+    assert connected_clients(broker, "vm-tls") == before
+    rc, out = client(broker, "mtls")
+    assert "ACKED 61" in out, out
+
+
+def test_tls_psk_right_key_works_wrong_key_or_identity_refused(broker):
+    rc, out = client(broker, "psk")
+    assert "ACKED 61" in out, out
+    ident, key = next(iter(broker.psk.items()))
+    wrong = ("%02x" % (int(key[:2], 16) ^ 1)) + key[2:]
+    rc, out = client(broker, "psk", extra=(ident, wrong))
+    assert "REFUSED tls:" in out, out
+    rc, out = client(broker, "psk", extra=("stranger", key))
+    assert "REFUSED tls:" in out, out
+
+
+def test_plain_tcp_only_when_insecure_and_it_warns():
+    rc, out = run_vm("import mqtt\n"
+                     "try:\n"
+                     "    mqtt.MQTTClient('x', '127.0.0.1', 1883)\n"
+                     "except ValueError as e:\n"
+                     "    print('REFUSED', e)\n")
+    assert "REFUSED MQTT needs a TLS context" in out
+    rc, out = run_vm("import mqtt\n"
+                     "try:\n"
+                     "    mqtt.tls_context()\n"
+                     "except ValueError as e:\n"
+                     "    print('REFUSED', e)\n")
+    assert "REFUSED a CA is needed" in out
+
+
+def test_plain_connect_logs_a_warning(broker):
+    rc, out = client(broker, "plain")
+    assert "ACKED 61" in out
+    assert "W " in out and "INSECURE plain TCP" in out
+
+
+def test_frozen_broker_is_noticed_within_the_timeout(broker):
+    script = """
+import sys, time, mqtt
+c = mqtt.MQTTClient("vm-frozen", "127.0.0.1", int(sys.argv[1]), insecure=True, timeout_ms=2000,
+                    keepalive=4)
+c.connect()
+time.sleep(1.5)  # the broker freezes meanwhile
+t0 = time.ticks_ms()
+try:
+    for i in range(20):
+        c.publish("petrel/vm/up", b"x", qos=1)
+    c.wait_all()
+    print("NOT NOTICED")
+except mqtt.MQTTError as e:
+    print("GAVE UP", time.ticks_diff(time.ticks_ms(), t0), e)
+"""
+    result = {}
+
+    def run():
+        result["out"] = run_vm(script, [broker.ports["plain"]], timeout=30)[1]
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.7)
+    broker.pause()
+    try:
+        t.join(25)
+    finally:
+        broker.resume()
+    out = result.get("out", "")
+    assert "GAVE UP" in out, out
+    ms = int(out.split("GAVE UP")[1].split()[0])
+    assert 1900 <= ms <= 4000  # the 2 s read deadline, not a hang
+
+
+class FakeBroker:
+    """A TCP server that answers CONNECT with CONNACK, then sends `evil`."""
+
+    def __init__(self, evil, linger=3):
+        self.evil = evil
+        self.linger = linger
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(1)
+        self.port = self.srv.getsockname()[1]
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self):
+        conn, _ = self.srv.accept()
+        conn.settimeout(5)
+        try:
+            conn.recv(1024)
+            conn.sendall(b"\x20\x02\x00\x00")
+            conn.recv(1024)  # the client's publish
+            conn.sendall(self.evil)
+            time.sleep(self.linger)
+        except OSError:
+            pass
+        conn.close()
+        self.srv.close()
+
+
+@pytest.mark.parametrize("evil,linger,why", [
+    (b"\x40\xff\xff\xff\xff\x7f", 3, "malformed remaining length"),
+    (b"\x30\xff\xff\x03" + b"x" * 10, 3, "exceeds"),
+    (b"\x40\x02\x12\x34", 3, "unknown packet id"),
+    (b"\x90\x03\x00\x01\x00", 3, "unexpected packet"),
+    (b"\x40\x05\x00", 3, "timeout"),  # announces 5 bytes, sends 1, then nothing
+    (b"\x40", 0, "connection closed"),
+])
+def test_malformed_or_oversized_packets_close_cleanly(evil, linger, why):
+    fake = FakeBroker(evil, linger)
+    script = """
+import sys, mqtt
+c = mqtt.MQTTClient("vm-x", "127.0.0.1", int(sys.argv[1]), insecure=True, timeout_ms=1500)
+c.connect()
+c.publish("t", b"x", qos=1)
+try:
+    c.wait_all()
+    print("NO ERROR")
+except mqtt.MQTTError as e:
+    print("ERROR", e)
+print("sock", c.sock)
+"""
+    rc, out = run_vm(script, [fake.port], timeout=20)
+    assert rc == 0, out
+    assert "ERROR" in out and why in out, out
+    assert "sock None" in out  # the connection was closed, not left half-open
