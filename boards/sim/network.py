@@ -29,7 +29,7 @@ AUTH_OPEN = 0
 AUTH_WPA2_PSK = 3
 
 # Phase times (ms), calibrated so the totals match energy.md: 1.64 s with DHCP,
-# 0.74 s with a static IP, 80 ms with static IP + BSSID + channel + stored PSK.
+# 0.74 s with a static IP, 80 ms with static IP + known BSSID + stored PSK.
 # A board profile may override them.
 TIMING = {
     "start": 100,  # WLAN.active(True): radio and driver up
@@ -85,9 +85,10 @@ class WLAN:
                               AUTH_WPA2_PSK if ap.get("password") else AUTH_OPEN, False))
         return found
 
-    def connect(self, ssid=None, key=None, bssid=None, channel=None):
+    def connect(self, ssid=None, key=None, bssid=None):
         """Starts connecting and returns at once, as on the ESP32; status() and
-        isconnected() follow in virtual time."""
+        isconnected() follow in virtual time. (The ESP32 port takes no channel:
+        a known BSSID is what spares the search.)"""
         self._need_active()
         s = self._s
         ms = 0
@@ -101,7 +102,7 @@ class WLAN:
             ms += CHANNELS * TIMING["scan_per_channel"]  # searched every channel
             result = STAT_NO_AP_FOUND
         else:
-            if bssid is None or channel is None:
+            if bssid is None:
                 ms += TIMING["locate"]
             pw = ap.get("password") or ""
             if pw and not (key is not None and len(key) == 64):
