@@ -98,6 +98,7 @@ class WLAN:
                 if bssid is None or bytes(bssid) == bytes.fromhex(cand["bssid"]):
                     ap = cand
                     break
+        s["t_assoc"] = None
         if ap is None:
             ms += CHANNELS * TIMING["scan_per_channel"]  # searched every channel
             result = STAT_NO_AP_FOUND
@@ -108,7 +109,9 @@ class WLAN:
             if pw and not (key is not None and len(key) == 64):
                 ms += TIMING["pbkdf2"]
             ms += TIMING["assoc"]
+            s["t_assoc"] = board.world_us + ms * 1000  # associated from here (before DHCP)
             if pw and key != pw:
+                s["t_assoc"] = None
                 result = STAT_WRONG_PASSWORD
             elif s["static"] is not None:
                 result = STAT_GOT_IP
@@ -126,6 +129,7 @@ class WLAN:
         board.alive()
         s = self._s
         s["ap"] = None
+        s["t_assoc"] = None
         s["status"] = STAT_IDLE
         s["result"] = STAT_IDLE
         s["ip"] = None
@@ -143,7 +147,10 @@ class WLAN:
         if param is None:
             return s["status"]
         if param == "rssi":
-            if s["status"] != STAT_GOT_IP:
+            # the ESP32 answers once associated, before DHCP has given an address
+            t = s.get("t_assoc")
+            if t is None or board.world_us < t or not s["ap"].get("up", True) \
+                    or s["status"] == STAT_BEACON_TIMEOUT:
                 raise OSError("STA is not connected")
             return s["ap"].get("rssi", -60)
         raise ValueError("unknown status param")

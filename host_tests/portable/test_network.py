@@ -124,3 +124,18 @@ def test_ntp_sets_the_clock_only_with_a_link():
     connect(w, 10000, "home", "correct horse")
     ntptime.settime()
     assert time.gmtime()[0] == 2026
+
+
+def test_rssi_answers_once_associated_even_while_dhcp_waits():
+    home_ap(dhcp_ms=None)
+    w = network.WLAN(network.STA_IF)
+    w.active(True)
+    st, ms = connect(w, 2000, "home", "correct horse")
+    assert st == network.STAT_CONNECTING  # no address yet
+    assert w.status("rssi") == -61  # but associated
+    w.disconnect()
+    try:
+        w.status("rssi")
+        raise AssertionError("rssi after disconnect must raise")
+    except OSError:
+        pass

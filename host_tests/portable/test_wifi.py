@@ -152,7 +152,7 @@ def test_slow_or_silent_dhcp_returns_at_the_deadline():
         assert not w.connect(3000)
         took = simstate.board.world_us - t0
         assert 3000000 <= took <= 3001000, took  # at the deadline, not a poll later
-        assert w.why == "deadline" and not w.wlan.active()
+        assert w.why == "dhcp_timeout" and not w.wlan.active()  # associated, no address
 
 
 def test_deadline_too_short_for_a_scan_tries_a_plain_connect():
@@ -165,7 +165,7 @@ def test_deadline_too_short_for_a_scan_tries_a_plain_connect():
     deepsleep()
     w = node(key)  # DHCP does not fit in 500 ms
     ok, ms = timed(w, 500)
-    assert not ok and w.why == "deadline" and ms <= 500
+    assert not ok and w.why == "dhcp_timeout" and ms <= 500
 
 
 def test_ap_moved_channel_keeps_the_cache_and_learns_the_channel():
