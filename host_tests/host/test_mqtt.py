@@ -50,8 +50,9 @@ class Subscriber:
         self.c.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.retain))
         ready = threading.Event()
         self.c.on_subscribe = lambda *a: ready.set()
+        # subscribe on every (re)connect: a restarted broker has forgotten us
+        self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
         self.c.connect("127.0.0.1", broker.ports["plain"])
-        self.c.subscribe(topic, qos=1)
         self.c.loop_start()
         assert ready.wait(5)
 
