@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PETREL := $(VENV)/bin/petrel
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test test-cpython test-vm test-host test-powercut bench bench-outbox bench-filters sim clean
+.PHONY: all venv test test-cpython test-vm test-host test-powercut bench bench-outbox bench-filters bench-uplink sim clean
 
 all: test
 
@@ -55,11 +55,13 @@ test-powercut: $(STAMP)
 	$(POWERCUT) -q direct 1000 all
 
 # Benchmarks run on the VM without the simulated board, so `time` is the VM's clock.
-bench: bench-outbox bench-filters
+bench: bench-outbox bench-filters bench-uplink
 bench-outbox: $(STAMP)
 	MICROPYPATH=.frozen:$(CURDIR)/lib $(VENV)/bin/micropython bench/outbox.py
 bench-filters: $(STAMP)
 	MICROPYPATH=.frozen:$(CURDIR)/lib $(VENV)/bin/micropython bench/filters.py
+bench-uplink: $(STAMP)
+	$(PY) bench/uplink.py
 
 sim: $(STAMP)
 	$(PETREL) sim --boots 6

@@ -26,8 +26,6 @@ import socket
 import struct
 import time
 
-import eventlog as log
-
 CONNECT = 0x10
 CONNACK = 0x20
 PUBLISH = 0x30
@@ -51,9 +49,11 @@ def tls_context(ca=None, cert=None, key=None, psk_identity=None, psk_key=None):
     cert and key (mutual TLS); the server name is checked at connect.
     PSK: psk_identity and psk_key (bytes) unique to the device; only PSK suites
     are offered, so the handshake fails unless the broker knows this key."""
+    try:
+        import tls  # MicroPython's TLS module (its `ssl` is a Python wrapper round it)
+    except ImportError:
+        import ssl as tls  # CPython
     if psk_key is not None:
-        import tls
-
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
         # No certificate exists in PSK mode: the shared key authenticates both
         # ends, and only PSK suites are offered below.
@@ -64,11 +64,12 @@ def tls_context(ca=None, cert=None, key=None, psk_identity=None, psk_key=None):
         return ctx
     if ca is None:
         raise ValueError("a CA is needed to verify the broker (plain TCP: insecure=True)")
-    import ssl
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=ca)
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = tls.CERT_REQUIRED
+    if tls.__name__ == "tls":
+        ctx.load_verify_locations(ca)  # MicroPython's takes the certificate data itself
+    else:
+        ctx.load_verify_locations(cadata=ca)
     if cert is not None:
         ctx.load_cert_chain(cert, key)
     return ctx
@@ -129,7 +130,10 @@ class MQTTClient:
         the broker had a session for us. MQTTError on any failure."""
         t0 = time.ticks_ms()
         if self.insecure:
-            log.warn("mqtt", "INSECURE plain TCP to %s:%d (development setting)", self.host, self.port)
+            import eventlog  # only then: the client stays small without the log
+
+            eventlog.warn("mqtt", "INSECURE plain TCP to %s:%d (development setting)",
+                          self.host, self.port)
         try:
             addr = socket.getaddrinfo(self.host, self.port)[0][-1]
             self.raw = socket.socket()

@@ -58,6 +58,27 @@ def time_kind(clk):
     return lambda record: clk.senml_time(record[1]) < _clock.RELATIVE
 
 
+def status_topic(device_id):
+    return "petrel/%s/status" % device_id
+
+
+def will(device_id):
+    """The MQTTClient will: the broker says "lost" if the node vanishes mid-session."""
+    return (status_topic(device_id), b"lost", True)
+
+
+def hello(client, device_id):
+    """Retained "online" once connected."""
+    client.publish(status_topic(device_id), b"online", qos=1, retain=True)
+
+
+def goodbye(client, device_id):
+    """Retained "sleeping", then a clean DISCONNECT (the will is not sent)."""
+    client.publish(status_topic(device_id), b"sleeping", qos=1, retain=True)
+    client.wait_all()
+    client.disconnect()
+
+
 def drain(client, outbox, topic, encode, batch=36, max_records=None, kind=None):
     """Publish everything in the outbox (or max_records); returns how many
     readings were confirmed. MQTTError/OSError go to the caller after the

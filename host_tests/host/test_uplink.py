@@ -8,9 +8,9 @@ import time
 import cbor2
 import pytest
 
-from conftest import run_vm
+from petrel.vm import run_source as run_vm
 from petrel.collector import Rejected, Verifier
-from test_mqtt import Subscriber
+from mqttcheck import Subscriber
 
 KEY = bytes(range(32))
 DEVICE = "p-a1b2c3"
@@ -164,3 +164,38 @@ def test_broker_killed_mid_batch_loses_nothing(broker):
     assert len(counts) == 36 * 20  # every reading arrived
     assert max(counts.values()) <= 2  # unconfirmed ones at most twice
     seen.extend(counts)
+
+
+STATUS = """
+import sys, mqtt, uplink
+c = mqtt.MQTTClient("p-a1b2c3", "127.0.0.1", int(sys.argv[1]), insecure=True, keepalive=2,
+                    timeout_ms=3000, will=uplink.will("p-a1b2c3"))
+c.connect()
+uplink.hello(c, "p-a1b2c3")
+c.wait_all()
+print("ONLINE")
+if sys.argv[2] == "sleep":
+    uplink.goodbye(c, "p-a1b2c3")
+    print("SLEEPING")
+else:
+    c.raw.close()  # the link dies without a DISCONNECT
+    print("VANISHED")
+"""
+
+
+def test_retained_status_online_sleeping_and_lost(broker):
+    topic = "petrel/%s/status" % DEVICE
+    sub = Subscriber(broker, topic)
+    rc, out = run_vm(STATUS, [broker.ports["plain"], "sleep"])
+    assert "SLEEPING" in out, out
+    msgs = sub.wait(2)
+    assert [m[1] for m in msgs[-2:]] == [b"online", b"sleeping"]
+    rc, out = run_vm(STATUS, [broker.ports["plain"], "vanish"])
+    assert "VANISHED" in out, out
+    msgs = sub.wait(4, timeout=10)
+    sub.close()
+    assert [m[1] for m in msgs[-2:]] == [b"online", b"lost"]  # the broker published the will
+    late = Subscriber(broker, topic)  # a newcomer sees the retained state
+    got = late.wait(1)
+    late.close()
+    assert got[0][1] == b"lost" and got[0][2]

@@ -31,3 +31,21 @@ def run_portable_tests(selected=(), directories=None, timeout=600):
     runner = paths.ROOT / "host_tests" / "vmrunner.py"
     return run_file(runner, [":".join(str(d) for d in directories)] + list(selected),
                     extra_path=directories, timeout=timeout)
+
+
+def run_source(script, args=(), timeout=120, sim=False):
+    """Run MicroPython source text on the VM with lib/ on the path (and the
+    simulated board when sim=True; without it, time is real). -> (rc, output)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(script)
+        name = f.name
+    try:
+        env = dict(os.environ)
+        env["MICROPYPATH"] = paths.vm_path() if sim else ".frozen:%s" % paths.LIB
+        p = subprocess.run([paths.micropython_binary(), name] + [str(a) for a in args], env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        return p.returncode, p.stdout + p.stderr
+    finally:
+        os.unlink(name)

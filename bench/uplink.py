@@ -1,0 +1,262 @@
+"""Uplink benchmark: lib/mqtt on the MicroPython VM against a real Mosquitto with
+TLS on loopback, everything measured in one run.
+
+    make bench-uplink       (.venv/bin/python bench/uplink.py)
+
+Prints:
+- connect time (TCP + TLS handshake + MQTT CONNACK), certificate TLS vs TLS-PSK;
+- QoS 1 readings per second over TLS with batches of 1, 12 and 60 readings per
+  message (lib/mqtt pipelined), next to the common MicroPython client pattern:
+  one publish at a time, header and body in separate writes, each waiting for
+  its PUBACK (the Nagle/delayed-ACK trap of toolchain.md);
+- bytes on the wire per reading for a batch of 12 samples x 3 channels, counted
+  by a TCP proxy between the node and the broker (SenML + COSE + MQTT + TLS);
+- the smallest -X heapsize that completes a 60-reading batch over TLS with the
+  client and payload code precompiled by mpy-cross.
+Loopback times are not radio times: compare the rows, not the absolute values.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from petrel import paths  # noqa: E402
+from petrel.broker import Broker  # noqa: E402
+
+VM_SCRIPT = r"""
+import sys, time, gc
+import mqtt
+mode, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+what = sys.argv[4]
+
+def context():
+    if mode == "psk":
+        return mqtt.tls_context(psk_identity=b"node-1", psk_key=bytes.fromhex(secret))
+    return mqtt.tls_context(ca=open(secret, "rb").read())
+
+def client():
+    return mqtt.MQTTClient("bench-" + what, "127.0.0.1", port, ssl_context=context(),
+                           server_hostname="localhost", timeout_ms=10000, window=8)
+
+SEQ = [0]
+def payload(samples):
+    import senml, cose
+    p = senml.Pack("p-a1b2c3/", [("t", "Cel", 100), ("h", "%RH", 100), ("p", "Pa", 1)])
+    for i in range(samples):
+        t = 1767225600 + 300 * i
+        p.add(0, 2153 + i, t)
+        p.add(1, 4512 - i, t)
+        p.add(2, 100325 + i, t)
+    SEQ[0] += 1
+    return cose.mac0(bytes(range(32)), b"p-a1b2c3", 1000 + SEQ[0], p.cbor())
+
+if what == "connect":
+    times = []
+    for i in range(7):
+        c = client()
+        c.connect()
+        times.append(c.connect_ms)
+        c.disconnect()
+    times.sort()
+    print("RESULT connect_ms", times[3])
+elif what.startswith("rate"):
+    per_msg = int(what[4:])  # readings per message: samples x 3 channels
+    msg = payload(per_msg // 3) if per_msg >= 3 else payload(1)
+    c = client()
+    c.connect()
+    best = 0
+    for r in range(3):  # lib/mqtt: pipelined, one write per packet
+        n = max(30, 3600 // per_msg)
+        t0 = time.ticks_us()
+        for i in range(n):
+            c.publish("petrel/bench/up", msg, qos=1)
+        c.wait_all()
+        best = max(best, n * per_msg * 1000000 // time.ticks_diff(time.ticks_us(), t0))
+    print("RESULT rate", best)
+    # the common client pattern: header and body apart, one PUBACK at a time
+    n = 20
+    t0 = time.ticks_us()
+    for i in range(n):
+        body = mqtt._str("petrel/bench/up") + b"\x00\x01" + msg
+        pkt = mqtt._packet(0x32, body)
+        head = len(pkt) - len(body)
+        c.sock.write(pkt[:head])
+        c.sock.write(pkt[head:])
+        c.inflight[1] = 0
+        c.wait_all()
+    print("RESULT baseline", n * per_msg * 1000000 // time.ticks_diff(time.ticks_us(), t0))
+    c.disconnect()
+elif what == "wire":
+    msg = payload(12)
+    c = client()
+    c.connect()
+    print("RESULT payload_bytes", len(msg))
+    time.sleep_ms(300)
+    for i in range(10):
+        c.publish("petrel/bench/up", msg, qos=1)
+        c.wait_all()
+    time.sleep_ms(300)
+    c.disconnect()
+elif what == "heap":
+    # the client alone, precompiled: the 60-reading message was encoded beforehand
+    with open(sys.argv[5], "rb") as f:
+        msg = f.read()
+    gc.collect()
+    c = client()
+    c.connect()
+    c.publish("petrel/bench/up", msg, qos=1)
+    c.wait_all()
+    c.disconnect()
+    print("RESULT heap_ok 1")
+elif what == "heapall":
+    gc.collect()
+    msg = payload(20)
+    gc.collect()
+    c = client()
+    c.connect()
+    c.publish("petrel/bench/up", msg, qos=1)
+    c.wait_all()
+    c.disconnect()
+    print("RESULT heap_ok 1")
+elif what == "encode":
+    with open(sys.argv[5], "wb") as f:
+        f.write(payload(20))
+    print("RESULT encoded", 1)
+"""
+
+
+class CountingProxy:
+    """Forwards one TCP connection to the broker and counts the bytes the node sends."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(1)
+        self.port = self.srv.getsockname()[1]
+        self.sent_chunks = []  # (time, bytes) node -> broker
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import time
+
+        a, _ = self.srv.accept()
+        b = socket.create_connection(("127.0.0.1", self.target))
+
+        def pump(src, dst, record):
+            while True:
+                try:
+                    data = src.recv(65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                if record:
+                    self.sent_chunks.append((time.monotonic(), len(data)))
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    break
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        t = threading.Thread(target=pump, args=(b, a, False), daemon=True)
+        t.start()
+        pump(a, b, True)
+
+
+def run_vm(args, heapsize=None, path=None):
+    env = dict(os.environ, MICROPYPATH=path or ".frozen:%s" % paths.LIB)
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(VM_SCRIPT)
+    cmd = [paths.micropython_binary()]
+    if heapsize:
+        cmd += ["-X", "heapsize=%s" % heapsize]
+    p = subprocess.run(cmd + [f.name] + [str(a) for a in args], env=env, capture_output=True,
+                       text=True, timeout=300)
+    os.unlink(f.name)
+    out = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT"):
+            _, k, v = line.split()
+            out[k] = int(v)
+    if not out:
+        out["error"] = (p.stdout + p.stderr).strip().splitlines()[-1:] or ["no output"]
+    return out
+
+
+def main():
+    with Broker() as broker:
+        ca = broker.pki["ca"].with_suffix(".der")
+        ident, key = next(iter(broker.psk.items()))
+        tls = ["tls", broker.ports["tls"], ca]
+        psk = ["psk", broker.ports["psk"], key]
+        print("uplink bench: lib/mqtt on the MicroPython VM, Mosquitto %s on loopback"
+              % "2.0 (Debian)")
+        print()
+        print("connect (TCP + TLS + CONNACK), median of 7:")
+        for name, args in (("certificate TLS (ECDSA P-256)", tls), ("TLS-PSK", psk)):
+            r = run_vm(args + ["connect"])
+            print("  %-32s %s ms" % (name, r.get("connect_ms", r)))
+        print()
+        print("QoS 1 over certificate TLS (3 channels per sample; best of 3 for lib/mqtt):")
+        print("  %-22s %16s %22s %8s" % ("readings per message", "lib/mqtt rdg/s", "one-at-a-time rdg/s", "ratio"))
+        for per_msg in (1, 12, 60):
+            r = run_vm(tls + ["rate%d" % per_msg])
+            if "rate" in r:
+                print("  %-22d %16d %22d %7.1fx" % (per_msg, r["rate"], r["baseline"],
+                                                    r["rate"] / r["baseline"]))
+            else:
+                print("  %-22d %s" % (per_msg, r))
+        print()
+        proxy = CountingProxy(broker.ports["tls"])
+        r = run_vm(["tls", proxy.port, ca, "wire"])
+        chunks = proxy.sent_chunks
+        # the 10 publishes are the node's last 10 sends before DISCONNECT
+        publish_bytes = [n for _, n in chunks[-11:-1]]
+        per_msg = sum(publish_bytes) / len(publish_bytes) if publish_bytes else 0
+        print("bytes on the wire, batch of 12 samples x 3 channels (36 readings):")
+        print("  COSE_Mac0(SenML CBOR) payload   %d B" % r.get("payload_bytes", -1))
+        print("  one QoS 1 PUBLISH as TLS records %.0f B (MQTT + TLS framing included)" % per_msg)
+        print("  per reading                      %.1f B" % (per_msg / 36))
+        print()
+        print("smallest -X heapsize for a 60-reading batch over TLS (mpy-cross precompiled):")
+        build = Path(tempfile.mkdtemp(prefix="petrel-mpy-"))
+        for mod in ("mqtt", "cbor", "senml", "cose", "eventlog"):
+            src = paths.LIB / (mod + ".py")
+            if src.exists():
+                subprocess.run([str(Path(sys.executable).parent / "mpy-cross"), "-o",
+                                str(build / (mod + ".mpy")), str(src)], check=True)
+        msg = build / "batch60.bin"
+        run_vm(tls + ["encode", msg])
+        found = None
+        for heap in ("8k", "10k", "12k", "14k", "16k", "20k", "24k", "32k", "48k", "64k", "128k"):
+            r = run_vm(tls + ["heap", msg], heapsize=heap, path=".frozen:%s" % build)
+            if r.get("heap_ok"):
+                found = heap
+                break
+        print("  client alone (message encoded beforehand): %s" % found)
+        found = None
+        for heap in ("32k", "48k", "64k", "96k", "128k", "192k", "256k"):
+            r = run_vm(tls + ["heapall"], heapsize=heap, path=".frozen:%s" % build)
+            if r.get("heap_ok"):
+                found = heap
+                break
+        print("  client + SenML/COSE encoding in the same VM: %s" % found)
+        print("  (64-bit VM: object sizes about twice the ESP32's)")
+        shutil.rmtree(build)
+
+
+if __name__ == "__main__":
+    main()
