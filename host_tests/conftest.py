@@ -2,3 +2,6 @@
 from petrel import harness
 
 harness.install()
+
+# host_tests/vm holds VM-only tests (heap locks) and scripts: `petrel vm test` runs them.
+collect_ignore = ["vm"]
