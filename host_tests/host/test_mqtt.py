@@ -218,3 +218,50 @@ print("sock", c.sock)
     assert rc == 0, out
     assert "ERROR" in out and why in out, out
     assert "sock None" in out  # the connection was closed, not left half-open
+
+
+KEEPALIVE = """
+import sys, time, select, mqtt
+c = mqtt.MQTTClient("vm-ka", "127.0.0.1", int(sys.argv[1]), insecure=True, keepalive=1,
+                    timeout_ms=1500)
+c.connect()
+pings = 0
+t0 = time.ticks_ms()
+try:
+    while time.ticks_diff(time.ticks_ms(), t0) < int(sys.argv[2]):
+        sent = c.ping_sent
+        c.check()
+        if sent is None and c.ping_sent is not None:
+            pings += 1
+        select.poll().poll(50)
+    print("ALIVE pings=%d answered=%s" % (pings, c.ping_sent is None or time.ticks_diff(time.ticks_ms(), c.ping_sent) < 100))
+except mqtt.MQTTError as e:
+    print("GAVE UP after %d ms: %s" % (time.ticks_diff(time.ticks_ms(), t0), e))
+"""
+
+
+def test_keepalive_pings_an_idle_session(broker):
+    rc, out = run_vm(KEEPALIVE, [broker.ports["plain"], 3500], timeout=30)
+    assert "ALIVE" in out, out
+    pings = int(out.split("pings=")[1].split()[0])
+    assert pings >= 3  # every 0.75 x keepalive while idle
+
+
+def test_keepalive_notices_a_frozen_broker(broker):
+    result = {}
+
+    def run():
+        result["out"] = run_vm(KEEPALIVE, [broker.ports["plain"], 20000], timeout=40)[1]
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.0)
+    broker.pause()
+    try:
+        t.join(30)
+    finally:
+        broker.resume()
+    out = result.get("out", "")
+    assert "GAVE UP" in out and "ping" in out, out
+    ms = int(out.split("after ")[1].split()[0])
+    assert ms < 1000 + 750 + 1500 + 500  # frozen at ~1 s; noticed within keepalive + timeout
