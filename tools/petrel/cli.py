@@ -61,6 +61,9 @@ def _clock(us):
     return "%dd%02d:%02d:%02d" % (s // 86400, s // 3600 % 24, s // 60 % 60, s % 60)
 
 
+TOOL_MODULES = ("vboard", "flash", "deploy", "provision", "monitor")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="petrel", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +99,13 @@ def build_parser():
                      help="run the firmware on the MicroPython VM (default) or in CPython")
     sim.add_argument("--flash", help="folder to use as the board's flash (default: a temporary one)")
     sim.set_defaults(func=_cmd_sim)
+    import importlib
+    import importlib.util
+
+    # Each tool module adds its own subcommand: register(subparsers).
+    for name in TOOL_MODULES:
+        if importlib.util.find_spec("petrel." + name) is not None:
+            importlib.import_module("petrel." + name).register(sub)
     return p
 
 
