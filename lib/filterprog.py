@@ -8,7 +8,7 @@ On the ESP32 and the VM `@micropython.viper` compiles _run to machine code;
 under CPython the decorator does nothing and the same code runs as Python.
 
 Everything stored (program parameters, window contents, accumulators) is
-biased by 2**30, so a 32-bit load is the same positive number on a 32-bit
+biased by 2**29, so a 32-bit load is the same positive number on a 32-bit
 ESP32 and on a 64-bit host. Values entering the stage must lie within
 +-2**18 units (the stage rejects others with reason RANGE): products then stay
 within 31 bits, so machine arithmetic on the ESP32 never wraps.
@@ -25,7 +25,7 @@ if sys.implementation.name != "micropython":
         return buf
 
 
-BIAS = 0x40000000
+BIAS = 0x20000000
 LIMIT = 0x40000  # 2**18
 
 # why a push returned None (shared with filters.py)
@@ -102,8 +102,8 @@ def _median(st, srt: int, n: int) -> int:
     s = ptr32(st)
     h = n >> 1
     if n & 1:
-        return int(s[srt + h]) - 0x40000000
-    return (int(s[srt + h - 1]) + int(s[srt + h]) - 0x40000000 - 0x40000000) >> 1
+        return int(s[srt + h]) - 0x20000000
+    return (int(s[srt + h - 1]) + int(s[srt + h]) - 0x20000000 - 0x20000000) >> 1
 
 
 @micropython.viper
@@ -119,11 +119,11 @@ def _run(prog, st, scratch, x: int) -> int:
     while pc < end:
         op = int(p[pc])
         if op == 1:  # offset: add
-            x = x + int(p[pc + 1]) - 0x40000000
+            x = x + int(p[pc + 1]) - 0x20000000
             pc += 2
         elif op == 2:  # clamp: lo, hi, drop
-            lo = int(p[pc + 1]) - 0x40000000
-            hi = int(p[pc + 2]) - 0x40000000
+            lo = int(p[pc + 1]) - 0x20000000
+            hi = int(p[pc + 2]) - 0x20000000
             if x < lo or x > hi:
                 if int(p[pc + 3]):
                     s[0] = 3  # RANGE
@@ -136,24 +136,24 @@ def _run(prog, st, scratch, x: int) -> int:
             pc += 4
         elif op == 3:  # delta: min change, state
             so = int(p[pc + 2])
-            d = x - (int(s[so + 1]) - 0x40000000)
+            d = x - (int(s[so + 1]) - 0x20000000)
             if d < 0:
                 d = -d
             if int(s[so]) and d < int(p[pc + 1]):
                 s[0] = 7  # DELTA
                 return 0
             s[so] = 1
-            s[so + 1] = x + 0x40000000
+            s[so + 1] = x + 0x20000000
             pc += 3
         elif op == 4:  # EMA: a, shift, send_every, state (have, acc << 3, count)
             so = int(p[pc + 4])
             if int(s[so]):
-                acc = int(s[so + 1]) - 0x40000000
+                acc = int(s[so + 1]) - 0x20000000
                 acc = acc + ((((x << 3) - acc) * int(p[pc + 1])) >> int(p[pc + 2]))
             else:
                 acc = x << 3
                 s[so] = 1
-            s[so + 1] = acc + 0x40000000
+            s[so + 1] = acc + 0x20000000
             c = int(s[so + 2]) + 1
             if c < int(p[pc + 3]):
                 s[so + 2] = c
@@ -166,11 +166,11 @@ def _run(prog, st, scratch, x: int) -> int:
             kind = int(p[pc + 1])
             size = int(p[pc + 2])
             so = int(p[pc + 5])
-            old = int(_window_add(st, so + 2, size, x + 0x40000000))
-            total = int(s[so + 1]) - 0x40000000 + x
+            old = int(_window_add(st, so + 2, size, x + 0x20000000))
+            total = int(s[so + 1]) - 0x20000000 + x
             if old:
-                total -= old - 0x40000000
-            s[so + 1] = total + 0x40000000
+                total -= old - 0x20000000
+            s[so + 1] = total + 0x20000000
             c = int(s[so]) + 1
             if c < int(p[pc + 3]):
                 s[so] = c
@@ -182,9 +182,9 @@ def _run(prog, st, scratch, x: int) -> int:
             if kind == 0:
                 x = int(_median(st, srt, n))
             elif kind == 1:
-                x = int(s[srt]) - 0x40000000
+                x = int(s[srt]) - 0x20000000
             elif kind == 2:
-                x = int(s[srt + n - 1]) - 0x40000000
+                x = int(s[srt + n - 1]) - 0x20000000
             elif kind == 3:  # mean, rounded half away from zero
                 if total >= 0:
                     x = (total + (n >> 1)) // n
@@ -194,7 +194,7 @@ def _run(prog, st, scratch, x: int) -> int:
                 i = (n * int(p[pc + 4]) + 999) // 1000 - 1
                 if i < 0:
                     i = 0
-                x = int(s[srt + i]) - 0x40000000
+                x = int(s[srt + i]) - 0x20000000
             pc += 6
         elif op == 6:  # skip_initial: state (left)
             so = int(p[pc + 1])
@@ -208,7 +208,7 @@ def _run(prog, st, scratch, x: int) -> int:
             k = int(p[pc + 1])
             i = 0
             while i < k:
-                if x == int(p[pc + 2 + i]) - 0x40000000:
+                if x == int(p[pc + 2 + i]) - 0x20000000:
                     s[0] = 2  # VALUE
                     return 0
                 i += 1
@@ -231,7 +231,7 @@ def _run(prog, st, scratch, x: int) -> int:
                 t = ptr32(scratch)
                 i = 0
                 while i < n:  # absolute deviations, insertion-sorted
-                    v = int(s[so + 2 + i]) - 0x40000000 - m
+                    v = int(s[so + 2 + i]) - 0x20000000 - m
                     if v < 0:
                         v = -v
                     j = i
@@ -252,7 +252,7 @@ def _run(prog, st, scratch, x: int) -> int:
                     dx = -dx
                 if (dx << 7) > int(p[pc + 2]) * mad:
                     outlier = 1
-            _window_add(st, so, size, x + 0x40000000)  # every raw value: steps get through
+            _window_add(st, so, size, x + 0x20000000)  # every raw value: steps get through
             if outlier:
                 if int(p[pc + 3]):
                     x = m
