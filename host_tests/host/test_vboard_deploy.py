@@ -1,0 +1,105 @@
+"""The virtual board with unmodified mpremote, and `petrel deploy` onto it: the
+deployed firmware boots and runs its wake cycle there."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import serial
+
+import eventlog
+from petrel import deploy
+from petrel.vboard import VirtualBoard
+
+MPREMOTE = str(Path(sys.executable).parent / "mpremote")
+
+
+@pytest.fixture
+def vboard(tmp_path):
+    vb = VirtualBoard(tmp_path / "flash").start()
+    time.sleep(0.3)
+    yield vb
+    vb.stop()
+
+
+def mpremote(vb, *args):
+    p = subprocess.run([MPREMOTE, "connect", vb.path] + list(args), capture_output=True,
+                       text=True, timeout=60)
+    return p.returncode, p.stdout + p.stderr
+
+
+def read_serial(path, seconds, until=None):
+    out = b""
+    with serial.Serial(path, timeout=0.1) as s:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            out += s.read(4096)
+            if until and until in out:
+                break
+    return out.decode("utf-8", "replace")
+
+
+def test_mpremote_exec_cp_ls_rm_on_the_virtual_board(vboard, tmp_path):
+    rc, out = mpremote(vboard, "exec", "import machine; print(len(machine.unique_id()), machine.reset_cause())")
+    assert rc == 0 and out.split() == ["6", "1"], out
+    f = tmp_path / "hello.py"
+    f.write_text("print('hi')\n")
+    assert mpremote(vboard, "fs", "cp", str(f), ":hello.py")[0] == 0
+    assert (vboard.flash / "hello.py").read_text() == "print('hi')\n"  # the flash folder
+    rc, out = mpremote(vboard, "fs", "ls")
+    assert "hello.py" in out
+    rc, out = mpremote(vboard, "run", str(f))
+    assert "hi" in out
+    assert mpremote(vboard, "fs", "rm", ":hello.py")[0] == 0
+    assert not (vboard.flash / "hello.py").exists()
+
+
+def test_soft_reset_and_reset_behave_like_the_chip(vboard):
+    rc, out = mpremote(vboard, "soft-reset", "+", "exec", "import machine; print('cause', machine.reset_cause())")
+    assert rc == 0 and "cause 1" in out, out  # a soft reset keeps the hardware reset cause
+    rc, out = mpremote(vboard, "exec", "import machine; machine.RTC().memory(b'kept')")
+    assert rc == 0, out
+    assert mpremote(vboard, "reset")[0] == 0
+    time.sleep(0.5)
+    rc, out = mpremote(vboard, "exec", "import machine; print('cause', machine.reset_cause(), machine.RTC().memory())")
+    assert "cause 5" in out and "b'kept'" in out, out  # SOFT_RESET; RTC memory survives a reset
+
+
+def test_deploy_then_the_firmware_boots_and_runs_its_wake_cycle(vboard):
+    lines = []
+    folders, copy, remove = deploy.deploy(vboard.path, "sim", say=lines.append)
+    assert "lib" in folders and "lib/outbox.mpy" in copy and "main.py" in copy
+    assert (vboard.flash / "lib" / "filters.mpy").exists() and (vboard.flash / "boot.py").exists()
+    assert not list((vboard.flash / "lib").glob("*.py"))  # precompiled, no source on the board
+    # nothing changed: nothing copied; a stale source beside its .mpy is removed
+    (vboard.flash / "lib" / "rtcmem.py").write_text("raise ImportError('stale')\n")
+    folders, copy, remove = deploy.deploy(vboard.path, "sim", say=lines.append)
+    assert copy == [] and remove == ["lib/rtcmem.py"]
+    assert not (vboard.flash / "lib" / "rtcmem.py").exists()
+    # change one module: only it goes
+    (vboard.flash / "lib" / "cose.mpy").write_bytes(b"old")
+    folders, copy, remove = deploy.deploy(vboard.path, "sim", dry_run=True, say=lines.append)
+    assert copy == ["lib/cose.mpy"] and (vboard.flash / "lib" / "cose.mpy").read_bytes() == b"old"
+    deploy.deploy(vboard.path, "sim", reset=True, say=lines.append)
+    out = read_serial(vboard.path, 15, until=b"boot=3")
+    events = [eventlog.parse(line) for line in out.splitlines()]
+    boots = [e[3] for e in events if e and e[2] == "boot"]
+    assert [b["boot"] for b in boots[:3]] == ["1", "2", "3"], out
+    assert boots[0]["cause"] == "reset" and boots[1]["cause"] == "deepsleep"
+    assert "rst:0xc (SW_CPU_RESET)" in out and "rst:0x5 (DEEPSLEEP_RESET)" in out
+
+
+def test_deploy_dry_run_on_a_fresh_board_lists_everything_and_changes_nothing(vboard):
+    lines = []
+    folders, copy, remove = deploy.deploy(vboard.path, "sim", dry_run=True, say=lines.append)
+    assert len(copy) >= 15 and any(line.startswith("copy   :lib/mqtt.mpy") for line in lines)
+    assert list(vboard.flash.iterdir()) == []
+
+
+def test_deploy_cli_reports_a_missing_board(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "petrel.cli", "deploy", "--port", str(tmp_path / "ttyUSB9"),
+                        "--board", "sim"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert "petrel deploy:" in p.stderr and "mpremote connect" in p.stderr
