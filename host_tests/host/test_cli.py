@@ -68,8 +68,9 @@ def test_sim_plays_wakes_and_summarises():
 def test_help_explains_each_command():
     r = run("--help")
     assert r.returncode == 0
-    for word in ("vm", "sim"):
+    for word in ("vm", "sim", "vboard", "flash", "deploy", "provision", "monitor"):
         assert word in r.stdout
+        assert run(word, "--help").returncode == 0
     r = run("vm", "run", "--help")
     assert "MICROPYPATH" in r.stdout
     assert run().returncode == 2
