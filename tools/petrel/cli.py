@@ -100,12 +100,10 @@ def build_parser():
     sim.add_argument("--flash", help="folder to use as the board's flash (default: a temporary one)")
     sim.set_defaults(func=_cmd_sim)
     import importlib
-    import importlib.util
 
     # Each tool module adds its own subcommand: register(subparsers).
     for name in TOOL_MODULES:
-        if importlib.util.find_spec("petrel." + name) is not None:
-            importlib.import_module("petrel." + name).register(sub)
+        importlib.import_module("petrel." + name).register(sub)
     return p
 
 
