@@ -65,6 +65,7 @@ class ConfigError(ValueError):
 class Filter:
     reason = OK
     flag = 0
+    STATE = ()  # the attributes (ints) that a snapshot keeps
 
     def push(self, x, now):
         return x
@@ -73,10 +74,11 @@ class Filter:
         return None
 
     def state(self):
-        return []
+        return [getattr(self, name) for name in self.STATE]
 
     def load(self, it):
-        pass
+        for name in self.STATE:
+            setattr(self, name, next(it))
 
 
 class Multiply(Filter):
@@ -156,6 +158,7 @@ class DeltaPercent(Filter):
     `ppm` parts per million of that one. (An absolute delta is compiled.)"""
 
     reason = DELTA
+    STATE = ("have", "last")
 
     def __init__(self, ppm):
         self.ppm = ppm
@@ -169,17 +172,11 @@ class DeltaPercent(Filter):
         self.have = 1
         return x
 
-    def state(self):
-        return [self.have, self.last]
-
-    def load(self, it):
-        self.have = next(it)
-        self.last = next(it)
-
 
 # ------------------------------------------------------------------ time
 class Throttle(Filter):
     reason = THROTTLE
+    STATE = ("have", "last")
 
     def __init__(self, period):
         self.period = period
@@ -193,18 +190,12 @@ class Throttle(Filter):
         self.have = 1
         return x
 
-    def state(self):
-        return [self.have, self.last]
-
-    def load(self, it):
-        self.have = next(it)
-        self.last = next(it)
-
 
 class ThrottleAverage(Filter):
     """The average of the values received in each period, sent when it ends."""
 
     reason = HOLD
+    STATE = ("start", "total", "n")
 
     def __init__(self, period):
         self.period = period
@@ -227,20 +218,13 @@ class ThrottleAverage(Filter):
             return avg
         return None
 
-    def state(self):
-        return [self.start, self.total, self.n]
-
-    def load(self, it):
-        self.start = next(it)
-        self.total = next(it)
-        self.n = next(it)
-
 
 class Heartbeat(Filter):
     """Send the latest value every period whatever it is; values in between are
     held (or also passed at once when optimistic)."""
 
     reason = HOLD
+    STATE = ("have", "value", "started", "last")
 
     def __init__(self, period, optimistic):
         self.period = period
@@ -264,16 +248,12 @@ class Heartbeat(Filter):
             return self.value
         return None
 
-    def state(self):
-        return [self.have, self.value, self.started, self.last]
-
-    def load(self, it):
-        self.have, self.value, self.started, self.last = next(it), next(it), next(it), next(it)
-
 
 class Timeout(Filter):
     """After the first value, if none arrives for `period`, send `value` (when
     configured) or the last value flagged STALE."""
+
+    STATE = ("have", "last_value", "last", "fired")
 
     def __init__(self, period, value):
         self.period = period
@@ -301,17 +281,12 @@ class Timeout(Filter):
             return self.last_value
         return None
 
-    def state(self):
-        return [self.have, self.last_value, self.last, self.fired]
-
-    def load(self, it):
-        self.have, self.last_value, self.last, self.fired = next(it), next(it), next(it), next(it)
-
 
 class Debounce(Filter):
     """Send the last value once no new value came for `period`."""
 
     reason = HOLD
+    STATE = ("pending", "value", "last")
 
     def __init__(self, period):
         self.period = period
@@ -330,12 +305,6 @@ class Debounce(Filter):
             self.pending = 0
             return self.value
         return None
-
-    def state(self):
-        return [self.pending, self.value, self.last]
-
-    def load(self, it):
-        self.pending, self.value, self.last = next(it), next(it), next(it)
 
 
 class Or(Filter):

@@ -148,7 +148,7 @@ class Broker:
         self.pki = None
 
     def start(self, timeout=10):
-        binary = ensure_installed()
+        ensure_installed()
         self.pki = make_pki(self.folder / "pki")
         self.ports = dict((name, free_port()) for name in LISTENERS)
         pskfile = self.folder / "psk.txt"
@@ -180,8 +180,13 @@ class Broker:
         ]
         cfg = self.folder / "mosquitto.conf"
         cfg.write_text("\n".join(conf) + "\n")
-        self.proc = subprocess.Popen([binary, "-c", str(cfg)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self._launch(timeout)
+        return self
+
+    def _launch(self, timeout=10):
+        """Start mosquitto on the written config and wait until every listener answers."""
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.folder / "mosquitto.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         for port in self.ports.values():
             while True:
@@ -194,7 +199,6 @@ class Broker:
                     if time.monotonic() > deadline:
                         raise RuntimeError("mosquitto did not listen on %d" % port)
                     time.sleep(0.05)
-        return self
 
     def pause(self):
         """SIGSTOP: a broker that hangs with its sockets open."""
@@ -212,19 +216,7 @@ class Broker:
     def restart(self):
         """Killed and started again on the same ports and certificates."""
         self.kill()
-        binary = mosquitto_binary()
-        self.proc = subprocess.Popen([binary, "-c", str(self.folder / "mosquitto.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        for port in self.ports.values():
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("mosquitto did not come back")
-                    time.sleep(0.05)
+        self._launch()
 
     def stop(self):
         self.kill()
