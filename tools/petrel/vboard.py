@@ -63,9 +63,9 @@ class VirtualBoard:
 
     def stop(self):
         self.running = False
-        self._kill()
         if self.thread:
-            self.thread.join(5)
+            self.thread.join(5)  # the relay notices within 20 ms and ends its VM
+        self._kill()  # and in case the thread was between two VMs
         for fd in (self.tool_master, self.tool_slave):
             try:
                 os.close(fd)
