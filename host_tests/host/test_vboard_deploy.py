@@ -103,3 +103,15 @@ def test_deploy_cli_reports_a_missing_board(tmp_path):
                         "--board", "sim"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1
     assert "petrel deploy:" in p.stderr and "mpremote connect" in p.stderr
+
+
+def test_deploy_installs_the_nodes_configuration_and_secrets(vboard, tmp_path):
+    cfg = tmp_path / "node"
+    (cfg / "certs").mkdir(parents=True)
+    (cfg / "config.json").write_text('{"device_id": "p-a1b2c3"}')
+    (cfg / "secrets.json").write_text('{"hmac_key": "..."}')
+    (cfg / "certs" / "ca.der").write_bytes(b"\x30\x82der")
+    folders, copy, remove = deploy.deploy(vboard.path, "sim", config=cfg, say=lambda s: None)
+    assert "certs" in folders and "config.json" in copy and "certs/ca.der" in copy
+    assert (vboard.flash / "secrets.json").read_text() == '{"hmac_key": "..."}'
+    assert (vboard.flash / "certs" / "ca.der").read_bytes() == b"\x30\x82der"
