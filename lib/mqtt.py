@@ -81,17 +81,20 @@ def _str(s):
     return struct.pack("!H", len(s)) + s
 
 
-def _packet(first, body):
-    """Fixed header + remaining length + body, as one buffer."""
-    n = len(body)
-    head = bytearray([first])
+def _varlen(n):
+    """MQTT's remaining length: 7 bits a byte, high bit = more."""
+    out = bytearray()
     while True:
         b = n & 0x7F
         n >>= 7
-        head.append(b | 0x80 if n else b)
+        out.append(b | 0x80 if n else b)
         if not n:
-            break
-    return bytes(head) + body
+            return out
+
+
+def _packet(first, body):
+    """Fixed header + remaining length + body, as one buffer."""
+    return bytes([first]) + _varlen(len(body)) + body
 
 
 class MQTTClient:
@@ -202,13 +205,23 @@ class MQTTClient:
         deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
         while qos and len(self.inflight) >= self.window:
             self._process(deadline)
-        body = _str(topic)
-        pid = 0
+        if isinstance(topic, str):
+            topic = topic.encode()
+        pid = self._next_pid() if qos else 0
+        # one buffer for the whole packet: one copy of the message, one write
+        n = 2 + len(topic) + (2 if qos else 0) + len(msg)
+        head = bytes([PUBLISH | (qos << 1) | (1 if retain else 0)]) + _varlen(n)
+        buf = bytearray(len(head) + n)
+        buf[:len(head)] = head
+        i = len(head)
+        struct.pack_into("!H", buf, i, len(topic))
+        buf[i + 2:i + 2 + len(topic)] = topic
+        i += 2 + len(topic)
         if qos:
-            pid = self._next_pid()
-            body += struct.pack("!H", pid)
-        first = PUBLISH | (qos << 1) | (1 if retain else 0)
-        self._send(_packet(first, body + msg))
+            struct.pack_into("!H", buf, i, pid)
+            i += 2
+        buf[i:] = msg
+        self._send(buf)
         if qos:
             self.inflight[pid] = time.ticks_ms()
         return pid
