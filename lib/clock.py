@@ -21,10 +21,14 @@ import eventlog as log
 # Seconds between the port's epoch and 1970 (the ESP32 counts from 2000).
 EPOCH_TO_UNIX = 0 if time.gmtime(0)[0] == 1970 else 946684800
 RELATIVE = 1 << 28  # SenML: times below this are relative to "now"
+MAX_AHEAD = 30 * 365 * 86400  # beyond build time + 30 years: a broken or forged answer
+BIG_STEP = 86400  # a step larger than this needs a second, agreeing answer
+AGREE = 5  # seconds two answers may differ
 
 
 class Clock:
     def __init__(self, build_unix, store=None, path=None):
+        self.build = build_unix
         self.floor = build_unix  # never believe a time below this
         self.store = store  # rtcmem.Region: last known-good time and sync offset
         self.path = path  # file keeping the last known-good time through power loss
@@ -62,12 +66,24 @@ class Clock:
 
     def sync(self, ntp_time):
         """Set the RTC from ntp_time() (seconds in the port's epoch, as ntptime.time
-        returns). Returns True when the clock is now known. A time below the
-        floor is refused and logged; OSError from NTP goes to the caller."""
+        returns). Returns True when the clock is now known. Refused and logged:
+        a time below the floor, beyond build time + 30 years, and a step of
+        more than a day that a second answer does not confirm (one forged
+        reply must not move the clock, nor the floor, for good). OSError from
+        NTP goes to the caller."""
         t = ntp_time() + EPOCH_TO_UNIX
         if t < self.floor:
             log.warn("clock", "ntp time %d refused: below floor %d", t, self.floor)
             return self.known()
+        if t > self.build + MAX_AHEAD:
+            log.warn("clock", "ntp time %d refused: beyond build time + 30 years", t)
+            return self.known()
+        if not self.known() or abs(t - self.unix()) > BIG_STEP:
+            t2 = ntp_time() + EPOCH_TO_UNIX
+            if abs(t2 - t) > AGREE:
+                log.warn("clock", "ntp answers disagree (%d, %d): clock left as it was", t, t2)
+                return self.known()
+            t = t2
         before = time.time()  # RTC seconds in the old timeline
         import machine
 

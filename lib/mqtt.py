@@ -132,6 +132,9 @@ class MQTTClient:
         """Open the connection, do the TLS handshake, CONNECT; returns whether
         the broker had a session for us. MQTTError on any failure."""
         t0 = time.ticks_ms()
+        self.inflight = {}  # a new connection: nothing of the old one is in flight
+        self.acked = []
+        self.ping_sent = None
         if self.insecure:
             import eventlog  # only then: the client stays small without the log
 
@@ -204,7 +207,7 @@ class MQTTClient:
             raise ValueError("QoS 0 or 1")
         deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
         while qos and len(self.inflight) >= self.window:
-            self._process(deadline)
+            self._wait(deadline, "a free slot in the window")
         if isinstance(topic, str):
             topic = topic.encode()
         pid = self._next_pid() if qos else 0
@@ -230,11 +233,20 @@ class MQTTClient:
         """Wait for every outstanding PUBACK; MQTTError at the deadline."""
         deadline = time.ticks_add(time.ticks_ms(), timeout_ms or self.timeout_ms)
         while self.inflight:
-            self._process(deadline)
+            self._wait(deadline, "PUBACK")
+
+    def _wait(self, deadline, what):
+        """Handle one packet from the broker; MQTTError once the deadline passed."""
+        if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+            self.close()
+            raise MQTTError("timeout: no %s from the broker" % what)
+        self._process(deadline)
 
     def check(self):
         """Keep the session alive between publishes: handle what the broker
         sent, ping when idle, and fail if a ping went unanswered."""
+        if self.sock is None:
+            raise MQTTError("not connected")
         now = time.ticks_ms()
         if self.ping_sent is not None and time.ticks_diff(now, self.ping_sent) > self.timeout_ms:
             self.close()

@@ -127,8 +127,8 @@ class Outbox:
             self.next_seq = seq + 1
             return seq
         if seq >= self.seq_limit:
+            self._save_state(seq + self.reserve)  # reserved on flash before any of them leaves
             self.seq_limit = seq + self.reserve
-            self._save_state()
         if self._rtc_bytes() + REC_OVERHEAD + len(payload) > self.rtc.size - rtcmem.OVERHEAD:
             self.flush()  # raises if flash fails: this reading is refused, none is lost
         self.buf.append((seq, t, bytes(payload)))
@@ -244,9 +244,11 @@ class Outbox:
         seg[3] += len(records)
         seg[4] += size
 
-    def _save_state(self):
+    def _save_state(self, seq_limit=None):
+        if seq_limit is None:
+            seq_limit = self.seq_limit
         body = STATE_MAGIC + struct.pack(_STATE_FMT, self.acked, self.floor, self.drops,
-                                         self.corrupt, self.discarded, self.seq_limit)
+                                         self.corrupt, self.discarded, seq_limit)
         tmp = self.path + "/state.tmp"
         with open(tmp, "wb") as f:
             f.write(body + struct.pack("<I", crc32(body) & 0xFFFFFFFF))

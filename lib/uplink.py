@@ -18,6 +18,7 @@ import struct
 
 import clock as _clock
 import cose
+import eventlog as log
 import senml
 
 _READING = "<Bib"
@@ -28,29 +29,49 @@ def pack_reading(channel, value, flags=0):
 
 
 def unpack_reading(payload):
+    if len(payload) != struct.calcsize(_READING):
+        raise ValueError("a reading is %d bytes, got %d" % (struct.calcsize(_READING), len(payload)))
     return struct.unpack(_READING, payload)
 
 
-def encoder(device_id, channels, key, counter, clk, tag=cose.HMAC_256_256):
+class encoder:
     """encode(records) for drain(): a SenML CBOR pack of the readings, in a
     COSE_Mac0 under the device's key with the next sequence number.
 
     channels: [(name, unit, scale)] indexed like the readings' channel byte.
     counter: seqcounter.SeqCounter. clk: clock.Clock, which turns the outbox's
-    stamps into Unix time, or into ages when the wall clock is still unknown."""
-    kid = device_id.encode()
+    stamps into Unix time, or into ages when the wall clock is still unknown.
+    A record that cannot be encoded (a channel a new configuration no longer
+    has, a damaged payload) is left out, logged and counted in `rejected`, so
+    one bad record never blocks the queue behind it; None when none is left."""
 
-    def encode(records):
-        pack = senml.Pack(device_id + "/", channels)
-        times = [clk.senml_time(r[1]) for r in records]
-        relative = times[0] < _clock.RELATIVE  # drain() never mixes the two kinds
-        for r, t in zip(records, times):
-            ch, v, _flags = unpack_reading(r[2])
-            pack.add(ch, v, t)
+    def __init__(self, device_id, channels, key, counter, clk, tag=cose.HMAC_256_256):
+        self.device_id = device_id
+        self.kid = device_id.encode()
+        self.channels = channels
+        self.key = key
+        self.counter = counter
+        self.clk = clk
+        self.tag = tag
+        self.rejected = 0
+
+    def __call__(self, records):
+        pack = senml.Pack(self.device_id + "/", self.channels)
+        relative = None
+        for seq, stamp, payload in records:
+            t = self.clk.senml_time(stamp)
+            try:
+                ch, v, _flags = unpack_reading(payload)
+                pack.add(ch, v, t)
+            except ValueError as e:
+                self.rejected += 1
+                log.warn("uplink", "reading seq=%d left out: %s", seq, e)
+                continue
+            relative = t < _clock.RELATIVE  # drain() never mixes the two kinds
+        if relative is None:
+            return None
         data = pack.cbor(now=0) if relative else pack.cbor()
-        return cose.mac0(key, kid, counter.next(), data, tag)
-
-    return encode
+        return cose.mac0(self.key, self.kid, self.counter.next(), data, self.tag)
 
 
 def time_kind(clk):
@@ -95,7 +116,9 @@ def drain(client, outbox, topic, encode, batch=36, max_records=None, kind=None):
         pending = []  # (packet id, last seq, count) in publish order
         try:
             for chunk in _chunks(records, batch, kind):
-                pid = client.publish(topic, encode(chunk), qos=1)
+                msg = encode(chunk)
+                # nothing sendable in it: acknowledged in turn, without a PUBACK
+                pid = client.publish(topic, msg, qos=1) if msg is not None else None
                 pending.append((pid, chunk[-1][0], len(chunk)))
                 confirmed += _settle(client, outbox, pending)
             client.wait_all()
@@ -121,9 +144,10 @@ def _chunks(records, batch, kind):
 def _settle(client, outbox, pending):
     """Acknowledge, oldest first, the batches whose PUBACK has arrived."""
     n = 0
-    while pending and pending[0][0] in client.acked:
+    while pending and (pending[0][0] is None or pending[0][0] in client.acked):
         pid, last, count = pending.pop(0)
-        client.acked.remove(pid)
+        if pid is not None:
+            client.acked.remove(pid)
         outbox.ack(last)
         n += count
     return n

@@ -58,3 +58,17 @@ def test_known_through_deep_sleep_unknown_after_power_loss():
     assert c.floor >= TRUE_NOW  # the last known-good time survived on flash
     assert not c.sync(lambda: (BUILD + 10) - clock.EPOCH_TO_UNIX)
     assert c.sync(ntp)
+
+
+def test_one_forged_answer_cannot_move_the_clock_for_good():
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    year_2100 = 4102444800 - clock.EPOCH_TO_UNIX
+    assert not c.sync(lambda: year_2100)  # beyond build + 30 years
+    answers = [ntp() + 10 * 86400, ntp()]  # a forged step, then the truth
+    assert not c.sync(lambda: answers.pop(0))  # the two disagree: refused
+    assert not c.known() and c.floor == BUILD
+    assert c.sync(ntp)  # two agreeing answers
+    assert abs(c.unix() - TRUE_NOW) < 5
+    late = [ntp() + 5 * 86400, ntp() + 5 * 86400]  # a consistent liar still needs two answers
+    assert c.sync(lambda: late.pop(0))

@@ -25,3 +25,25 @@ def test_no_plain_tcp_without_saying_so():
 def test_publish_without_a_connection_is_an_mqtt_error():
     c = mqtt.MQTTClient("node", "127.0.0.1", 1883, insecure=True)
     raises(mqtt.MQTTError, c.publish, "t", b"x", 1)
+
+
+def test_waiting_past_the_deadline_is_an_error_not_a_spin():
+    import socket
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for port in range(47810, 47830):  # a free loopback port (MicroPython has no getsockname)
+        try:
+            srv.bind(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+            break
+        except OSError:
+            continue
+    srv.listen(1)
+    c = mqtt.MQTTClient("node", "127.0.0.1", port, insecure=True, timeout_ms=0)
+    c.raw = socket.socket()
+    c.raw.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+    c.sock = c.raw
+    c.inflight = {1: 0}  # a PUBACK that never comes, and no time left
+    raises(mqtt.MQTTError, c.wait_all)
+    assert c.sock is None  # closed, not left half-open
+    srv.close()

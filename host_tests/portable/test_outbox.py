@@ -239,3 +239,23 @@ def test_bad_arguments_are_refused():
     raises(ValueError, ob.append, b"x", -1)
     raises(ValueError, outbox.Outbox, path, 4096, 4096)
     assert len(ob) == 0
+
+
+def test_a_reservation_that_did_not_reach_flash_is_not_used():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path, rtc=rtc_region(), reserve=4)
+    for i in range(4):
+        ob.append(payload(i), i)  # seqs 1..4 within the first reservation
+    good = ob.seq_limit
+    real = ob._save_state
+
+    def failing(*a):
+        raise OSError(5)
+
+    ob._save_state = failing  # the flash refuses the next reservation
+    raises(OSError, ob.append, payload(9), 9)
+    assert ob.seq_limit == good  # not raised in RAM either
+    ob._save_state = real
+    simstate.board.power_on()  # RTC lost: resume from what flash reserved
+    ob = reopen(path, flash, rtc=rtc_region(), reserve=4)
+    assert ob.append(b"x", 0) >= good  # never one handed out before

@@ -50,8 +50,12 @@ class Verifier:
             raise Rejected("mac")
         if seq <= self.last_seq.get(kid, -1):
             raise Rejected("replay: seq %d after %d" % (seq, self.last_seq[kid]))
+        readings = senml_readings(payload)
+        for r in readings:  # a device's key speaks for that device only
+            if not r[0].startswith(kid + "/"):
+                raise Rejected("name %r is not device %r's" % (r[0], kid))
         self.last_seq[kid] = seq
-        return senml_readings(payload)
+        return readings
 
 
 def senml_readings(payload):
