@@ -7,7 +7,7 @@ stamped with the RTC's seconds since power-on, below 2**28, which SenML reads
 as relative time; once NTP sets the clock, the offset measured at that moment
 turns those stamps into wall-clock time.
 
-    clk = Clock(build_unix=1764000000, store=rtcmem.Region(rtc, 1536, 64))
+    clk = Clock(build_unix=1764000000, store=rtcmem.Region(rtc, 1280, 64))
     t = clk.stamp()                 # for the outbox: unix seconds, or relative
     clk.sync(ntptime.time)          # when the link is up and the clock is unknown
     clk.senml_time(t)               # unix seconds, or negative seconds before now

@@ -1,7 +1,7 @@
 """Store-and-forward outbox: every accepted reading is kept until the uplink
 confirms it, through network outages, deep sleep, resets and power cuts.
 
-    ob = Outbox("/outbox", rtc=rtcmem.Region(machine.RTC(), 256, 1536))
+    ob = Outbox("/outbox", rtc=rtcmem.Region(machine.RTC(), 256, 1024))
     seq = ob.append(payload, t)       # accepted: it will be delivered or counted
     batch = ob.peek(12)               # [(seq, t, payload), ...] oldest first
     ...publish, wait for PUBACK...

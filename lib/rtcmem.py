@@ -11,6 +11,10 @@ whole. Several users share it through fixed regions (offset, size); writing one
 region leaves the others' bytes as they were.
 
     record = b"PR" | version (1) | length (2, LE) | payload | crc32 (4, LE)
+
+Petrel's layout of the 2048 bytes (offset, size), in the examples and tests:
+    app state 0, 256 | outbox fast path 256, 1024 | clock 1280, 64 |
+    sequence counter 1344, 64 | Wi-Fi cache 1792, 64
 """
 
 import struct

@@ -1,6 +1,6 @@
 """A sequence number that never repeats: across deep sleep, reset and power loss.
 
-    seq = SeqCounter("/seq", rtcmem.Region(machine.RTC(), 1792, 256))
+    seq = SeqCounter("/seq", rtcmem.Region(machine.RTC(), 1344, 64))
     n = seq.next()
 
 The next number lives in RTC memory (no flash access on a wake), and a limit

@@ -42,20 +42,24 @@ def wake_on_touch(wake):
 
 # ------------------------------------------------------------------ NVS
 _KEY_MAX = 15  # NVS_KEY_NAME_MAX_SIZE - 1
+# The port raises OSError(-esp_err, name) for ESP-IDF errors (check_esp_err).
+_NOT_FOUND = (-0x1102, "ESP_ERR_NVS_NOT_FOUND")
+_KEY_TOO_LONG = (-0x1109, "ESP_ERR_NVS_KEY_TOO_LONG")
+_INVALID_LENGTH = (-0x110C, "ESP_ERR_NVS_INVALID_LENGTH")
 
 
 class NVS:
     def __init__(self, namespace):
         board.alive()
         if not namespace or len(namespace) > _KEY_MAX:
-            raise OSError(errno.EINVAL)
+            raise OSError(*_KEY_TOO_LONG)
         self.ns = namespace
         if namespace not in board.nvs_open:
             board.nvs_open[namespace] = {}
 
     def _key(self, key):
         if not key or len(key) > _KEY_MAX:
-            raise OSError(errno.EINVAL)
+            raise OSError(*_KEY_TOO_LONG)
         return key
 
     def _get(self, key):
@@ -66,7 +70,7 @@ class NVS:
         else:
             v = board.nvs.get(self.ns, {}).get(key)
         if v is None:
-            raise OSError(errno.ENOENT)
+            raise OSError(*_NOT_FOUND)
         return v
 
     def set_i32(self, key, value):
@@ -78,7 +82,7 @@ class NVS:
     def get_i32(self, key):
         v = self._get(key)
         if not isinstance(v, int):
-            raise OSError(errno.EINVAL)  # stored with another type
+            raise OSError(*_NOT_FOUND)  # NVS keys are typed: none of this type
         return v
 
     def set_blob(self, key, value):
@@ -88,9 +92,9 @@ class NVS:
     def get_blob(self, key, buffer):
         v = self._get(key)
         if isinstance(v, int):
-            raise OSError(errno.EINVAL)
+            raise OSError(*_NOT_FOUND)
         if len(buffer) < len(v):
-            raise OSError(errno.ENOMEM)
+            raise OSError(*_INVALID_LENGTH)
         for i in range(len(v)):
             buffer[i] = v[i]
         return len(v)

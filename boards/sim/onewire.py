@@ -55,50 +55,49 @@ class OneWire:
         self.write(rom)
 
     def scan(self):
-        """Every ROM on the bus, by the binary-tree search of Maxim app note 187.
-        At each bit where devices disagree the search takes 0 first, so the
-        order is fixed by the ROMs alone (not by the wiring)."""
+        """Every ROM on the bus, by the binary-tree search of Maxim app note 187,
+        in the order the ESP32's frozen onewire module finds them: at a bit
+        where devices disagree, the 1 branch first."""
         roms = []
-        rom = bytearray(8)
-        last_fork = -1  # highest bit where the previous pass took the 0 branch
+        last = None
+        fork = 65  # above every bit: the first pass takes 1 at each disagreement
         for _ in range(255):  # a bound, in case a noisy bus never lets it finish
-            fork = self._search_pass(rom, last_fork)
-            if fork is None:
+            rom, fork = self._search_pass(last, fork)
+            if rom is not None:
+                roms.append(rom)
+                last = rom
+            if not fork:
                 break
-            roms.append(bytearray(rom))
-            if fork < 0:
-                break
-            last_fork = fork
         return roms
 
-    def _search_pass(self, rom, last_fork):
-        """One pass down the tree, rewriting rom in place. Returns the new last
-        fork (-1 when this was the last device), or None if nothing answered."""
+    def _search_pass(self, last, fork):
+        """One pass down the tree. Bits are numbered 64 (first) down to 1. At a
+        disagreement above `fork`, or below it where the last ROM had a 1, take
+        1 and remember the spot; at `fork` itself take 0 (the branch left).
+        Returns (rom, the lowest spot where 1 was taken: 0 when none), or
+        (None, 0) when nothing answered."""
         if not self.reset():
-            return None
+            return None, 0
         self.writebyte(self.SEARCH_ROM)
-        fork = -1
-        for i in range(64):
-            byte, mask = i >> 3, 1 << (i & 7)
-            bit = self.readbit()
-            complement = self.readbit()
-            if bit and complement:  # no device is taking part any more
-                return None
-            if bit == complement:  # both 0: devices disagree at this bit
-                if i < last_fork:
-                    bit = 1 if rom[byte] & mask else 0  # retrace the previous path
-                else:
-                    bit = 1 if i == last_fork else 0  # the 1 branch of the last fork
-                if not bit:
-                    fork = i
-            if bit:
-                rom[byte] |= mask
-            else:
-                rom[byte] &= ~mask
-            self.writebit(bit)
-        if not any(rom):  # the line is held low (a short): nothing to find
-            return None
-        return fork
+        rom = bytearray(8)
+        next_fork = 0
+        n = 64
+        for byte in range(8):
+            for bit in range(8):
+                b = self.readbit()
+                if self.readbit():
+                    if b:  # no device is taking part any more
+                        return None, 0
+                elif not b:  # both 0: devices disagree at this bit
+                    had_one = last is not None and last[byte] & (1 << bit)
+                    if fork > n or (had_one and fork != n):
+                        b = 1
+                        next_fork = n
+                self.writebit(b)
+                if b:
+                    rom[byte] |= 1 << bit
+                n -= 1
+        return rom, next_fork
 
     def crc8(self, data):
         return _ow.crc8(data)

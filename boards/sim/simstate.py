@@ -8,7 +8,8 @@ VM. Written in the subset of Python that MicroPython runs.
 What survives what (as on the chip):
 - power loss: only the world (wiring, inputs, committed NVS, flash partitions);
 - reset / WDT: also RTC time and RTC memory;
-- deep sleep: also held pins and the ext0/ext1 wake configuration.
+- deep sleep: also held pins. (The ext0/ext1 wake configuration is a RAM
+  variable of the port: it wakes the chip, then each boot must set it again.)
 """
 
 TICKS_PERIOD = 1 << 30  # ticks_ms/ticks_us wrap here on the ESP32 (2**62 on unix)
@@ -143,6 +144,8 @@ class Board:
                 return True
             self.reset_cause = DEEPSLEEP_RESET
             self.wake_reason = woke
+            self.ext0 = None  # kept by the port in RAM: gone with the wake
+            self.ext1 = None
         else:
             self.held = {}
             self.ext0 = None
