@@ -25,7 +25,8 @@ def ticks_us():
 
 
 def ticks_cpu():
-    return board.ticks_us()
+    # the ESP32's CPU cycle counter, at the board's clock frequency
+    return (board.since_boot_us() * (board.cpu_hz // 1000000)) & TICKS_MASK
 
 
 def ticks_add(ticks, delta):

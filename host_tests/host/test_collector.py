@@ -34,3 +34,14 @@ def test_sequence_numbers_must_grow_per_device():
     with pytest.raises(Rejected, match="replay"):
         v.accept(message("p-A", KA, 4, "p-A"))
     v.accept(message("p-A", KA, 9, "p-A"))
+
+
+def test_a_restarted_collector_still_refuses_replays(tmp_path):
+    db = tmp_path / "devices.sqlite"
+    v = Verifier({"p-A": KA}, store=db)
+    old = message("p-A", KA, 7, "p-A")
+    v.accept(old)
+    v = Verifier({"p-A": KA}, store=db)  # the collector restarted
+    with pytest.raises(Rejected, match="replay"):
+        v.accept(old)
+    v.accept(message("p-A", KA, 8, "p-A"))

@@ -112,3 +112,10 @@ def test_utime_is_the_same_fake():
     w0 = b.world_us
     utime.sleep_ms(7)
     assert b.world_us - w0 >= 7000
+
+
+def test_ticks_cpu_counts_cpu_cycles():
+    machine.freq(160000000)
+    c0 = time.ticks_cpu()
+    time.sleep_us(10)
+    assert 1600 <= time.ticks_diff(time.ticks_cpu(), c0) <= 1800  # 160 cycles a microsecond

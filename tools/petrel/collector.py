@@ -21,10 +21,20 @@ class Rejected(ValueError):
 
 
 class Verifier:
-    def __init__(self, keys, algs=(5,)):
+    def __init__(self, keys, algs=(5,), store=None):
+        """store: an SQLite file (the device registry) where the highest accepted
+        sequence number of each device is kept, so a restarted collector still
+        refuses replays."""
         self.keys = dict(keys)  # kid (str) -> key bytes
         self.algs = algs
         self.last_seq = {}  # kid -> highest sequence number accepted
+        self.db = None
+        if store is not None:
+            import sqlite3
+
+            self.db = sqlite3.connect(str(store))
+            self.db.execute("CREATE TABLE IF NOT EXISTS last_seq (device_id TEXT PRIMARY KEY, seq INTEGER)")
+            self.last_seq = dict(self.db.execute("SELECT device_id, seq FROM last_seq"))
 
     def accept(self, data):
         try:
@@ -55,6 +65,9 @@ class Verifier:
             if not r[0].startswith(kid + "/"):
                 raise Rejected("name %r is not device %r's" % (r[0], kid))
         self.last_seq[kid] = seq
+        if self.db is not None:
+            with self.db:
+                self.db.execute("INSERT OR REPLACE INTO last_seq VALUES (?, ?)", (kid, seq))
         return readings
 
 
