@@ -39,19 +39,31 @@ RTC_MAGIC = b"SQ"
 
 
 class SeqCounter:
-    def __init__(self, path, rtc_region=None, k=256):
+    def __init__(self, path, rtc_region=None, k=256, floor=None):
+        """floor: called once, at the first next() of a counter that had nothing
+        to trust (brand new, or file damaged with RTC memory lost), for a number
+        to start at or above. Seconds since the firmware's build time, once the
+        clock is known, keep a board that was erased and provisioned again above
+        the numbers it used before (at up to one message a second), so the
+        receiver does not take its messages for replays."""
         if k < 1:
             raise ValueError("seqcounter block k must be >= 1")
         self.path = path
         self.rtc = rtc_region
         self.k = k
+        self.floor = floor
         self.damaged = False
         self.resumed = "new"  # where the count came from: rtc, flash, new, damaged
         self._next, self._limit = self._recover()
+        self._fresh = self.resumed in ("new", "damaged")
 
     def next(self):
         """The next number: larger than any handed out before, on any boot."""
         n = self._next
+        if self._fresh:
+            self._fresh = False
+            if self.floor is not None:
+                n = max(n, int(self.floor()))
         if n >= self._limit:
             self._persist(n + self.k)  # before any number of the block leaves
         self._next = n + 1

@@ -196,3 +196,11 @@ def test_power_cut_during_the_flash_write():
                 break
             cut += 1
         assert cut > 3  # every program/erase of the write was cut once
+
+
+def test_a_counter_with_nothing_to_trust_starts_at_its_floor():
+    path, flash = scratch_dir()
+    c = seqcounter.SeqCounter(path + "/seq", floor=lambda: 50000)
+    assert c.next() == 50000 and c.next() == 50001  # a board erased and provisioned again
+    c = seqcounter.SeqCounter(path + "/seq", floor=lambda: 7)
+    assert c.next() > 50001  # the file is trusted over the floor
