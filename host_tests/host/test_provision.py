@@ -329,3 +329,24 @@ def test_the_generated_psk_gets_the_node_into_the_broker(tmp_path, capfd):
         assert "ACKED 1" in out, out
         rc, out = run_vm(NODE, [tmp_path / "b", b.ports["psk"]], timeout=60)
         assert "REFUSED" in out, out  # b's identity is not in this psk_file
+
+
+def test_the_firmware_accepts_what_provision_writes(tmp_path):
+    import json
+
+    from app import config
+
+    out = tmp_path / "node"
+    ca = tmp_path / "ca"
+    from petrel.broker import make_pki
+
+    pki = make_pki(ca)
+    from petrel import cli
+
+    rc = cli.main(["provision", "--out", str(out), "--registry", str(tmp_path / "reg.sqlite"),
+                   "--broker-ca", str(pki["ca"]), "--broker-host", "broker.lan",
+                   "--wifi-ssid", "home"])
+    assert rc == 0
+    c = config.check(json.loads((out / "config.json").read_text()))
+    assert c["broker"]["host"] == "broker.lan" and c["broker"]["ca"] == "/certs/ca.der"
+    config.check_secrets(json.loads((out / "secrets.json").read_text()))

@@ -1,0 +1,89 @@
+# firmware/app/config: the node's configuration, checked, with a fallback.
+import json
+
+import machine
+
+from app import config
+from ptest import raises, scratch_dir
+
+GOOD = {
+    "format": 1, "device_id": "p-a1b2c3", "topic": "petrel/p-a1b2c3",
+    "sample_s": 300, "uplink_every": 12,
+    "wifi": {"ssid": "home"},
+    "broker": {"host": "broker.lan", "port": 8883, "ca": "/certs/ca.der"},
+    "channels": [
+        {"name": "t", "sensor": "sht4x", "unit": "Cel", "scale": 100,
+         "filters": [{"median": {"window_size": 5, "send_every": 1}}, {"delta": 0.1}]},
+        {"name": "bat", "sensor": "battery", "unit": "mV"},
+    ],
+    "alarms": [{"channel": "t", "above": 40}],
+}
+
+
+def write(path, obj):
+    with open(path, "w") as f:
+        f.write(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+def err(data):
+    return str(raises(config.ConfigError, config.check, data))
+
+
+def test_a_good_configuration_with_defaults_filled_in():
+    c = config.check(GOOD)
+    assert c["sample_s"] == 300 and c["batch"] == 36 and c["network_budget_ms"] == 10000
+    assert c["channels"][1]["scale"] == 1 and c["channels"][0]["unit"] == "Cel"
+    d = config.check({})
+    uid = machine.unique_id()
+    assert d["device_id"] == "p-%02x%02x%02x" % (uid[3], uid[4], uid[5])
+    assert d["broker"] is None and d["topic"] == "petrel/" + d["device_id"]
+
+
+def test_errors_name_the_file_the_key_and_the_form():
+    e = err(dict(GOOD, sample_s="5m"))
+    assert e.startswith("config.json:") and "'sample_s'" in e and "integer in 10..86400" in e
+    e = err(dict(GOOD, sampling=5))
+    assert "'sampling'" in e and "one of" in e
+    e = err(dict(GOOD, broker={"host": "b", "port": 1883}))
+    assert "broker" in e and "plain TCP is not configurable" in e
+    bad = dict(GOOD, channels=[{"name": "t", "sensor": "x", "filters": [{"clamp": {"minimum": 0}}]}])
+    e = err(bad)
+    assert "channels[0]" in e and "'clamp'" in e and "'minimum'" in e
+    e = err(dict(GOOD, channels=[{"name": "t", "sensor": "x"}, {"name": "t", "sensor": "y"}]))
+    assert "channels[1]" in e and "unique" in e
+    e = err(dict(GOOD, alarms=[{"channel": "rh", "above": 80}]))
+    assert "alarms[0]" in e and "'channel'" in e
+    assert "JSON object" in err([1, 2])
+
+
+def test_a_bad_file_falls_back_to_the_last_good_one():
+    d, flash = scratch_dir()
+    p, s, g = d + "/config.json", d + "/secrets.json", d + "/config.good.json"
+    write(p, GOOD)
+    write(s, {"hmac_key": "ab" * 32})
+    c = config.load(p, s, g)
+    assert c.source == "config.json" and c.sample_s == 300 and c.secret("hmac_key") == "ab" * 32
+    write(p, dict(GOOD, sample_s=60))
+    assert config.load(p, s, g).sample_s == 60  # the new good one is kept
+    write(p, '{"sample_s": 60, ')  # torn by a bad upload
+    c = config.load(p, s, g)
+    assert c.source == "config.good.json" and c.sample_s == 60
+    write(p, dict(GOOD, sample_s=1))  # parses, but out of range
+    assert config.load(p, s, g).source == "config.good.json"
+    import os
+
+    os.remove(g)
+    c = config.load(p, s, g)
+    assert c.source == "defaults" and c.broker is None  # safe: no uplink
+
+
+def test_secrets_are_checked_for_form_and_never_echoed():
+    d, flash = scratch_dir()
+    secret = "zz" + "ab" * 31
+    write(d + "/secrets.json", {"hmac_key": secret})
+    e = str(raises(config.ConfigError, config.check_secrets, {"hmac_key": secret}))
+    assert "'hmac_key'" in e and secret not in e
+    raises(config.ConfigError, config.check_secrets, {"password": "ab" * 16})
+    write(d + "/config.json", GOOD)
+    c = config.load(d + "/config.json", d + "/secrets.json", d + "/good.json")
+    raises(config.ConfigError, c.secret, "hmac_key")  # refused file: no secrets at all
