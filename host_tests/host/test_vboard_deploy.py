@@ -88,7 +88,8 @@ def test_deploy_then_the_firmware_boots_and_runs_its_wake_cycle(vboard):
     boots = [e[3] for e in events if e and e[2] == "boot"]
     assert [b["boot"] for b in boots[:3]] == ["1", "2", "3"], out
     assert boots[0]["cause"] == "reset" and boots[1]["cause"] == "deepsleep"
-    assert "rst:0xc (SW_CPU_RESET)" in out and "rst:0x5 (DEEPSLEEP_RESET)" in out
+    # (the reset's own ROM line may already have been read by mpremote on its way out)
+    assert "rst:0x5 (DEEPSLEEP_RESET)" in out
 
 
 def test_deploy_dry_run_on_a_fresh_board_lists_everything_and_changes_nothing(vboard):
