@@ -86,8 +86,11 @@ def test_deploy_then_the_firmware_boots_and_runs_its_wake_cycle(vboard):
     out = read_serial(vboard.path, 15, until=b"boot=3")
     events = [eventlog.parse(line) for line in out.splitlines()]
     boots = [e[3] for e in events if e and e[2] == "boot"]
-    assert [b["boot"] for b in boots[:3]] == ["1", "2", "3"], out
-    assert boots[0]["cause"] == "reset" and boots[1]["cause"] == "deepsleep"
+    nums = [int(b["boot"]) for b in boots]
+    assert len(nums) >= 2 and nums[0] <= 2 and nums == list(range(nums[0], nums[0] + len(nums))), out
+    assert all(b["cause"] == "deepsleep" for b in boots if b["boot"] != "1")
+    if nums[0] == 1:
+        assert boots[0]["cause"] == "reset"  # machine.reset(): SOFT_RESET on the ESP32
     # (the reset's own ROM line may already have been read by mpremote on its way out)
     assert "rst:0x5 (DEEPSLEEP_RESET)" in out
 
