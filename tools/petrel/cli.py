@@ -61,7 +61,7 @@ def _clock(us):
     return "%dd%02d:%02d:%02d" % (s // 86400, s // 3600 % 24, s // 60 % 60, s % 60)
 
 
-TOOL_MODULES = ("vboard", "flash", "deploy", "provision", "monitor")
+TOOL_MODULES = ("vboard", "flash", "deploy", "provision", "monitor", "energy")
 
 
 def build_parser():

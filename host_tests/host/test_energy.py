@@ -1,0 +1,63 @@
+"""petrel energy: the arithmetic of the battery model, and its outputs."""
+
+import subprocess
+import sys
+
+import pytest
+
+from petrel import boards, energy
+
+
+def profile(**kw):
+    e = {"volts": 3.0, "sleep_ua": 10, "cpu_ma": 40, "radio_ma": 100, "boot_ms": 100,
+         "sample_ms": 50, "wifi_dhcp_ms": 1600, "wifi_static_ms": 700, "wifi_cached_ms": 200,
+         "tls_cert_ms": 1000, "tls_psk_ms": 50, "mqtt_ms": 50, "battery_mah": 3000,
+         "self_discharge_per_year": 0.0}
+    e.update(kw)
+    return {"name": "t", "energy": e}
+
+
+def test_a_day_is_the_sum_of_its_phases():
+    p = profile()
+    sc = energy.Scenario("x", 12, "cached", "psk")
+    d = energy.daily(p, 300, sc)
+    wakes, uplinks = 288, 24
+    assert d["boot"] == pytest.approx(40 * 0.1 * wakes / 3600)
+    assert d["wifi"] == pytest.approx(100 * 0.2 * uplinks / 3600)
+    assert d["tls"] == pytest.approx(100 * 0.05 * uplinks / 3600)
+    awake = wakes * 0.15 + uplinks * 0.3
+    assert d["sleep"] == pytest.approx(0.010 * (86400 - awake) / 3600)
+    assert energy.per_wake_mc(p, sc) == pytest.approx(40 * 0.15 + 100 * 0.3)
+
+
+def test_battery_life_with_and_without_self_discharge():
+    assert energy.life_years(profile(), 1.0) == pytest.approx(3000 / 365, rel=1e-6)
+    assert energy.life_years(profile(self_discharge_per_year=0.05), 1.0) < 3000 / 365
+
+
+def test_batching_and_psk_each_save_charge():
+    p = boards.load("esp32-node")
+    totals = [sum(energy.daily(p, 300, energy.Scenario(s.name, s.uplink_every or 12, s.wifi,
+                                                       s.tls)).values())
+              for s in energy.SCENARIOS]
+    assert totals == sorted(totals, reverse=True)  # each step is cheaper than the one before
+    assert totals[0] > 5 * totals[-1]
+
+
+def test_every_figure_of_the_node_profile_names_its_source():
+    e = boards.load("esp32-node")["energy"]
+    for key in ("sleep_ua", "cpu_ma", "radio_ma", "boot_ms", "sample_ms", "mqtt_ms"):
+        assert e[key + "_source"]
+    assert e["wifi_ms_source"] and e["tls_ms_source"] and e["battery_source"]
+
+
+def test_cli_prints_the_table_and_writes_the_chart(tmp_path):
+    png = tmp_path / "energy.png"
+    p = subprocess.run([sys.executable, "-m", "petrel.cli", "energy", "--png", str(png)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "TLS-PSK" in p.stdout and "mAh/day" in p.stdout and "years" in p.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    p = subprocess.run([sys.executable, "-m", "petrel.cli", "energy", "--board", "esp32-devkitc"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no energy section" in p.stderr

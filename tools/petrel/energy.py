@@ -1,0 +1,157 @@
+"""`petrel energy`: what a configuration costs the battery.
+
+Charge per wake = sum of current x time over its phases; a day = sleep current
+x the time asleep + every wake + every uplink. Currents and phase times come
+from the board profile's "energy" section (boards/*.json), each with its
+source (../shared/reference/energy.md, Espressif datasheets). Nothing here is
+a loopback timing: phases a simulation cannot know (Wi-Fi association, DHCP,
+a TLS handshake on the chip) take the profile's figures.
+"""
+
+import sys
+
+from . import boards
+
+DAY_S = 86400
+
+
+class Scenario:
+    def __init__(self, name, uplink_every, wifi, tls):
+        self.name = name
+        self.uplink_every = uplink_every  # samples per uplink (1: every sample)
+        self.wifi = wifi  # "dhcp" | "static" | "cached"
+        self.tls = tls  # "cert" | "psk"
+
+
+def phases(e, scenario):
+    """[(phase, mA, ms, per)] with per = "wake" or "uplink"."""
+    out = [("boot", e["cpu_ma"], e["boot_ms"], "wake"),
+           ("sample", e["cpu_ma"], e["sample_ms"], "wake")]
+    wifi_ms = {"dhcp": e["wifi_dhcp_ms"], "static": e["wifi_static_ms"],
+               "cached": e["wifi_cached_ms"]}[scenario.wifi]
+    tls_ms = e["tls_cert_ms"] if scenario.tls == "cert" else e["tls_psk_ms"]
+    out += [("wifi", e["radio_ma"], wifi_ms, "uplink"),
+            ("tls", e["radio_ma"], tls_ms, "uplink"),  # the radio stays up through it
+            ("mqtt", e["radio_ma"], e["mqtt_ms"], "uplink")]
+    return out
+
+
+def daily(profile, sample_s, scenario):
+    """-> {phase: mAh per day}, with "sleep"."""
+    e = profile["energy"]
+    wakes = DAY_S / sample_s
+    uplinks = wakes / scenario.uplink_every
+    out = {}
+    awake_s = 0.0
+    for name, ma, ms, per in phases(e, scenario):
+        n = wakes if per == "wake" else uplinks
+        out[name] = ma * ms / 1000.0 * n / 3600.0
+        awake_s += ms / 1000.0 * n
+    out["sleep"] = e["sleep_ua"] / 1000.0 * (DAY_S - awake_s) / 3600.0
+    return out
+
+
+def per_wake_mc(profile, scenario):
+    """Charge of one wake with an uplink, in millicoulombs."""
+    return sum(ma * ms / 1000.0 for _, ma, ms, _ in phases(profile["energy"], scenario))
+
+
+def life_years(profile, mah_per_day):
+    e = profile["energy"]
+    usable = e["battery_mah"]
+    days = 0.0
+    # self-discharge takes its share of what is left each year
+    while usable > 0 and days < 100 * 365:
+        year = min(365.0, usable / (mah_per_day + usable * e["self_discharge_per_year"] / 365.0))
+        usable -= year * mah_per_day + usable * e["self_discharge_per_year"] * year / 365.0
+        days += year
+    return days / 365.0
+
+
+SCENARIOS = (
+    Scenario("every sample, DHCP, certificate TLS", 1, "dhcp", "cert"),
+    Scenario("hourly batch, DHCP, certificate TLS", None, "dhcp", "cert"),
+    Scenario("hourly batch, cached BSSID + static IP, cert TLS", None, "cached", "cert"),
+    Scenario("hourly batch, cached BSSID + static IP, TLS-PSK", None, "cached", "psk"),
+)
+
+
+def report(board, sample_s, uplink_s, out=sys.stdout, png=None):
+    profile = boards.load(board)
+    if "energy" not in profile:
+        raise boards.ProfileError("board profile %s has no energy section" % board)
+    e = profile["energy"]
+    every = max(1, uplink_s // sample_s)
+    rows = []
+    for s in SCENARIOS:
+        sc = Scenario(s.name, s.uplink_every or every, s.wifi, s.tls)
+        d = daily(profile, sample_s, sc)
+        total = sum(d.values())
+        rows.append((sc, d, total, life_years(profile, total)))
+    w = out.write
+    w("%s: %s\n" % (profile["name"], profile.get("description", "")))
+    w("sample every %d s, uplink every %d samples (%d s); battery %d mAh, self-discharge %.0f%%/year\n\n"
+      % (sample_s, every, every * sample_s, e["battery_mah"], e["self_discharge_per_year"] * 100))
+    w("%-50s %9s %9s %9s %8s\n" % ("scenario", "mC/uplink", "mAh/day", "top phase", "years"))
+    for sc, d, total, years in rows:
+        top = max(d, key=d.get)
+        w("%-50s %9.1f %9.3f %9s %8.1f\n" % (sc.name, per_wake_mc(profile, sc), total, top, years))
+    w("\nwhere a day goes (mAh):\n")
+    names = list(rows[0][1])
+    w("%-50s " % "" + " ".join("%8s" % n for n in names) + "\n")
+    for sc, d, total, years in rows:
+        w("%-50s " % sc.name + " ".join("%8.3f" % d[n] for n in names) + "\n")
+    if png:
+        chart(rows, names, png)
+        w("\nchart: %s\n" % png)
+    return rows
+
+
+def chart(rows, names, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    labels = [sc.name.replace(", ", "\n", 1) for sc, _, _, _ in rows]
+    bottom = [0.0] * len(rows)
+    for n in names:
+        vals = [d[n] for _, d, _, _ in rows]
+        ax.bar(labels, vals, bottom=bottom, label=n)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    for i, (_, _, total, years) in enumerate(rows):
+        ax.text(i, bottom[i], "%.2f mAh/day\n%.1f years" % (total, years), ha="center", va="bottom",
+                fontsize=8)
+    ax.set_ylabel("mAh per day")
+    ax.set_title("Where the battery goes, per phase")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_ylim(0, max(bottom) * 1.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cmd(args):
+    try:
+        report(args.board, args.sample_s, args.uplink_s, png=args.png)
+    except boards.ProfileError as e:
+        print("petrel energy: %s" % e, file=sys.stderr)
+        return 2
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser(
+        "energy", help="charge per wake, mAh per day and battery life for a configuration",
+        description="Models the battery cost of a sampling/uplink configuration on a board "
+                    "profile (its energy section: currents, phase times and their sources) and "
+                    "compares scenarios: uplink at every sample, hourly batches, with a cached "
+                    "BSSID and static IP, certificate TLS against TLS-PSK. Example: "
+                    "petrel energy --board esp32-node --sample-s 300 --uplink-s 3600 --png energy.png")
+    p.add_argument("--board", default="esp32-node", help="board profile with an energy section")
+    p.add_argument("--sample-s", type=int, default=300, help="seconds between samples (default 300)")
+    p.add_argument("--uplink-s", type=int, default=3600, help="seconds between batched uplinks (default 3600)")
+    p.add_argument("--png", help="also write a chart of the charge breakdown")
+    p.set_defaults(func=_cmd)
