@@ -137,6 +137,8 @@ class BootRunner:
         saved_path = list(sys.path)
         sys.path[:0] = [str(self.flash), str(self.flash / "lib")]
         out = _Tee(lambda text: self._emit(record, text))
+        saved_cwd = os.getcwd()
+        os.chdir(self.flash)  # the firmware's relative paths land in the flash, as on the VM
         try:
             with contextlib.redirect_stdout(out):
                 try:
@@ -159,6 +161,7 @@ class BootRunner:
                     record.why = b.halted.why
         finally:
             sys.path[:] = saved_path
+            os.chdir(saved_cwd)
         record.end_us = b.world_us
 
     def _boot_vm(self, record):
