@@ -291,7 +291,7 @@ class I2C:
         # address byte + payload, 9 clocks each
         board.advance((nbytes + 1) * 9 * 1000000 // self.freq + 1)
         dev = board.i2c.get(self.id, {}).get(addr)
-        if dev is None or dev.fault == "nack":
+        if dev is None or dev.fault == "nack" or not dev.powered():
             raise OSError(errno.ENODEV)
         if dev.stretch_us:
             if dev.stretch_us > self.timeout_us:

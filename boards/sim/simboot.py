@@ -46,6 +46,9 @@ def start():
     with open(os.getenv("PETREL_SIM_STATE")) as f:
         board.restore(json.load(f))
     board.host = Host()
+    setup = os.getenv("PETREL_SIM_SETUP")
+    if setup:  # wire the device models (and faults) for this boot, as the CPython runner does
+        __import__(setup).setup(board)
     os.umount("/")
     os.mount(os.VfsPosix(os.getenv("PETREL_SIM_FLASH")), "/")
     os.chdir("/")

@@ -75,6 +75,7 @@ class Board:
         self.read_cost_us = 1  # each clock read costs this much, so polling loops end
         self.boots = 0  # boots since the simulation began (not visible to firmware)
         self.host = None  # where the board reports NVS commits and halts
+        self.scenario = {}  # JSON-able knobs a setup module reads to wire faults (tests)
         # set by a test before a boot: where the ticks counters start
         self.start_ticks_ms = 0
         self.start_ticks_us = 0
@@ -360,6 +361,7 @@ class Board:
             "reset_cause": self.reset_cause,
             "wake_reason": self.wake_reason,
             "aps": self.aps,
+            "scenario": self.scenario,
         }
 
     def restore(self, d):

@@ -7,6 +7,8 @@ the way parts fail on a bench:
   stretch_us = N     the chip holds SCL low N microseconds (past the bus
                      timeout: OSError ETIMEDOUT)
   corrupt = fn       fn(bytes) -> bytes mangles what the chip sends back
+  rail = (pin, level) the chip is powered only while the board drives that pin
+                     to that level (a switched sensor rail): unpowered, it NACKs
 
 Models: bme280.BME280Model, sht4x.SHT4xModel (I2C), ds18b20 (1-Wire, slot
 level, on board.onewire[pin] through the fake _onewire module).
@@ -18,6 +20,14 @@ class I2CDevice:
         self.fault = None
         self.stretch_us = 0
         self.corrupt = None
+        self.rail = None
+
+    def powered(self):
+        if self.rail is None:
+            return True
+        from simstate import board
+
+        return board.level(self.rail[0]) == self.rail[1]
 
     def i2c_write(self, data):
         """Bytes the controller wrote after our address."""
