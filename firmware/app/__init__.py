@@ -1,21 +1,27 @@
-"""The Petrel application: one wake cycle, then deep sleep.
+"""The Petrel application: one wake cycle, then deep sleep. Never stuck awake.
 
-For now the cycle restores its state from RTC memory, counts the boot, says on
-the serial log why it booted, saves its state and sleeps until the next wake.
+    run():  state from RTC memory -> why we booted -> maintenance pin?
+            -> watchdog armed for the whole wake -> safe mode or the cycle
+            -> deep sleep
+
+The recovery ladder: an exception in the cycle is logged whole, kept in
+/crash.log and counted in RTC memory, and the node sleeps as usual; a wake
+that hangs is ended by the watchdog and counted the same way at the next
+boot. After `safe_mode.after_crashes` crashed wakes in a row the node runs in
+safe mode for `safe_mode.wakes` wakes: no application, only Wi-Fi, a status
+and health message, and a long sleep; then it tries the application again
+(one more crash and it is back in safe mode). A new configuration or firmware
+leaves safe mode at once. A maintenance pin held at boot (board.json) keeps
+the node awake at the REPL, before any watchdog is armed, for a technician.
 """
 
-import struct
+import time
 
 import machine
 
 import eventlog as log
-import rtcmem
 
-SLEEP_MS = 300000  # one wake every 5 minutes
-
-# RTC memory layout (2048 bytes): the application's state first, the outbox's
-# fast path after it.
-RTC_APP = (0, 256)
+from app import config, crashlog, hardware, state, version
 
 CAUSES = {
     machine.PWRON_RESET: "poweron",
@@ -25,16 +31,104 @@ CAUSES = {
     machine.SOFT_RESET: "reset",
 }
 WAKES = {0: "none", 2: "ext0", 3: "ext1", 4: "timer", 5: "touch", 6: "ulp"}
+WDT_MARGIN_MS = 20000  # sensors, flash and the log, on top of the network budget
+CRASH_SLEEP_MS = 300000  # after a crash with no usable configuration
 
 
 def run():
-    state = rtcmem.Region(machine.RTC(), *RTC_APP)
-    payload, why = state.load()
-    boots = struct.unpack("<I", payload)[0] if payload else 0
-    boots += 1
-    cause = machine.reset_cause()
-    log.info("boot", "cause=%s wake=%s boot=%d rtc=%s",
-             CAUSES.get(cause, cause), WAKES.get(machine.wake_reason(), "other"), boots, why)
-    state.save(struct.pack("<I", boots))
-    log.info("sleep", "ms=%d", SLEEP_MS)
-    machine.deepsleep(SLEEP_MS)
+    t0 = time.ticks_ms()
+    st = state.State()
+    st.boots = (st.boots + 1) & 0xFFFFFFFF
+    cause = CAUSES.get(machine.reset_cause(), "other")
+    wake = WAKES.get(machine.wake_reason(), "other")
+    log.info("boot", "cause=%s wake=%s boot=%d rtc=%s fw=%s", cause, wake, st.boots, st.why,
+             version.VERSION)
+    if cause == "watchdog":
+        # the last wake hung: as much a crash as an exception
+        st.wdt_resets = min(st.wdt_resets + 1, 65535)
+        _count_crash(st)
+        log.error("boot", "watchdog reset: the last wake hung crash_streak=%d", st.crash_streak)
+    try:
+        hw = hardware.Hardware(hardware.load())
+    except Exception as e:  # noqa: BLE001  a damaged board.json: run without hardware
+        log.error("board", "board.json unusable: %s", e)
+        hw = hardware.Hardware({})
+    try:
+        maintenance = hw.maintenance_held()
+    except Exception:  # noqa: BLE001
+        maintenance = False
+    if maintenance:
+        st.save()
+        log.warn("maintenance", "pin held at boot: staying awake at the REPL, no sleep")
+        return
+    cfg = config.load("config.json", "secrets.json", "config.good.json")
+    wdt = machine.WDT(timeout=cfg.network_budget_ms + WDT_MARGIN_MS)
+    ms = None
+    try:
+        ms = _wake(st, cfg, hw, cause, wake, t0)
+    except Exception as e:  # noqa: BLE001  the ladder: log, keep, count, sleep
+        _count_crash(st)
+        st.cfg_crc = _config_crc()
+        tb = crashlog.keep(e, "boot=%d cause=%s streak=%d" % (st.boots, cause, st.crash_streak))
+        log.error("crash", "streak=%d total=%d\n%s", st.crash_streak, st.crashes, tb.rstrip())
+        ms = cfg.sample_s * 1000 if cfg else CRASH_SLEEP_MS
+    wdt.feed()
+    st.save()
+    _before_sleep(hw)
+    machine.deepsleep(ms)
+
+
+def _count_crash(st):
+    st.crash_streak = min(st.crash_streak + 1, 255)
+    st.crashes = min(st.crashes + 1, 65535)
+
+
+def _config_crc():
+    from binascii import crc32
+
+    try:
+        with open("config.json", "rb") as f:
+            data = f.read()
+    except OSError:
+        data = b""
+    return crc32(data + version.VERSION.encode()) & 0xFFFFFFFF
+
+
+def _wake(st, cfg, hw, cause, wake, t0):
+    sm = cfg.safe_mode
+    if st.safe_left and st.cfg_crc != _config_crc():
+        log.info("safe", "left: configuration or firmware changed")
+        st.safe_left = 0
+        st.crash_streak = 0
+    if not st.safe_left and st.crash_streak >= sm["after_crashes"]:
+        st.safe_left = sm["wakes"]
+        st.safe_entries = min(st.safe_entries + 1, 65535)
+        st.cfg_crc = _config_crc()
+        log.error("safe", "entered after %d crashed wakes: %d wakes of safe mode",
+                  st.crash_streak, st.safe_left)
+    if st.safe_left:
+        from app import safemode
+
+        st.safe_left -= 1
+        if not st.safe_left:
+            # one more try of the application next time; one crash brings us back
+            st.crash_streak = sm["after_crashes"] - 1
+            log.info("safe", "last safe wake: the application runs again next wake")
+        return safemode.run(st, cfg, cause, t0)
+    from app import cycle
+
+    return cycle.Wake(st, cfg, hw, cause, wake, t0).run()
+
+
+def _before_sleep(hw):
+    """Radio off (whatever happened), the alarm pin armed."""
+    try:
+        import network
+
+        network.WLAN(network.STA_IF).active(False)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        hw.arm_alarm_wake()
+    except Exception as e:  # noqa: BLE001
+        log.warn("board", "alarm pin not armed: %s", e)

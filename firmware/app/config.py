@@ -19,6 +19,8 @@ import machine
 import eventlog as log
 import filters
 
+from app import hardware
+
 DEFAULTS = {
     "format": 1,
     "device_id": None,  # derived from machine.unique_id() when absent
@@ -31,6 +33,12 @@ DEFAULTS = {
     "wifi": None,
     "broker": None,
     "topic": None,
+    # battery policy: below low_mv no radio and the interval stretched by
+    # low_stretch; below critical_mv no work at all, sleep critical_sleep_s
+    "power": {"low_mv": 2700, "critical_mv": 2500, "low_stretch": 4, "critical_sleep_s": 21600},
+    # after `after_crashes` consecutive crashed wakes: `wakes` wakes of safe
+    # mode (no application; Wi-Fi, status and health only), `sleep_s` apart
+    "safe_mode": {"after_crashes": 3, "wakes": 6, "sleep_s": 3600},
 }
 
 
@@ -129,6 +137,23 @@ def check(data, name="config.json"):
             broker.fail("ca", "a CA file (or psk_identity for TLS-PSK): plain TCP is not configurable",
                         None)
         out["broker"] = b
+    power = c.obj("power")
+    if power is not None:
+        d = DEFAULTS["power"]
+        out["power"] = {"low_mv": power.integer("low_mv", 1000, 5000, d["low_mv"]),
+                        "critical_mv": power.integer("critical_mv", 1000, 5000, d["critical_mv"]),
+                        "low_stretch": power.integer("low_stretch", 1, 100, d["low_stretch"]),
+                        "critical_sleep_s": power.integer("critical_sleep_s", 60, 86400 * 7,
+                                                          d["critical_sleep_s"])}
+        if out["power"]["critical_mv"] > out["power"]["low_mv"]:
+            power.fail("critical_mv", "at most low_mv (%d)" % out["power"]["low_mv"],
+                       out["power"]["critical_mv"])
+    safe = c.obj("safe_mode")
+    if safe is not None:
+        d = DEFAULTS["safe_mode"]
+        out["safe_mode"] = {"after_crashes": safe.integer("after_crashes", 1, 100, d["after_crashes"]),
+                            "wakes": safe.integer("wakes", 1, 1000, d["wakes"]),
+                            "sleep_s": safe.integer("sleep_s", 60, 86400, d["sleep_s"])}
     channels = data.get("channels", [])
     if not isinstance(channels, list) or len(channels) > 16:
         c.fail("channels", "a list of at most 16 channels", channels)
@@ -141,12 +166,17 @@ def check(data, name="config.json"):
             ch.fail("name", "unique among the channels", cname)
         seen.append(cname)
         sensor = ch.text("sensor", required=True, maxlen=16)
+        try:
+            native_unit = hardware.quantity(sensor)[1]
+        except KeyError:
+            ch.fail("sensor", "one of: " + ", ".join(sorted(hardware.QUANTITIES)) + ", ds18b20.N.t",
+                    sensor)
         spec = {"scale": ch.integer("scale", 1, 1000000, 1), "filters": ch.get("filters", [])}
         try:
             filters.build_chain(cname, spec)
         except ValueError as e:
             raise ConfigError("%s: channels[%d]: %s" % (name, i, e))
-        out["channels"].append({"name": cname, "sensor": sensor, "unit": ch.text("unit", maxlen=8) or "",
+        out["channels"].append({"name": cname, "sensor": sensor, "unit": ch.text("unit", maxlen=8) or native_unit,
                                 "scale": spec["scale"], "filters": spec["filters"]})
     alarms = data.get("alarms", [])
     if not isinstance(alarms, list):
@@ -163,7 +193,10 @@ def check(data, name="config.json"):
                 a.fail(k, "a number", v)
         if lo is None and hi is None:
             a.fail("above", "a number (or 'below')", None)
-        out["alarms"].append({"channel": ch, "below": lo, "above": hi})
+        hyst = a.get("hysteresis", 0)
+        if isinstance(hyst, bool) or not isinstance(hyst, (int, float)) or hyst < 0:
+            a.fail("hysteresis", "a number >= 0", hyst)
+        out["alarms"].append({"channel": ch, "below": lo, "above": hi, "hysteresis": hyst})
     return out
 
 

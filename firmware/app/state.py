@@ -1,0 +1,74 @@
+"""What the application keeps across deep sleep, in RTC memory.
+
+RTC memory survives deep sleep, reset and the watchdog, not power loss, and
+after a power-on or a new firmware it may hold anything: the record is
+CRC-checked (lib/rtcmem) and a bad one starts afresh, counted in `why`.
+
+Layout of the 2048 bytes (offset, size), shared with the libraries:
+    app state 0, 256 | outbox fast path 256, 1024 | clock 1280, 64 |
+    sequence counter 1344, 64 | filter states 1408, 384 | Wi-Fi cache 1792, 64
+"""
+
+import struct
+
+import machine
+
+import rtcmem
+
+APP = (0, 256)
+OUTBOX = (256, 1024)
+CLOCK = (1280, 64)
+SEQ = (1344, 64)
+FILTERS = (1408, 384)
+WIFI = (1792, 64)
+
+# name, struct code: one record, fixed order (a new field goes at the end and
+# bumps VERSION, so an old record is not misread)
+FIELDS = (
+    ("boots", "I"),  # boots since power-on
+    ("crash_streak", "B"),  # consecutive wakes that crashed or hung
+    ("crashes", "H"),  # crashes since power-on
+    ("safe_left", "B"),  # safe-mode wakes still to go (0: not in safe mode)
+    ("safe_entries", "H"),  # times safe mode was entered since power-on
+    ("samples", "H"),  # samples taken since the last uplink
+    ("up_fails", "B"),  # consecutive failed uplinks (backoff)
+    ("up_next", "I"),  # no uplink attempt before this RTC second (backoff)
+    ("target", "I"),  # schedule: unix time the last sleep aimed at
+    ("asked_ms", "I"),  # schedule: what the last sleep asked for
+    ("ppm", "i"),  # schedule: sleep-clock drift estimate
+    ("awake_ms", "I"),  # how long the last wake lasted (health record)
+    ("alarms", "H"),  # one bit per configured alarm: currently raised
+    ("auth_fails", "H"),  # broker or TLS refusals since power-on
+    ("power", "B"),  # battery mode of the last wake: 0 ok, 1 low, 2 critical
+    ("batt_mv", "H"),  # last battery reading
+    ("wdt_resets", "H"),  # watchdog resets since power-on
+    ("lost_rtc", "H"),  # readings lost with RTC memory (power cuts), reported once
+    ("cfg_crc", "I"),  # configuration the last crash happened with
+    ("rssi", "b"),  # last Wi-Fi RSSI
+    ("rejected", "H"),  # readings the encoder could not send, since power-on
+)
+FMT = "<" + "".join(code for _, code in FIELDS)
+VERSION = 2
+
+
+class State:
+    def __init__(self, rtc=None):
+        self.region = rtcmem.Region(rtc or machine.RTC(), APP[0], APP[1], VERSION)
+        payload, self.why = self.region.load()
+        values = None
+        if payload is not None and len(payload) == struct.calcsize(FMT):
+            values = struct.unpack(FMT, payload)
+        elif payload is not None:
+            self.why = "bad-size"
+        for i in range(len(FIELDS)):
+            setattr(self, FIELDS[i][0], values[i] if values else 0)
+
+    def save(self):
+        self.region.save(struct.pack(FMT, *[getattr(self, name) for name, _ in FIELDS]))
+
+    def schedule(self):
+        """The schedule's part, as the dict app.schedule.Schedule keeps."""
+        return {"target": self.target, "asked_ms": self.asked_ms, "ppm": self.ppm}
+
+    def keep_schedule(self, d):
+        self.target, self.asked_ms, self.ppm = d["target"], d["asked_ms"], d["ppm"]

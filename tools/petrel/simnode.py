@@ -1,0 +1,92 @@
+"""A whole simulated node, as `make sim` and the wake-cycle tests use it: the
+firmware laid out on a flash folder with the board profile's hardware as
+/board.json, a configuration and per-run secrets, a real Mosquitto with TLS on
+loopback, the Wi-Fi access point and the sensors around it (boards/sim/simworld).
+
+    with Broker() as broker:
+        node = SimNode(tmp / "flash", broker, interpreter="vm")
+        boots = node.run(24)
+        node.arrived()          # the readings the broker received, verified
+"""
+
+import json
+import secrets as _secrets
+from pathlib import Path
+
+from . import boards, bootrun, simflash
+
+SSID = "petrel-lab"
+DEVICE_ID = "node-1"
+
+# The default application: temperature and humidity every 5 minutes, the
+# battery with them, uploaded hourly (12 samples) in one message.
+CHANNELS = [
+    {"name": "t", "sensor": "sht4x.t", "scale": 100,
+     "filters": [{"clamp": {"min_value": -40, "max_value": 85}}]},
+    {"name": "rh", "sensor": "sht4x.rh", "scale": 10,
+     "filters": [{"clamp": {"min_value": 0, "max_value": 100}}]},
+    {"name": "bat", "sensor": "battery.v", "scale": 1000},
+]
+
+
+def node_config(broker, tls="psk", **over):
+    cfg = {
+        "device_id": DEVICE_ID,
+        "sample_s": 300,
+        "uplink_every": 12,
+        "batch": 36,
+        "network_budget_ms": 10000,
+        "channels": CHANNELS,
+        "alarms": [{"channel": "t", "above": 30, "hysteresis": 0.5}],
+        "wifi": {"ssid": SSID},
+        "broker": {"host": "localhost", "port": broker.ports[tls], "tls": tls},
+    }
+    if tls == "psk":
+        cfg["broker"]["psk_identity"] = DEVICE_ID
+    else:
+        cfg["broker"]["ca"] = "certs/ca.der"
+    cfg.update(over)
+    return cfg
+
+
+class SimNode:
+    def __init__(self, flash, broker, interpreter="vm", tls=None, profile="esp32-node",
+                 config=None, serial=None, prepare=None):
+        self.flash = Path(flash)
+        self.broker = broker
+        self.interpreter = interpreter
+        # CPython's ssl has no client TLS-PSK: certificate TLS there
+        self.tls = tls or ("psk" if interpreter == "vm" else "tls")
+        self.hmac_key = _secrets.token_bytes(32)
+        self.wifi_psk = _secrets.token_hex(32)
+        simflash.populate(self.flash)
+        prof = boards.load(profile)
+        (self.flash / "board.json").write_text(json.dumps({"hardware": prof.get("hardware", {})}))
+        certs = self.flash / "certs"
+        certs.mkdir(exist_ok=True)
+        (certs / "ca.der").write_bytes(Path(broker.pki["ca"]).with_suffix(".der").read_bytes())
+        self.config = config or node_config(broker, self.tls)
+        self.write_config(self.config)
+        psk_key = bytes.fromhex(broker.psk[DEVICE_ID]) if DEVICE_ID in broker.psk else b""
+        sec = {"hmac_key": self.hmac_key.hex(), "wifi_psk": self.wifi_psk}
+        if psk_key:
+            sec["psk_key"] = psk_key.hex()
+        (self.flash / "secrets.json").write_text(json.dumps(sec))
+
+        def _prepare(board):
+            board.aps = [{"ssid": SSID, "bssid": "a4b1c2d3e4f5", "channel": 6, "rssi": -61,
+                          "password": self.wifi_psk}]
+            board.inputs[0] = 1  # BOOT button released (pulled up)
+            board.inputs[33] = 1  # alarm contact open
+            if prepare is not None:
+                prepare(board)
+
+        self.runner = bootrun.BootRunner(self.flash, interpreter, setup="simworld", serial=serial,
+                                         prepare=_prepare)
+        self.board = self.runner.board
+
+    def write_config(self, cfg):
+        (self.flash / "config.json").write_text(json.dumps(cfg))
+
+    def run(self, boots):
+        return self.runner.run(boots)
