@@ -8,7 +8,9 @@ connect deadlines, backoff and energy can be tested. Fields of an AP:
 Phase times default to what is reported for ESP32 + MicroPython
 (../shared/reference/energy.md): ~1.6 s connect with DHCP, ~0.7 s of it the WPA2
 passphrase derivation, well under 200 ms with static IP + BSSID + channel.
-Sockets are the interpreter's own: this module only decides whether the link is up.
+A board profile may override them (board.net_timing, set by the boot runner).
+While the station is active the ledger books time as "radio" (simstate.py);
+socket.py carries traffic only while status() is STAT_GOT_IP.
 """
 
 from simstate import board
@@ -42,6 +44,10 @@ TIMING = {
 CHANNELS = 13
 
 
+def _ms(name):
+    return board.net_timing.get(name, TIMING[name])
+
+
 def _hex(b):
     return "".join("%02x" % x for x in b)
 
@@ -63,11 +69,13 @@ class WLAN:
         s = self._s
         if is_active is None:
             return s["active"]
-        if is_active and not s["active"]:
-            board.advance(TIMING["start"] * 1000)
+        board.account()  # what came before was booked at the old radio state
         if not is_active:
             self.disconnect()
-        s["active"] = bool(is_active)
+            s["active"] = False
+        elif not s["active"]:
+            s["active"] = True
+            board.advance(_ms("start") * 1000)  # radio and driver coming up: radio time
 
     def _need_active(self):
         board.alive()
@@ -76,7 +84,7 @@ class WLAN:
 
     def scan(self):
         self._need_active()
-        board.advance(CHANNELS * TIMING["scan_per_channel"] * 1000)
+        board.advance(CHANNELS * _ms("scan_per_channel") * 1000)
         found = []
         for ap in board.aps:
             if ap.get("up", True):
@@ -100,25 +108,25 @@ class WLAN:
                     break
         s["t_assoc"] = None
         if ap is None:
-            ms += CHANNELS * TIMING["scan_per_channel"]  # searched every channel
+            ms += CHANNELS * _ms("scan_per_channel")  # searched every channel
             result = STAT_NO_AP_FOUND
         else:
             if bssid is None:
-                ms += TIMING["locate"]
+                ms += _ms("locate")
             pw = ap.get("password") or ""
             if pw and not (key is not None and len(key) == 64):
-                ms += TIMING["pbkdf2"]
-            ms += TIMING["assoc"]
+                ms += _ms("pbkdf2")
+            ms += _ms("assoc")
             s["t_assoc"] = board.world_us + ms * 1000  # associated from here (before DHCP)
             if pw and key != pw:
                 s["t_assoc"] = None
                 result = STAT_WRONG_PASSWORD
             elif s["static"] is not None:
                 result = STAT_GOT_IP
-            elif ap.get("dhcp_ms", TIMING["dhcp"]) is None:
+            elif ap.get("dhcp_ms", _ms("dhcp")) is None:
                 result = STAT_CONNECTING  # associated, DHCP never answers
             else:
-                ms += ap.get("dhcp_ms", TIMING["dhcp"])
+                ms += ap.get("dhcp_ms", _ms("dhcp"))
                 result = STAT_GOT_IP
         s["ap"] = ap
         s["status"] = STAT_CONNECTING

@@ -10,6 +10,13 @@ What survives what (as on the chip):
 - reset / WDT: also RTC time and RTC memory;
 - deep sleep: also held pins. (The ext0/ext1 wake configuration is a RAM
   variable of the port: it wakes the chip, then each boot must set it again.)
+
+The phase ledger: every microsecond of virtual time is booked to exactly one of
+PHASES, for the energy model (tools/petrel/energy.py): "boot" (reset to boot.py,
+board.boot_us), "cpu" (awake, radio off), "radio" (station active, or socket
+traffic), "tls" (the handshake charge of socket.py), "sleep" (deep sleep).
+Phases a simulation cannot time (association, DHCP, a handshake on the chip)
+take figures from the board profile, never host timings.
 """
 
 TICKS_PERIOD = 1 << 30  # ticks_ms/ticks_us wrap here on the ESP32 (2**62 on unix)
@@ -29,6 +36,8 @@ WAKE_UNDEFINED = 0
 EXT0_WAKE = 2
 EXT1_WAKE = 3
 TIMER_WAKE = 4
+
+PHASES = ("boot", "cpu", "radio", "tls", "sleep")
 
 # What the ROM bootloader prints for each reset cause: (rst code, name)
 ROM_RESET = {
@@ -74,6 +83,20 @@ class Board:
         self.sleep_drift_ppm = 0  # RTC slow clock error during deep sleep
         self.read_cost_us = 1  # each clock read costs this much, so polling loops end
         self.boots = 0  # boots since the simulation began (not visible to firmware)
+        # radio model (socket.py); a board profile may override: see BootRunner
+        self.tls_psk_us = 50000  # energy.md: a PSK handshake is tens of ms
+        self.tls_cert_us = 1000000  # energy.md: ECDSA P-256 handshake ~1.0 s on an ESP32
+        self.rtt_us = 10000  # energy.md: MQTT connect + publish ~40 ms = a few round trips
+        self.radio_kbps = 2000  # payload rate of MicroPython over Wi-Fi (an estimate)
+        self.net_timing = {}  # overrides of network.TIMING (ms)
+        self.link_required = False  # sockets need the simulated link even before WLAN is used
+        self.tx_bytes = 0  # bytes sent and received through socket.py
+        self.rx_bytes = 0
+        # the phase ledger: us per phase, booked up to world time ledger_us
+        self.ledger = dict((p, 0) for p in PHASES)
+        self.ledger_us = self.world_us
+        self.phase = None  # a phase forced for a while (boot, sleep, tls, radio)
+        self.boot_mark = self.mark()  # the ledger when the current boot began
         self.host = None  # where the board reports NVS commits and halts
         self.scenario = {}  # JSON-able knobs a setup module reads to wire faults (tests)
         # set by a test before a boot: where the ticks counters start
@@ -123,11 +146,13 @@ class Board:
         self._start()
 
     def _start(self):
+        self.account()  # the last boot's awake time ends here
         self._clear_cpu()
         for pin in self.held:
             self.outputs[pin] = self.held[pin]
         self.boots += 1
-        self.advance(self.boot_us)
+        self.boot_mark = self.mark()
+        self.spend(self.boot_us, "boot")
 
     def after_halt(self, halt):
         """Carry the board from a halt to its next boot. Returns False when
@@ -137,7 +162,13 @@ class Board:
             self.power_on()
             return True
         if cause == DEEPSLEEP_RESET:
-            woke = self._sleep_until_wake(halt.sleep_ms)
+            self.account()
+            self.phase = "sleep"
+            try:
+                woke = self._sleep_until_wake(halt.sleep_ms)
+            finally:
+                self.account()
+                self.phase = None
             if woke is None:
                 return False
             if woke < 0:  # the power was cut while it slept
@@ -265,6 +296,44 @@ class Board:
             else:
                 self._fire_timer(what)
 
+    # ---------------------------------------------------------------- ledger
+    def _phase_now(self):
+        if self.phase is not None:
+            return self.phase
+        w = self.wlan
+        return "radio" if w is not None and w["active"] else "cpu"
+
+    def account(self, phase=None):
+        """Book the time since the last booking to one phase (the current one
+        unless told). Called before anything that changes the phase."""
+        d = self.world_us - self.ledger_us
+        if d:
+            p = phase or self._phase_now()
+            self.ledger[p] += d
+            self.ledger_us = self.world_us
+
+    def spend(self, us, phase):
+        """Let `us` of virtual time pass, booked to `phase` (a radio exchange,
+        a TLS handshake, the boot)."""
+        self.account()
+        saved = self.phase
+        self.phase = phase
+        try:
+            self.advance(us)
+        finally:
+            self.account()
+            self.phase = saved
+
+    def phases(self):
+        """The ledger up to now: {phase: us}; sums to world_us since power-on of
+        a fresh Board."""
+        self.account()
+        return dict(self.ledger)
+
+    def mark(self):
+        """The ledger and byte counters now, to subtract later (per boot)."""
+        return {"ledger": self.phases(), "tx": self.tx_bytes, "rx": self.rx_bytes}
+
     def _fire_timer(self, tid):
         t = self.timers[tid]
         if t[1]:
@@ -337,6 +406,7 @@ class Board:
                 v = self.nvs[ns][k]
                 d[k] = v if isinstance(v, int) else {"blob": _hex(v)}
             nvs[ns] = d
+        self.account()
         return {
             "world_us": self.world_us,
             "true_unix_at_start": self.true_unix_at_start,
@@ -362,6 +432,17 @@ class Board:
             "wake_reason": self.wake_reason,
             "aps": self.aps,
             "scenario": self.scenario,
+            "tls_psk_us": self.tls_psk_us,
+            "tls_cert_us": self.tls_cert_us,
+            "rtt_us": self.rtt_us,
+            "radio_kbps": self.radio_kbps,
+            "net_timing": self.net_timing,
+            "link_required": self.link_required,
+            "tx_bytes": self.tx_bytes,
+            "rx_bytes": self.rx_bytes,
+            "ledger": self.ledger,
+            "ledger_us": self.ledger_us,
+            "boot_mark": self.boot_mark,
         }
 
     def restore(self, d):
