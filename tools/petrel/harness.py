@@ -7,17 +7,22 @@ find them (ahead of the `micropython.py` the VM wheel leaves in site-packages).
 `time` is special: CPython's own must keep working for pytest and the tools, so
 the fake is given only to code that lives in the project's firmware-side folders
 (boards/sim, lib, firmware, portable tests, bench, and any flash folder a boot
-runner adds). Everywhere else `import time` is CPython's.
+runner adds). Everywhere else `import time` is CPython's. `socket` (the board's
+lwip over real sockets, boards/sim/socket.py) and `tls` (MicroPython's API on
+CPython's ssl, boards/sim/simtls.py) are given the same way.
 """
 
 import builtins
 import importlib.util
 import os
+import select  # noqa: F401  CPython's, loaded before boards/sim goes first on sys.path
+import socket  # noqa: F401  (the fake finds CPython's in sys.modules)
+import ssl  # noqa: F401
 import sys
 
 from .paths import ROOT, SIM, LIB, FIRMWARE, PORTABLE_TESTS
 
-_SWAPPED = ("time", "utime")
+_SWAPPED = {}  # name -> fake module, for firmware-side importers only
 _roots = [str(SIM), str(LIB), str(FIRMWARE), str(PORTABLE_TESTS), str(ROOT / "bench")]
 _fake_time = None
 _real_import = builtins.__import__
@@ -36,7 +41,7 @@ def _is_firmware_side(globals_):
 
 def _import(name, globals=None, locals=None, fromlist=(), level=0):
     if level == 0 and name in _SWAPPED and _is_firmware_side(globals):
-        return _fake_time
+        return _SWAPPED[name]
     return _real_import(name, globals, locals, fromlist, level)
 
 
@@ -58,12 +63,24 @@ def install():
     if stale is not None and not str(getattr(stale, "__file__", "")).startswith(str(SIM)):
         del sys.modules["micropython"]  # the VM wheel's stub, if anything loaded it
     if _fake_time is None:
-        spec = importlib.util.spec_from_file_location("time", SIM / "time.py")
-        _fake_time = importlib.util.module_from_spec(spec)
-        sys.modules["petrel_sim_time"] = _fake_time
+        _fake_time = _load("time", "time.py")
+        _SWAPPED.update({"time": _fake_time, "utime": _fake_time})
         builtins.__import__ = _import
-        spec.loader.exec_module(_fake_time)
+        _fake_time.__spec__.loader.exec_module(_fake_time)
+        _SWAPPED["socket"] = _load("socket", "socket.py")
+        _SWAPPED["socket"].__spec__.loader.exec_module(_SWAPPED["socket"])
+        _SWAPPED["tls"] = _load("tls", "simtls.py")
+        _SWAPPED["tls"].__spec__.loader.exec_module(_SWAPPED["tls"])
     return _fake_time
+
+
+def _load(name, filename):
+    """A fake module under its MicroPython name, kept in sys.modules as
+    petrel_sim_<name> so that CPython's own stays where it is."""
+    spec = importlib.util.spec_from_file_location(name, SIM / filename)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["petrel_sim_" + name] = mod
+    return mod
 
 
 def forget_modules(roots):
