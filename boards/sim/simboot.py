@@ -22,6 +22,7 @@ import esp32  # noqa: F401
 import ntptime  # noqa: F401
 import simdev  # noqa: F401
 import onewire  # noqa: F401
+import socket  # noqa: F401  the board's lwip over host sockets
 
 _events = open(os.getenv("PETREL_SIM_EVENTS"), "a")
 

@@ -25,3 +25,20 @@ def test_micropython_module_is_the_sims_not_the_wheels():
 
     assert micropython.const(7) == 7
     assert "boards" in micropython.__file__
+
+
+
+def test_firmware_side_gets_the_boards_socket_and_tls_host_code_cpythons():
+    import socket as host_socket
+    import ssl
+
+    from petrel import harness, paths
+
+    fw = {"__file__": str(paths.LIB / "any.py")}  # as if imported from lib/
+    sock = harness._import("socket", fw)
+    assert sock is not host_socket and "boards/sim" in sock.__file__
+    tls = harness._import("tls", fw)
+    assert tls.SSLContext(tls.PROTOCOL_TLS_CLIENT).get_ciphers()[0].startswith("TLS-")
+    host = harness._import("socket", {"__file__": __file__})
+    assert host is host_socket and hasattr(host, "create_connection")
+    assert ssl.SSLContext.__module__ == "ssl"

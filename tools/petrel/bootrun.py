@@ -11,6 +11,15 @@ Two interpreters, one board model (boards/sim/simstate.py):
 
 The serial output is what a technician would see on the ESP32's UART: the ROM
 reset line, then everything the firmware prints.
+
+Energy: the board books every microsecond of virtual time to a phase (boot, cpu,
+radio, tls, sleep; simstate.py). Each Boot carries `phases`, its share (from its
+reset to the next one, so including the sleep after it), and the runner's
+`totals()` sums them; petrel.energy.simulated(profile, phases) turns them into
+charge and battery life. With `profile="esp32-node"` the board takes the
+profile's boot time, TLS handshake times, round trip, radio rate and Wi-Fi
+timings (its "energy" section). Firmware boots need the simulated link for any
+traffic (board.link_required).
 """
 
 import contextlib
@@ -23,7 +32,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from . import harness, paths
+from . import boards, harness, paths
 
 ROM_BANNER = "ets Jun  8 2016 00:22:57\n\nrst:0x%x (%s),boot:0x13 (SPI_FAST_FLASH_BOOT)\n"
 REPL_BANNER = ("MicroPython v1.29.0 on 2026-07-12; ESP32 module with ESP32 (simulated)\n"
@@ -44,6 +53,9 @@ class Boot:
         self.sleep_ms = None
         self.why = ""
         self.output = ""
+        self.phases = {}  # us per ledger phase, from this reset to the next
+        self.tx_bytes = 0  # through the simulated sockets
+        self.rx_bytes = 0
 
     @property
     def awake_ms(self):
@@ -56,11 +68,13 @@ class Boot:
 
 class BootRunner:
     def __init__(self, flash, interpreter="cpython", setup=None, serial=None,
-                 boot_timeout_s=120, prepare=None):
+                 boot_timeout_s=120, prepare=None, profile=None):
         """flash: the board's flash folder (boot.py, main.py, lib/ ...).
         setup: name of a module on the sim path with setup(board), run before each
         boot to wire device models. prepare(board) runs once before the first boot.
-        serial: callable receiving the UART text as it comes."""
+        serial: callable receiving the UART text as it comes.
+        profile: a board profile (name in boards/ or its dict) whose energy
+        section sets the board's phase times (apply_profile)."""
         harness.install()
         import simstate
 
@@ -76,6 +90,10 @@ class BootRunner:
             self.board = simstate.Board()
         else:
             raise ValueError("interpreter must be 'cpython' or 'vm'")
+        self.board.link_required = True  # real firmware: no traffic without Wi-Fi
+        self.profile = None
+        if profile is not None:
+            self.profile = apply_profile(self.board, profile)
         if prepare is not None:
             prepare(self.board)
         self.board.power_on()
@@ -92,13 +110,27 @@ class BootRunner:
             record = Boot(len(self.boots) + 1, b.reset_cause, b.wake_reason, b.world_us)
             self.boots.append(record)
             self._emit(record, ROM_BANNER % (cause, name))
+            start = b.boot_mark
             if self.interpreter == "cpython":
                 self._boot_cpython(record)
             else:
                 self._boot_vm(record)
-            if not self._next(record):
+            going_on = self._next(record)
+            end = b.boot_mark if going_on else b.mark()  # the next boot's start
+            record.phases = dict((p, end["ledger"][p] - start["ledger"][p]) for p in end["ledger"])
+            record.tx_bytes = end["tx"] - start["tx"]
+            record.rx_bytes = end["rx"] - start["rx"]
+            if not going_on:
                 break
         return self.boots
+
+    def totals(self):
+        """us per phase over every boot played (with the sleep after each)."""
+        out = dict((p, 0) for p in self.simstate.PHASES)
+        for r in self.boots:
+            for p in r.phases:
+                out[p] += r.phases[p]
+        return out
 
     def _emit(self, record, text):
         record.output += text
@@ -112,8 +144,11 @@ class BootRunner:
             if b.wdt_deadline is None:
                 record.why = "stuck awake at the REPL"
                 return False
-            # awake at the REPL until the armed watchdog bites
+            # awake at the REPL until the armed watchdog bites (CPU time: the
+            # VM's board does not carry the radio state across its handover)
+            b.account()
             b.world_us = max(b.world_us, b.wdt_deadline)
+            b.account("cpu")
             record.halt_cause = self.simstate.WDT_RESET
             record.why = "watchdog reset at the REPL"
             halt = self.simstate.Halt(self.simstate.WDT_RESET, 0, record.why)
@@ -211,6 +246,23 @@ class BootRunner:
             record.halt_cause = halt["cause"]
             record.sleep_ms = halt["sleep_ms"]
             record.why = halt["why"]
+
+
+def apply_profile(board, profile):
+    """Give the simulated board a profile's phase times (its "energy" section):
+    boot_ms, tls_psk_ms, tls_cert_ms, rtt_ms, radio_kbps, and wifi_timing
+    (overrides of network.TIMING). Missing keys keep the board's defaults.
+    Returns the profile dict."""
+    if isinstance(profile, str):
+        profile = boards.load(profile)
+    e = profile.get("energy", {})
+    for key, attr, scale in (("boot_ms", "boot_us", 1000), ("tls_psk_ms", "tls_psk_us", 1000),
+                             ("tls_cert_ms", "tls_cert_us", 1000), ("rtt_ms", "rtt_us", 1000),
+                             ("radio_kbps", "radio_kbps", 1)):
+        if key in e:
+            setattr(board, attr, int(e[key] * scale))
+    board.net_timing = dict(e.get("wifi_timing", {}))
+    return profile
 
 
 class _Tee(io.TextIOBase):

@@ -6,6 +6,10 @@ from the board profile's "energy" section (boards/*.json), each with its
 source (../shared/reference/energy.md, Espressif datasheets). Nothing here is
 a loopback timing: phases a simulation cannot know (Wi-Fi association, DHCP,
 a TLS handshake on the chip) take the profile's figures.
+
+Beside the model: simulated(profile, phases) prices a simulated run, the
+ledger of virtual time per phase the simulated board keeps (boot, cpu, radio,
+tls, sleep; bootrun.Boot.phases, BootRunner.totals()).
 """
 
 import sys
@@ -66,6 +70,48 @@ def life_years(profile, mah_per_day):
         usable -= year * mah_per_day + usable * e["self_discharge_per_year"] * year / 365.0
         days += year
     return days / 365.0
+
+
+# What the simulated board's ledger phases draw (simstate.PHASES): the radio
+# stays up through a TLS handshake, as in phases() above.
+LEDGER_CURRENT_MA = {"boot": "cpu_ma", "cpu": "cpu_ma", "radio": "radio_ma", "tls": "radio_ma"}
+
+
+def charge_mc(profile, phases_us):
+    """A ledger (us per phase, from the simulated board) -> {phase: mC} at the
+    profile's currents; sleep at sleep_ua."""
+    e = profile["energy"]
+    out = {}
+    for p in phases_us:
+        ma = e["sleep_ua"] / 1000.0 if p == "sleep" else e[LEDGER_CURRENT_MA[p]]
+        out[p] = ma * phases_us[p] / 1000000.0
+    return out
+
+
+def simulated(profile, phases_us):
+    """What a simulated run costs, scaled to a day: the ledger's span is the
+    run's virtual time. -> {"mc": {phase: mC}, "mc_total", "days", "mah_per_day",
+    "years"} (years with the profile's battery and self-discharge, as life_years)."""
+    mc = charge_mc(profile, phases_us)
+    days = sum(phases_us.values()) / 1e6 / DAY_S
+    if days <= 0:
+        raise ValueError("an empty ledger: no virtual time to scale to a day")
+    total = sum(mc.values())
+    mah_per_day = total / 3600.0 / days
+    return {"mc": mc, "mc_total": total, "days": days, "mah_per_day": mah_per_day,
+            "years": life_years(profile, mah_per_day)}
+
+
+def simulated_report(profile, phases_us, out=sys.stdout, label="simulated"):
+    """One block for printing beside report(): time, charge and share per phase."""
+    s = simulated(profile, phases_us)
+    w = out.write
+    w("%s: %.2f days of virtual time, %.3f mAh/day, %.1f years\n"
+      % (label, s["days"], s["mah_per_day"], s["years"]))
+    for p in phases_us:
+        w("  %-6s %12.1f s %10.1f mC %5.1f%%\n" % (p, phases_us[p] / 1e6, s["mc"][p],
+                                                 100.0 * s["mc"][p] / (s["mc_total"] or 1)))
+    return s
 
 
 SCENARIOS = (

@@ -1,0 +1,216 @@
+"""The simulated board's phase ledger through the boot runner on both
+interpreters, sockets behind the simulated link to a real broker, and the
+ledger priced by petrel.energy."""
+
+import shutil
+import socket
+import threading
+
+import pytest
+
+from petrel import boards, bootrun, energy, paths
+
+AP = {"ssid": "home", "bssid": "a0b1c2d3e4f5", "channel": 6, "password": "correct horse"}
+
+WAKE = """
+import machine, network, socket, time
+PORT = %d
+w = network.WLAN(network.STA_IF)
+w.active(True)
+w.connect("home", "correct horse")
+t0 = time.ticks_ms()
+while not w.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < 5000:
+    time.sleep_ms(20)
+s = socket.socket()
+s.connect(socket.getaddrinfo("127.0.0.1", PORT)[0][-1])
+s.sendall(b"x" * 200)
+got = b""
+while len(got) < 200:
+    got += s.recv(200 - len(got))
+s.close()
+w.active(False)
+time.sleep_ms(50)
+print("echoed", len(got))
+machine.deepsleep(60000)
+"""
+
+
+class Echo:
+    """A TCP echo server on loopback, for as many connections as come."""
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            with c:
+                while True:
+                    data = c.recv(4096)
+                    if not data:
+                        break
+                    c.sendall(data)
+
+
+@pytest.fixture(scope="module")
+def echo():
+    e = Echo()
+    yield e
+    e.srv.close()
+
+
+def flash_with(tmp_path, main):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(main)
+    (flash / "lib").mkdir()
+    for name in ("mqtt.py", "eventlog.py"):  # laid out as `petrel sim` does
+        shutil.copy(paths.LIB / name, flash / "lib" / name)
+    return flash
+
+
+def with_ap(board):
+    board.aps = [dict(AP)]
+
+
+@pytest.mark.parametrize("interp", ["cpython", "vm"])
+def test_each_boot_carries_its_phases_with_the_profiles_times(tmp_path, echo, interp):
+    runner = bootrun.BootRunner(flash_with(tmp_path, WAKE % echo.port), interp,
+                                prepare=with_ap, profile="esp32-node")
+    boots = runner.run(3)
+    assert all("echoed 200" in b.output for b in boots), boots[0].output
+    for b in boots:
+        p = b.phases
+        assert p["boot"] == 300000  # the profile's boot_ms
+        assert p["sleep"] == 60000000  # the deep sleep after this boot
+        assert p["tls"] == 0
+        # association + DHCP (1.74 s), connect and answer round trips (profile rtt 10 ms),
+        # 400 bytes at 2000 kbit/s, all on the radio; never loopback time
+        assert 1740000 + 20000 + 1600 <= p["radio"] < 1740000 + 20000 + 1600 + 25000
+        assert 50000 <= p["cpu"] < 60000
+        assert (b.tx_bytes, b.rx_bytes) == (200, 200)
+    starts = [b.start_us for b in boots] + [runner.board.world_us]  # each after its boot phase
+    assert [sum(b.phases.values()) for b in boots] == [starts[i + 1] - starts[i] for i in range(3)]
+    tot = runner.totals()
+    # every microsecond in one phase, up to the fourth boot's start (its boot phase done)
+    assert sum(tot.values()) == runner.board.world_us - 300000
+    assert tot["sleep"] == 3 * 60000000
+
+
+def test_vm_and_cpython_keep_the_same_ledger_for_the_same_run(tmp_path, echo):
+    ledgers = []
+    for interp in ("cpython", "vm"):
+        d = tmp_path / interp
+        d.mkdir()
+        runner = bootrun.BootRunner(flash_with(d, WAKE % echo.port), interp,
+                                    prepare=with_ap, profile="esp32-node")
+        runner.run(2)
+        ledgers.append([(b.phases, b.tx_bytes, b.rx_bytes) for b in runner.boots])
+    assert ledgers[0] == ledgers[1]
+
+
+def test_a_profile_sets_wifi_timing_and_radio_figures(tmp_path, echo):
+    prof = boards.load("esp32-node")
+    prof["energy"].update({"wifi_timing": {"dhcp": 100}, "rtt_ms": 30, "boot_ms": 70})
+    runner = bootrun.BootRunner(flash_with(tmp_path, WAKE % echo.port), "cpython",
+                                prepare=with_ap, profile=prof)
+    p = runner.run(1)[0].phases
+    assert p["boot"] == 70000
+    assert 940000 + 60000 <= p["radio"] < 940000 + 60000 + 25000  # DHCP 100 ms, 2 round trips of 30
+
+
+def test_firmware_gets_no_traffic_without_the_simulated_link(tmp_path, echo):
+    main = ("import socket\n"
+            "try:\n"
+            "    socket.getaddrinfo('127.0.0.1', %d)\n"
+            "    print('LOOKED UP')\n"
+            "except OSError as e:\n"
+            "    print('NO LINK', e.args[0])\n" % echo.port)
+    for interp in ("cpython", "vm"):
+        d = tmp_path / interp
+        d.mkdir()
+        boot = bootrun.BootRunner(flash_with(d, main), interp).run(1)[0]
+        assert "NO LINK -202" in boot.output, boot.output
+
+
+def test_a_ledger_is_priced_at_the_profiles_currents():
+    prof = boards.load("esp32-node")
+    e = prof["energy"]
+    day = {"boot": 288 * 300000, "cpu": 288 * 60000, "radio": 24 * 1800000, "tls": 24 * 50000}
+    day["sleep"] = 86400 * 1000000 - sum(day.values())
+    s = energy.simulated(prof, day)
+    assert s["days"] == pytest.approx(1.0)
+    assert s["mc"]["radio"] == pytest.approx(e["radio_ma"] * 24 * 1.8)
+    assert s["mc"]["sleep"] == pytest.approx(e["sleep_ua"] / 1000 * day["sleep"] / 1e6)
+    assert s["mah_per_day"] == pytest.approx(sum(s["mc"].values()) / 3600)
+    assert s["years"] == pytest.approx(energy.life_years(prof, s["mah_per_day"]))
+    # the same day as the model's cached-BSSID TLS-PSK scenario (boot, sample, wifi, tls, mqtt)
+    sc = energy.Scenario("x", 12, "cached", "psk")
+    model = sum(energy.daily(prof, 300, sc).values())
+    sim = dict(day, radio=24 * (e["wifi_cached_ms"] + e["mqtt_ms"]) * 1000)
+    sim["sleep"] = 86400 * 1000000 - sum(v for k, v in sim.items() if k != "sleep")
+    assert energy.simulated(prof, sim)["mah_per_day"] == pytest.approx(model, rel=1e-9)
+    with pytest.raises(ValueError):
+        energy.simulated(prof, dict.fromkeys(day, 0))
+
+
+MQTT = """
+import machine, network, time, mqtt
+f = open("ca.der", "rb"); ca = f.read(); f.close()
+w = network.WLAN(network.STA_IF)
+w.active(True)
+w.connect("home", "correct horse")
+while not w.isconnected():
+    time.sleep_ms(20)
+KIND, PORT = %r, %d
+if KIND == "psk":
+    ctx = mqtt.tls_context(psk_identity=b"node-1", psk_key=bytes.fromhex("00112233445566778899aabbccddeeff"))
+else:
+    ctx = mqtt.tls_context(ca=ca)
+c = mqtt.MQTTClient("sim-" + KIND, "127.0.0.1", PORT, ssl_context=ctx, server_hostname="localhost",
+                    timeout_ms=3000)
+c.connect()
+c.publish("petrel/sim/up", b"one", qos=1)
+c.wait_all()
+print("ACKED", len(c.acked))
+if %r:
+    import simstate
+    simstate.board.schedule(simstate.board.world_us + 1000, "ap", "home", False)
+    time.sleep_ms(5)
+    try:
+        c.publish("petrel/sim/up", b"two", qos=1)
+        c.wait_all()
+        print("NOT NOTICED")
+    except mqtt.MQTTError as e:
+        print("LINK LOST", e)
+else:
+    c.disconnect()
+machine.deepsleep(1000)
+"""
+
+
+@pytest.mark.parametrize("interp,kind", [("cpython", "tls"), ("vm", "tls"), ("vm", "psk")])
+def test_mqtt_over_the_simulated_link_books_the_profiles_handshake(tmp_path, broker, interp, kind):
+    flash = flash_with(tmp_path, MQTT % (kind, broker.ports[kind], False))
+    shutil.copy(broker.pki["ca"].with_suffix(".der"), flash / "ca.der")
+    boot = bootrun.BootRunner(flash, interp, prepare=with_ap, profile="esp32-node").run(1)[0]
+    assert "ACKED 1" in boot.output, boot.output
+    e = boards.load("esp32-node")["energy"]
+    assert boot.phases["tls"] == (e["tls_psk_ms"] if kind == "psk" else e["tls_cert_ms"]) * 1000
+    assert boot.tx_bytes > 100 and boot.rx_bytes > 100
+
+
+@pytest.mark.parametrize("interp", ["cpython", "vm"])
+def test_an_access_point_lost_mid_session_is_an_mqtt_error(tmp_path, broker, interp):
+    flash = flash_with(tmp_path, MQTT % ("tls", broker.ports["tls"], True))
+    shutil.copy(broker.pki["ca"].with_suffix(".der"), flash / "ca.der")
+    boot = bootrun.BootRunner(flash, interp, prepare=with_ap).run(1)[0]
+    assert "LINK LOST" in boot.output and "NOT NOTICED" not in boot.output, boot.output
+
