@@ -197,7 +197,7 @@ class Wake:
         """Uplink if due; the outcome in self.uplink."""
         st, cfg = self.st, self.cfg
         rtc_s = time.time()
-        if not session.due(st, cfg, rtc_s, alarm):
+        if not session.due(st, cfg, rtc_s, alarm, self.cause == "poweron"):
             self.uplink = "backoff" if st.up_next > rtc_s and (alarm or st.samples >= cfg.uplink_every) \
                 else "-"
             return
@@ -209,12 +209,12 @@ class Wake:
         def health_msg(s):
             self.st.rejected = min(self.st.rejected + enc.rejected, 65535)
             enc.rejected = 0
-            return health.message(health.record(self.st, self.ob.stats(), self.cause, s, self._fdrops()),
+            return health.message(health.record(self.st, self.ob.stats(), self.cause, s, self._fdrops(),
+                                                self.wake),
                                   key, kid, self.counter)
 
         self.session = session.Session(cfg, st, session.Budget(cfg.network_budget_ms))
-        self.session.run(self.ob, self.clk, self.counter, enc, health_msg, (self.sched, self.t0),
-                         self.rtc)
+        self.session.run(self.ob, self.clk, self.counter, enc, health_msg, self.sched, self.rtc)
         self.uplink = self.session.result
         if self.session.rssi is not None:
             st.rssi = max(-128, min(127, self.session.rssi))

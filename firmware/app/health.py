@@ -4,7 +4,8 @@ operator needs to see a node going wrong before it goes silent.
 A CBOR map with short keys, authenticated like the readings (COSE_Mac0 under
 the device key, the same never-repeating sequence):
     fw    firmware version          boot  boots since power-on
-    rst   reset cause of this wake  heap  free heap (bytes, -1 unknown)
+    rst   reset cause of this wake  wake  what woke it (timer, ext0 ...)
+    heap  free heap (bytes, -1 unknown)
     awake last wake's awake time ms rssi  Wi-Fi RSSI dBm
     wifi  this connect's ms         q     readings waiting in the outbox
     drop  readings dropped (outbox full)  lost  readings lost with RTC memory
@@ -30,11 +31,11 @@ def free_heap():
         return -1
 
 
-def record(st, ob_stats, cause, session=None, filter_drops=0):
+def record(st, ob_stats, cause, session=None, filter_drops=0, wake=""):
     """ob_stats: Outbox.stats(), or None when the outbox was not opened (safe mode)."""
     s = ob_stats or {"depth": -1, "drops": -1}
     return {
-        "fw": version.VERSION, "boot": st.boots, "rst": cause, "heap": free_heap(),
+        "fw": version.VERSION, "boot": st.boots, "rst": cause, "wake": wake, "heap": free_heap(),
         "awake": st.awake_ms, "rssi": session.rssi if session and session.rssi is not None else 0,
         "wifi": session.wifi_ms if session else 0, "q": s["depth"], "drop": s["drops"],
         "lost": st.lost_rtc, "crash": st.crashes, "safe": st.safe_entries, "wdt": st.wdt_resets,

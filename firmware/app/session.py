@@ -34,12 +34,14 @@ class Budget:
         return self.ms - time.ticks_diff(time.ticks_ms(), self.t0)
 
 
-def due(st, cfg, rtc_s, alarm):
-    """Whether this wake should try an uplink: a full batch of samples (or an
-    alarm), and not inside the backoff after a failure."""
+def due(st, cfg, rtc_s, alarm, poweron=False):
+    """Whether this wake should try an uplink: a full batch of samples, an
+    alarm, or the first wake after power-on (the fleet learns the node is back,
+    the clock is set and the wakes go back on the grid); never inside the
+    backoff after a failure."""
     if cfg.broker is None or cfg.wifi is None:
         return False
-    if not (alarm or st.samples >= cfg.uplink_every):
+    if not (alarm or poweron or st.samples >= cfg.uplink_every):
         return False
     # beyond the cap the RTC went back (power cut): do not wait on it
     return not (0 < st.up_next - rtc_s <= BACKOFF_CAP_S)
@@ -89,7 +91,7 @@ class Session:
         self.link = None
 
     def run(self, ob, clk, counter, encode, health, sched, rtc):
-        """sched: (Schedule, ticks_ms when the wake began) for drift learning."""
+        """sched: the Schedule, which learns the drift at the NTP sync."""
         cfg, st = self.cfg, self.st
         w = _wifi.Wifi(cfg.wifi["ssid"], cfg.secret("wifi_psk"),
                        rtc=rtcmem.Region(rtc, *_state.WIFI), static=True)
@@ -108,21 +110,22 @@ class Session:
 
     def _clock(self, clk, sched):
         """NTP on every session: cheap next to TLS, and each answer measures the
-        sleep clock's drift (the wake's true time less the time since it began)."""
+        sleep clock's drift since the last one (app.schedule)."""
         if self.budget.left() < 2000:
             return
         import ntptime
 
+        before = time.time_ns() // 1000000 + clock_epoch_ms()
         try:
             ok = clk.sync(ntptime.time)
         except OSError as e:
             log.warn("clock", "ntp failed: %s", e)
             return
         if ok and sched is not None:
-            since = time.ticks_diff(time.ticks_ms(), sched[1])
-            err = sched[0].measured(time.time_ns() // 1000000 + clock_epoch_ms() - since)
-            if err is not None:
-                log.info("schedule", "woke_off_ms=%d ppm=%d", err, sched[0].state["ppm"])
+            after = time.time_ns() // 1000000 + clock_epoch_ms()
+            step = sched.synced(before, after)
+            if step is not None:
+                log.info("schedule", "step_ms=%d ppm=%d", step, sched.state["ppm"])
 
     def _mqtt(self, ob, clk, counter, encode, health):
         cfg, st = self.cfg, self.st

@@ -33,8 +33,7 @@ FIELDS = (
     ("samples", "H"),  # samples taken since the last uplink
     ("up_fails", "B"),  # consecutive failed uplinks (backoff)
     ("up_next", "I"),  # no uplink attempt before this RTC second (backoff)
-    ("target", "I"),  # schedule: unix time the last sleep aimed at
-    ("asked_ms", "I"),  # schedule: what the last sleep asked for
+    ("synced", "I"),  # schedule: RTC unix seconds at the last NTP sync
     ("ppm", "i"),  # schedule: sleep-clock drift estimate
     ("awake_ms", "I"),  # how long the last wake lasted (health record)
     ("alarms", "H"),  # one bit per configured alarm: currently raised
@@ -48,7 +47,7 @@ FIELDS = (
     ("rejected", "H"),  # readings the encoder could not send, since power-on
 )
 FMT = "<" + "".join(code for _, code in FIELDS)
-VERSION = 2
+VERSION = 3
 
 
 class State:
@@ -68,7 +67,7 @@ class State:
 
     def schedule(self):
         """The schedule's part, as the dict app.schedule.Schedule keeps."""
-        return {"target": self.target, "asked_ms": self.asked_ms, "ppm": self.ppm}
+        return {"synced": self.synced, "ppm": self.ppm}
 
     def keep_schedule(self, d):
-        self.target, self.asked_ms, self.ppm = d["target"], d["asked_ms"], d["ppm"]
+        self.synced, self.ppm = d["synced"], d["ppm"]

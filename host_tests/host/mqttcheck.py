@@ -17,7 +17,13 @@ class Subscriber:
         ready = threading.Event()
         self.c.on_subscribe = lambda *a: ready.set()
         # subscribe on every (re)connect: a restarted broker has forgotten us
-        self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.connects = 0
+
+        def on_connect(c, u, f, rc, p=None):
+            self.connects += 1
+            c.subscribe(topic, qos=1)
+
+        self.c.on_connect = on_connect
         self.c.connect("127.0.0.1", broker.ports["plain"])
         self.c.loop_start()
         assert ready.wait(5)
@@ -26,6 +32,23 @@ class Subscriber:
         end = time.monotonic() + timeout
         while len(self.messages) < n and time.monotonic() < end:
             time.sleep(0.02)
+        return self.messages
+
+    def reconnected(self, before, timeout=15):
+        """After a broker restart: wait until this client is back and subscribed."""
+        end = time.monotonic() + timeout
+        while self.connects <= before and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.2)  # the SUBSCRIBE on its way
+        return self.connects > before
+
+    def settle(self, quiet=0.3, timeout=10):
+        """Wait until no message has arrived for `quiet` seconds."""
+        end = time.monotonic() + timeout
+        n = -1
+        while n != len(self.messages) and time.monotonic() < end:
+            n = len(self.messages)
+            time.sleep(quiet)
         return self.messages
 
     def close(self):

@@ -12,9 +12,9 @@ GOOD = {
     "wifi": {"ssid": "home"},
     "broker": {"host": "broker.lan", "port": 8883, "ca": "/certs/ca.der"},
     "channels": [
-        {"name": "t", "sensor": "sht4x", "unit": "Cel", "scale": 100,
+        {"name": "t", "sensor": "sht4x.t", "unit": "Cel", "scale": 100,
          "filters": [{"median": {"window_size": 5, "send_every": 1}}, {"delta": 0.1}]},
-        {"name": "bat", "sensor": "battery", "unit": "mV"},
+        {"name": "bat", "sensor": "battery.v", "scale": 1000},
     ],
     "alarms": [{"channel": "t", "above": 40}],
 }
@@ -32,7 +32,9 @@ def err(data):
 def test_a_good_configuration_with_defaults_filled_in():
     c = config.check(GOOD)
     assert c["sample_s"] == 300 and c["batch"] == 36 and c["network_budget_ms"] == 10000
-    assert c["channels"][1]["scale"] == 1 and c["channels"][0]["unit"] == "Cel"
+    assert c["channels"][1]["scale"] == 1000 and c["channels"][0]["unit"] == "Cel"
+    assert c["channels"][1]["unit"] == "V"  # the sensor's unit when none is given
+    assert c["power"]["low_mv"] == 2700 and c["safe_mode"]["after_crashes"] == 3
     d = config.check({})
     uid = machine.unique_id()
     assert d["device_id"] == "p-%02x%02x%02x" % (uid[3], uid[4], uid[5])
@@ -46,14 +48,31 @@ def test_errors_name_the_file_the_key_and_the_form():
     assert "'sampling'" in e and "one of" in e
     e = err(dict(GOOD, broker={"host": "b", "port": 1883}))
     assert "broker" in e and "plain TCP is not configurable" in e
-    bad = dict(GOOD, channels=[{"name": "t", "sensor": "x", "filters": [{"clamp": {"minimum": 0}}]}])
+    bad = dict(GOOD, channels=[{"name": "t", "sensor": "sht4x.t", "filters": [{"clamp": {"minimum": 0}}]}])
     e = err(bad)
     assert "channels[0]" in e and "'clamp'" in e and "'minimum'" in e
-    e = err(dict(GOOD, channels=[{"name": "t", "sensor": "x"}, {"name": "t", "sensor": "y"}]))
+    e = err(dict(GOOD, channels=[{"name": "t", "sensor": "sht4x.t"}, {"name": "t", "sensor": "sht4x.rh"}]))
     assert "channels[1]" in e and "unique" in e
     e = err(dict(GOOD, alarms=[{"channel": "rh", "above": 80}]))
     assert "alarms[0]" in e and "'channel'" in e
     assert "JSON object" in err([1, 2])
+    e = err(dict(GOOD, channels=[{"name": "t", "sensor": "thermometer"}]))
+    assert "channels[0]" in e and "'sensor'" in e and "sht4x.t" in e and "'thermometer'" in e
+    e = err(dict(GOOD, power={"low_mv": 2600, "critical_mv": 2800}))
+    assert "power" in e and "'critical_mv'" in e and "at most low_mv" in e
+    e = err(dict(GOOD, safe_mode={"after_crashes": 0}))
+    assert "safe_mode" in e and "'after_crashes'" in e and "1..100" in e
+    e = err(dict(GOOD, alarms=[{"channel": "t", "above": 40, "hysteresis": -1}]))
+    assert "alarms[0]" in e and "'hysteresis'" in e
+
+
+def test_hostile_values_are_refused_not_obeyed():
+    # a sleep of a year, a budget of a day, 10**30, a list where a number goes
+    for bad in ({"sample_s": 31536000}, {"network_budget_ms": 86400000}, {"uplink_every": 10 ** 30},
+                {"batch": [36]}, {"power": {"critical_sleep_s": True}}, {"device_id": "x" * 500},
+                {"channels": [{"name": "t", "sensor": "sht4x.t"}] * 17}):
+        e = err(dict(GOOD, **bad))
+        assert e.startswith("config.json:"), e
 
 
 def test_a_bad_file_falls_back_to_the_last_good_one():

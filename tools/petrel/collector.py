@@ -36,7 +36,9 @@ class Verifier:
             self.db.execute("CREATE TABLE IF NOT EXISTS last_seq (device_id TEXT PRIMARY KEY, seq INTEGER)")
             self.last_seq = dict(self.db.execute("SELECT device_id, seq FROM last_seq"))
 
-    def accept(self, data):
+    def accept(self, data, kind="senml"):
+        """-> the readings [(name, unit, value, time)]; kind="health": the
+        node's health record (a dict) from <topic>/health."""
         try:
             msg = cbor2.loads(data)
             if not isinstance(msg, cbor2.CBORTag) or msg.tag != 17 or len(msg.value) != 4:
@@ -60,15 +62,30 @@ class Verifier:
             raise Rejected("mac")
         if seq <= self.last_seq.get(kid, -1):
             raise Rejected("replay: seq %d after %d" % (seq, self.last_seq[kid]))
-        readings = senml_readings(payload)
+        if kind == "health":
+            try:
+                rec = cbor2.loads(payload)
+            except Exception as e:
+                raise Rejected("structure: %s" % e)
+            if not isinstance(rec, dict):
+                raise Rejected("structure: a health record is a map")
+            self._accepted(kid, seq)
+            return rec
+        try:
+            readings = senml_readings(payload)
+        except Exception as e:
+            raise Rejected("structure: %s" % e)
         for r in readings:  # a device's key speaks for that device only
             if not r[0].startswith(kid + "/"):
                 raise Rejected("name %r is not device %r's" % (r[0], kid))
+        self._accepted(kid, seq)
+        return readings
+
+    def _accepted(self, kid, seq):
         self.last_seq[kid] = seq
         if self.db is not None:
             with self.db:
                 self.db.execute("INSERT OR REPLACE INTO last_seq VALUES (?, ?)", (kid, seq))
-        return readings
 
 
 def senml_readings(payload):

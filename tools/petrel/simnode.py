@@ -89,4 +89,6 @@ class SimNode:
         (self.flash / "config.json").write_text(json.dumps(cfg))
 
     def run(self, boots):
-        return self.runner.run(boots)
+        """Play `boots` more boots; -> those boots only."""
+        start = len(self.runner.boots)
+        return self.runner.run(boots)[start:]

@@ -1,0 +1,117 @@
+# The wake cycle's parts on their own: RTC state, backoff, crash log, health
+# record, the board description, the sensor rail. (The whole cycle, many wakes
+# at a time, is in host_tests/host/test_wake*.py.)
+import machine
+import simstate
+
+from app import crashlog, hardware, health, session, state
+from ptest import raises, scratch_dir
+
+
+class Cfg:
+    broker = {"host": "b"}
+    wifi = {"ssid": "s"}
+    uplink_every = 12
+
+
+def test_state_survives_deep_sleep_and_starts_afresh_when_damaged():
+    st = state.State()
+    assert st.why == "empty" and st.boots == 0
+    st.boots, st.crash_streak, st.ppm, st.rssi = 41, 2, -20000, -70
+    st.save()
+    again = state.State()
+    assert again.why == "ok" and again.boots == 41 and again.crash_streak == 2
+    assert again.ppm == -20000 and again.rssi == -70
+    mem = bytearray(machine.RTC().memory())
+    mem[20] ^= 0xFF  # one flipped byte in the record
+    machine.RTC().memory(bytes(mem))
+    bad = state.State()
+    assert bad.why == "bad-crc" and bad.boots == 0
+    # the regions of the libraries do not overlap the app's or each other
+    regions = sorted((state.APP, state.OUTBOX, state.CLOCK, state.SEQ, state.FILTERS, state.WIFI))
+    for a, b in zip(regions, regions[1:]):
+        assert a[0] + a[1] <= b[0]
+    assert regions[-1][0] + regions[-1][1] <= 2048
+
+
+def test_uplink_due_on_a_full_batch_or_an_alarm_and_never_inside_the_backoff():
+    st = state.State()
+    cfg = Cfg()
+    st.samples = 11
+    assert not session.due(st, cfg, 1000, False)
+    assert session.due(st, cfg, 1000, True)
+    st.samples = 12
+    assert session.due(st, cfg, 1000, False)
+    waits = []
+    for _ in range(12):
+        session.failed(st, 1000, "test")
+        waits.append(st.up_next - 1000)
+        assert not session.due(st, cfg, 1000, True) or st.up_next == 1000
+    assert st.up_fails == 12
+    assert max(waits) <= session.BACKOFF_CAP_S
+    assert session.due(st, cfg, st.up_next, False)  # the wait is over
+    # an RTC that went back (power cut) does not leave the node waiting an age
+    st.up_next = 10 ** 6
+    assert session.due(st, cfg, 0, False)
+    cfg.broker = None
+    assert not session.due(st, cfg, st.up_next, True)
+
+
+def test_crash_log_keeps_the_newest_whole_entries_within_its_bound():
+    d, _ = scratch_dir()
+    path = d + "/crash.log"
+    for i in range(200):
+        try:
+            raise ValueError("boom %d" % i)
+        except ValueError as e:
+            tb = crashlog.keep(e, "boot=%d" % i, path)
+    assert "boom 199" in tb
+    text = crashlog.read(path)
+    assert len(text) <= crashlog.LIMIT and text.startswith("--- boot=")
+    assert "boom 199" in text and "boom 0\n" not in text
+
+
+def test_health_record_carries_the_counters():
+    st = state.State()
+    st.boots, st.crashes, st.auth_fails, st.batt_mv = 7, 2, 1, 2980
+    r = health.record(st, {"depth": 5, "drops": 0}, "deepsleep", None, 3)
+    assert r["boot"] == 7 and r["crash"] == 2 and r["auth"] == 1 and r["batt"] == 2980
+    assert r["q"] == 5 and r["fdrop"] == 3 and r["rst"] == "deepsleep" and r["fw"]
+    assert health.record(st, None, "poweron")["q"] == -1  # outbox not opened (safe mode)
+
+
+def test_sensor_rail_powers_the_sensor_and_is_held_off_in_sleep():
+    from simdev.sht4x import SHT4xModel
+
+    b = simstate.board
+    sht = SHT4xModel()
+    sht.rail = (25, 1)
+    b.i2c[0] = {0x44: sht}
+    hw = hardware.Hardware({"i2c": {"0": {"scl": 22, "sda": 21}}, "sensors": {"sht4x": {"bus": 0}},
+                            "rails": [{"pin": 25, "on": 1, "settle_ms": 2}]})
+    raises(OSError, hw.read, "sht4x")  # rail off: the chip does not answer
+    t0 = b.world_us
+    hw.rails(True)
+    assert b.world_us - t0 >= 2000  # settle time waited
+    assert hw.read("sht4x")["sht4x.t"] == 21000
+    hw.rails(False)
+    assert b.level(25) == 0 and 25 in b.held
+    hw.rails(True)  # hold released to switch on again
+    assert b.level(25) == 1
+    raises(OSError, hw.read, "bme280")  # not wired on this board
+
+
+def test_quantities_name_their_native_scale():
+    assert hardware.quantity("sht4x.t") == (1000, "Cel")
+    assert hardware.quantity("ds18b20.2.t") == (1000, "Cel")
+    assert hardware.quantity("bme280.p") == (256, "Pa")
+    raises(KeyError, hardware.quantity, "sht4x.co2")
+
+
+def test_maintenance_pin_is_read_with_its_pull():
+    b = simstate.board
+    hw = hardware.Hardware({"maintenance_pin": {"pin": 0, "active": 0}})
+    assert not hw.maintenance_held()  # pulled up, nobody holds it
+    b.drive(0, 0)
+    assert hw.maintenance_held()
+    assert not hardware.Hardware({}).maintenance_held()
