@@ -2,6 +2,7 @@
 interpreters, sockets behind the simulated link to a real broker, and the
 ledger priced by petrel.energy."""
 
+import io
 import shutil
 import socket
 import threading
@@ -159,6 +160,9 @@ def test_a_ledger_is_priced_at_the_profiles_currents():
     assert energy.simulated(prof, sim)["mah_per_day"] == pytest.approx(model, rel=1e-9)
     with pytest.raises(ValueError):
         energy.simulated(prof, dict.fromkeys(day, 0))
+    out = io.StringIO()
+    energy.simulated_report(prof, day, out)
+    assert out.getvalue().startswith("simulated: 1.00 days") and "radio" in out.getvalue()
 
 
 MQTT = """
