@@ -12,7 +12,9 @@ Prints:
 - bytes on the wire per reading for a batch of 12 samples x 3 channels, counted
   by a TCP proxy between the node and the broker (SenML + COSE + MQTT + TLS);
 - the smallest -X heapsize that completes a 60-reading batch over TLS with the
-  client and payload code precompiled by mpy-cross.
+  client and payload code precompiled by mpy-cross: the client alone (message
+  encoded beforehand) and with the encoding in the same VM, each the smallest
+  size from which every larger size tried completes too.
 Loopback times are not radio times: compare the rows, not the absolute values.
 """
 
@@ -45,6 +47,40 @@ c.wait_all()
 c.disconnect()
 print("RESULT heap_ok 1")
 """
+
+# The same with the payload encoded in the VM, in the order uplink.drain() goes:
+# connected first, then each batch encoded (SenML CBOR in COSE_Mac0) and published.
+HEAPALL_SCRIPT = r"""
+import sys, mqtt, senml, cose
+f = open(sys.argv[2], "rb"); ca = f.read(); f.close()
+c = mqtt.MQTTClient("bench-heap", "127.0.0.1", int(sys.argv[1]), ssl_context=mqtt.tls_context(ca=ca),
+                    server_hostname="localhost")
+c.connect()
+p = senml.Pack("p-a1b2c3/", [("t", "Cel", 100), ("h", "%RH", 100), ("p", "Pa", 1)])
+for i in range(20):
+    t = 1767225600 + 300 * i
+    p.add(0, 2153 + i, t)
+    p.add(1, 4512 - i, t)
+    p.add(2, 100325 + i, t)
+c.publish("petrel/bench/up", cose.mac0(bytes(range(32)), b"p-a1b2c3", 1001, p.cbor()), qos=1)
+c.wait_all()
+c.disconnect()
+print("RESULT heap_ok 1")
+"""
+
+HEAPS = ["%dk" % k for k in range(10, 33)] + ["40k", "48k", "64k", "96k", "128k"]
+
+
+def smallest_heap(args, path, script):
+    """The smallest -X heapsize from which every larger size tried completes
+    too: fragmentation can let one size pass while a larger one fails, and
+    that luck is not a result."""
+    found = None
+    for heap in reversed(HEAPS):
+        if not run_vm(args, heapsize=heap, path=path, script=script).get("heap_ok"):
+            break
+        found = heap
+    return found
 
 VM_SCRIPT = r"""
 import sys, time, gc
@@ -101,7 +137,7 @@ elif what.startswith("rate"):
     t0 = time.ticks_us()
     for i in range(n):
         body = mqtt._str("petrel/bench/up") + b"\x00\x01" + msg
-        pkt = mqtt._packet(0x32, body)
+        pkt = mqtt._head(0x32, len(body)) + body
         head = len(pkt) - len(body)
         c.sock.write(pkt[:head])
         c.sock.write(pkt[head:])
@@ -120,16 +156,6 @@ elif what == "wire":
         c.wait_all()
     time.sleep_ms(300)
     c.disconnect()
-elif what == "heapall":
-    gc.collect()
-    msg = payload(20)
-    gc.collect()
-    c = client()
-    c.connect()
-    c.publish("petrel/bench/up", msg, qos=1)
-    c.wait_all()
-    c.disconnect()
-    print("RESULT heap_ok 1")
 elif what == "encode":
     with open(sys.argv[5], "wb") as f:
         f.write(payload(20))
@@ -235,30 +261,22 @@ def main():
         print("  one QoS 1 PUBLISH as TLS records %.0f B (MQTT + TLS framing included)" % per_msg)
         print("  per reading                      %.1f B" % (per_msg / 36))
         print()
-        print("smallest -X heapsize for a 60-reading batch over TLS (mpy-cross precompiled):")
+        print("smallest -X heapsize for a 60-reading batch over TLS (mpy-cross precompiled;")
+        print("the smallest from which every larger size tried completes too):")
         build = Path(tempfile.mkdtemp(prefix="petrel-mpy-"))
-        for mod in ("mqtt", "cbor", "senml", "cose", "eventlog"):
+        for mod in ("mqtt", "mqtt_keepalive", "cbor", "senml", "cose", "eventlog"):
             src = paths.LIB / (mod + ".py")
             if src.exists():
                 subprocess.run([str(Path(sys.executable).parent / "mpy-cross"), "-o",
                                 str(build / (mod + ".mpy")), str(src)], check=True)
         msg = build / "batch60.bin"
         run_vm(tls + ["encode", msg])
-        found = None
-        for heap in ("12k", "14k", "16k", "18k", "20k", "22k", "24k", "28k", "32k", "48k", "64k"):
-            r = run_vm([broker.ports["tls"], ca, msg], heapsize=heap, path=".frozen:%s" % build,
-                       script=HEAP_SCRIPT)
-            if r.get("heap_ok"):
-                found = heap
-                break
-        print("  client alone (message encoded beforehand): %s" % found)
-        found = None
-        for heap in ("32k", "48k", "64k", "96k", "128k", "192k", "256k"):
-            r = run_vm(tls + ["heapall"], heapsize=heap, path=".frozen:%s" % build)
-            if r.get("heap_ok"):
-                found = heap
-                break
-        print("  client + SenML/COSE encoding in the same VM: %s" % found)
+        path = ".frozen:%s" % build
+        args = [broker.ports["tls"], ca]
+        print("  client alone (message encoded beforehand): %s"
+              % smallest_heap(args + [msg], path, HEAP_SCRIPT))
+        print("  client + SenML/COSE encoding in the same VM: %s"
+              % smallest_heap(args, path, HEAPALL_SCRIPT))
         print("  (64-bit VM: object sizes about twice the ESP32's)")
         shutil.rmtree(build)
 

@@ -20,22 +20,21 @@ with pipelined publishes, and a deadline on every wait.
   answering is an MQTTError within keepalive + timeout, never a hang.
 - A malformed or oversized packet from the broker closes the connection with an
   MQTTError; nothing from the network can crash the caller with another error.
+
+Small on purpose: loaded from a .mpy, every function, name and string here is
+heap the TLS context (3 KB in one piece) and the packets then cannot have
+(bench/uplink.py finds the smallest heap that completes a batch). Hence packet
+types as literals, few methods and attributes, short messages, no list
+comprehension (each is a function object of its own), and check() in
+mqtt_keepalive, loaded only by a session long enough to need it. gc.collect()
+before the client's long-lived objects are made puts them in the holes left
+by garbage, so the large free runs stay whole.
 """
 
+import gc
 import socket
 import struct
 import time
-
-CONNECT = 0x10
-CONNACK = 0x20
-PUBLISH = 0x30
-PUBACK = 0x40
-PINGREQ = 0xC0
-PINGRESP = 0xD0
-DISCONNECT = 0xE0
-
-_REFUSED = ("", "unacceptable protocol version", "client id rejected", "server unavailable",
-            "bad user name or password", "not authorized")
 
 
 class MQTTError(Exception):
@@ -49,22 +48,25 @@ def tls_context(ca=None, cert=None, key=None, psk_identity=None, psk_key=None):
     cert and key (mutual TLS); the server name is checked at connect.
     PSK: psk_identity and psk_key (bytes) unique to the device; only PSK suites
     are offered, so the handshake fails unless the broker knows this key."""
+    if psk_key is None and ca is None:
+        raise ValueError("a CA is needed (plain TCP: insecure=True)")
     try:
         import tls  # MicroPython's TLS module (its `ssl` is a Python wrapper round it)
     except ImportError:
         import ssl as tls  # CPython
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
     if psk_key is not None:
-        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
         # No certificate exists in PSK mode: the shared key authenticates both
-        # ends, and only PSK suites are offered below.
+        # ends, and only PSK suites are offered.
         ctx.verify_mode = tls.CERT_NONE
         ctx.psk_identity = psk_identity
         ctx.psk_key = psk_key
-        ctx.set_ciphers([c for c in ctx.get_ciphers() if c.startswith("TLS-PSK-")])
+        psk = []
+        for c in ctx.get_ciphers():
+            if c.startswith("TLS-PSK-"):
+                psk.append(c)
+        ctx.set_ciphers(psk)
         return ctx
-    if ca is None:
-        raise ValueError("a CA is needed to verify the broker (plain TCP: insecure=True)")
-    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = tls.CERT_REQUIRED
     if tls.__name__ == "tls":
         ctx.load_verify_locations(ca)  # MicroPython's takes the certificate data itself
@@ -81,20 +83,14 @@ def _str(s):
     return struct.pack("!H", len(s)) + s
 
 
-def _varlen(n):
-    """MQTT's remaining length: 7 bits a byte, high bit = more."""
-    out = bytearray()
+def _head(b, n):
+    """Fixed header: the type byte b, then the remaining length n, 7 bits a byte."""
+    out = bytearray((b,))
     while True:
-        b = n & 0x7F
+        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
         n >>= 7
-        out.append(b | 0x80 if n else b)
         if not n:
             return out
-
-
-def _packet(first, body):
-    """Fixed header + remaining length + body, as one buffer."""
-    return bytes([first]) + _varlen(len(body)) + body
 
 
 class MQTTClient:
@@ -102,99 +98,79 @@ class MQTTClient:
                  insecure=False, keepalive=60, clean=True, will=None, user=None, password=None,
                  timeout_ms=5000, window=8, max_packet=4096):
         if ssl_context is None and not insecure:
-            raise ValueError("MQTT needs a TLS context; plain TCP only with insecure=True")
-        self.client_id = client_id
-        self.host = host
-        self.port = port
+            raise ValueError("MQTT needs a TLS context (or insecure=True)")
+        gc.collect()  # our long-lived objects into the holes, not past them
+        self.addr = (host, port)
         self.ctx = ssl_context
         self.server_hostname = server_hostname or host
-        self.insecure = insecure
         self.keepalive = keepalive
-        self.clean = clean
-        self.will = will  # (topic, message, retain), sent QoS 1
-        self.user = user
-        self.password = password
         self.timeout_ms = timeout_ms
         self.window = window
         self.max_packet = max_packet
-        self.raw = None
-        self.sock = None
-        self.pid = 0
+        # The CONNECT packet is the same at every connect: built once.
+        flags = 2 if clean else 0
+        p = _str(client_id)
+        if will:  # (topic, message, retain), sent QoS 1
+            flags |= 0x0C | (0x20 if will[2] else 0)
+            p += _str(will[0]) + _str(will[1])
+        if user is not None:
+            flags |= 0x80
+            p += _str(user)
+        if password is not None:
+            flags |= 0x40
+            p += _str(password)
+        p = b"\0\4MQTT\4" + bytes((flags,)) + struct.pack("!H", keepalive) + p
+        self.conn_pkt = _head(0x10, len(p)) + p
+        self.raw = self.sock = self.ping_sent = None
+        self.pid = self.last_send = self.connect_ms = 0
         self.inflight = {}  # packet id -> ticks_ms sent
         self.acked = []  # packet ids confirmed by PUBACK, in arrival order
         self.inbox = []  # (topic, message) published to us
-        self.last_send = 0
-        self.ping_sent = None
-        self.connect_ms = 0
 
-    # ------------------------------------------------------------ connection
     def connect(self):
         """Open the connection, do the TLS handshake, CONNECT; returns whether
         the broker had a session for us. MQTTError on any failure."""
+        gc.collect()  # as in __init__: keep big free runs for TLS and the packets
         t0 = time.ticks_ms()
         self.inflight = {}  # a new connection: nothing of the old one is in flight
         self.acked = []
         self.ping_sent = None
-        if self.insecure:
+        if self.ctx is None:  # only with insecure=True
             import eventlog  # only then: the client stays small without the log
 
-            eventlog.warn("mqtt", "INSECURE plain TCP to %s:%d (development setting)",
-                          self.host, self.port)
+            eventlog.warn("mqtt", "INSECURE plain TCP to %s:%d", *self.addr)
+        stage = "tcp: %s"
         try:
-            addr = socket.getaddrinfo(self.host, self.port)[0][-1]
-            self.raw = socket.socket()
+            addr = socket.getaddrinfo(*self.addr)[0][-1]
+            self.raw = self.sock = socket.socket()
             self.raw.settimeout(self.timeout_ms / 1000)
             self.raw.connect(addr)
-        except OSError as e:
-            self.close()
-            raise MQTTError("tcp connect to %s:%d failed: %s" % (self.host, self.port, e))
-        if self.ctx is not None:
-            try:
+            if self.ctx is not None:
+                stage = "tls: %s"  # the broker not accepted (CA, name, date), or it refused us
                 self.sock = self.ctx.wrap_socket(self.raw, server_hostname=self.server_hostname)
-            except (OSError, ValueError) as e:
-                self.close()
-                raise MQTTError("tls: broker not accepted or refused us: %s" % str(e).strip())
-        else:
-            self.sock = self.raw
-        flags = 0x02 if self.clean else 0
-        payload = _str(self.client_id)
-        if self.will:
-            flags |= 0x04 | 0x08 | (0x20 if self.will[2] else 0)  # will, QoS 1, retain
-            payload += _str(self.will[0]) + _str(self.will[1])
-        if self.user is not None:
-            flags |= 0x80
-            payload += _str(self.user)
-        if self.password is not None:
-            flags |= 0x40
-            payload += _str(self.password)
-        body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", self.keepalive) + payload
-        self._send(_packet(CONNECT, body))
-        first, body = self._read_packet(time.ticks_add(time.ticks_ms(), self.timeout_ms))
-        if first != CONNACK or len(body) != 2:
+        except (OSError, ValueError) as e:
             self.close()
-            raise MQTTError("protocol: expected CONNACK, got packet 0x%02x" % first)
-        if body[1]:
+            raise MQTTError(stage % str(e).strip())
+        self._send(self.conn_pkt)
+        body = self._process(time.ticks_add(time.ticks_ms(), self.timeout_ms), "CONNACK")
+        if body[1]:  # 1 protocol version, 2 client id, 3 unavailable, 4 user/password, 5 not authorized
             self.close()
-            code = body[1]
-            raise MQTTError("connection refused: %s" % (_REFUSED[code] if code < 6 else code))
+            raise MQTTError("refused: code %d" % body[1])
         self.connect_ms = time.ticks_diff(time.ticks_ms(), t0)
         return bool(body[0] & 1)
 
     def close(self):
         for s in (self.sock, self.raw):
-            if s is not None:
-                try:
-                    s.close()
-                except OSError:
-                    pass
-        self.sock = None
-        self.raw = None
+            try:
+                s.close()
+            except (OSError, AttributeError):  # already closed, or None
+                pass
+        self.sock = self.raw = None
 
     def disconnect(self):
         """A clean goodbye: the broker does not publish the will."""
         try:
-            if self.sock is not None:
-                self._send(_packet(DISCONNECT, b""))
+            self._send(b"\xe0\0")
         except MQTTError:
             pass
         self.close()
@@ -207,24 +183,16 @@ class MQTTClient:
             raise ValueError("QoS 0 or 1")
         deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
         while qos and len(self.inflight) >= self.window:
-            self._wait(deadline, "a free slot in the window")
-        if isinstance(topic, str):
-            topic = topic.encode()
-        pid = self._next_pid() if qos else 0
-        # one buffer for the whole packet: one copy of the message, one write
-        n = 2 + len(topic) + (2 if qos else 0) + len(msg)
-        head = bytes([PUBLISH | (qos << 1) | (1 if retain else 0)]) + _varlen(n)
-        buf = bytearray(len(head) + n)
-        buf[:len(head)] = head
-        i = len(head)
-        struct.pack_into("!H", buf, i, len(topic))
-        buf[i + 2:i + 2 + len(topic)] = topic
-        i += 2 + len(topic)
+            self._process(deadline, "PUBACK")
+        pid = 0
         if qos:
-            struct.pack_into("!H", buf, i, pid)
-            i += 2
-        buf[i:] = msg
-        self._send(buf)
+            pid = self.pid
+            while pid == self.pid or pid in self.inflight:  # the next id not in flight
+                pid = pid % 65535 + 1
+            self.pid = pid
+        pre = _str(topic) + (struct.pack("!H", pid) if qos else b"")
+        # one buffer for the whole packet: one copy of the message, one write
+        self._send(_head(0x30 | qos << 1 | (1 if retain else 0), len(pre) + len(msg)) + pre + msg)
         if qos:
             self.inflight[pid] = time.ticks_ms()
         return pid
@@ -233,132 +201,97 @@ class MQTTClient:
         """Wait for every outstanding PUBACK; MQTTError at the deadline."""
         deadline = time.ticks_add(time.ticks_ms(), timeout_ms or self.timeout_ms)
         while self.inflight:
-            self._wait(deadline, "PUBACK")
-
-    def _wait(self, deadline, what):
-        """Handle one packet from the broker; MQTTError once the deadline passed."""
-        if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
-            self.close()
-            raise MQTTError("timeout: no %s from the broker" % what)
-        self._process(deadline)
+            self._process(deadline, "PUBACK")
 
     def check(self):
         """Keep the session alive between publishes: handle what the broker
-        sent, ping when idle, and fail if a ping went unanswered."""
-        if self.sock is None:
-            raise MQTTError("not connected")
-        now = time.ticks_ms()
-        if self.ping_sent is not None and time.ticks_diff(now, self.ping_sent) > self.timeout_ms:
-            self.close()
-            raise MQTTError("broker did not answer a ping within %d ms" % self.timeout_ms)
-        if self.ping_sent is None and time.ticks_diff(now, self.last_send) >= self.keepalive * 750:
-            self.ping()
-        self._process(now)  # only what has already arrived
+        sent, ping when idle, and fail if a ping went unanswered. In a module
+        of its own: a short wake never needs it, and unloaded it costs no heap."""
+        import mqtt_keepalive
+
+        mqtt_keepalive.check(self)
 
     def ping(self):
-        self._send(_packet(PINGREQ, b""))
+        self._send(b"\xc0\0")
         self.ping_sent = time.ticks_ms()
 
-    def _next_pid(self):
-        while True:
-            self.pid = self.pid % 65535 + 1
-            if self.pid not in self.inflight:
-                return self.pid
-
     # ------------------------------------------------------------ wire
-    def _send(self, pkt):
+    def _send(self, msg):
         if self.sock is None:
             raise MQTTError("not connected")
         try:
-            self.sock.sendall(pkt)
+            self.sock.sendall(msg)
         except OSError as e:
             self.close()
-            raise MQTTError("send failed: %s" % e)
+            raise MQTTError("link: %s" % e)
         self.last_send = time.ticks_ms()
 
     def _recv(self, n, deadline):
         out = b""
         while len(out) < n:
-            left = time.ticks_diff(deadline, time.ticks_ms())
-            if left <= 0:
-                raise MQTTError("timeout: no answer from the broker")
             try:
+                left = time.ticks_diff(deadline, time.ticks_ms())
+                if left <= 0:
+                    raise OSError(110)
                 self.raw.settimeout(left / 1000)
                 chunk = self.sock.recv(n - len(out))
-            except OSError as e:
+            except OSError as e:  # ETIMEDOUT, EAGAIN: the deadline passed
                 self.close()
-                if e.args and e.args[0] in (110, 11):  # ETIMEDOUT, EAGAIN
-                    raise MQTTError("timeout: no answer from the broker")
-                raise MQTTError("receive failed: %s" % e)
+                raise MQTTError("timeout: no answer" if e.args and e.args[0] in (110, 11)
+                                else "link: %s" % e)
             if not chunk:
                 self.close()
-                raise MQTTError("connection closed by the broker")
+                raise MQTTError("connection closed")
             out += chunk
         return out
 
-    def _read_packet(self, deadline):
+    def _process(self, deadline, what):
+        """Read and handle one packet, waiting until deadline for `what`;
+        MQTTError past it. A CONNACK is only taken (and returned) when
+        connect() waits for one."""
+        if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+            self.close()
+            raise MQTTError("timeout: no %s" % what)
         if self.sock is None:
             raise MQTTError("not connected")
         first = self._recv(1, deadline)[0]
         n = 0
-        shift = 0
-        while True:
+        for shift in (0, 7, 14, 21):  # the remaining length: 4 bytes at most
             b = self._recv(1, deadline)[0]
             n |= (b & 0x7F) << shift
-            if not b & 0x80:
+            if b < 0x80:
                 break
-            shift += 7
-            if shift > 21:
-                self.close()
-                raise MQTTError("protocol: malformed remaining length")
+        else:
+            self.close()
+            raise MQTTError("malformed remaining length")
         if n > self.max_packet:
             self.close()
-            raise MQTTError("protocol: %d-byte packet exceeds the %d-byte limit" % (n, self.max_packet))
-        return first, self._recv(n, deadline) if n else b""
-
-    def _process(self, deadline):
-        """Read and handle one packet (waiting until deadline); at deadline ==
-        now, only one that is already there (returns without one otherwise)."""
-        if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
-            if not self._readable():
-                return
-            deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
-        first, body = self._read_packet(deadline)
+            raise MQTTError("%d bytes exceeds max_packet" % n)
+        body = self._recv(n, deadline)
         kind = first & 0xF0
-        if kind == PUBACK and len(body) == 2:
+        if what == "CONNACK":
+            if first != 0x20 or n != 2:
+                self.close()
+                raise MQTTError("unexpected packet 0x%02x" % first)
+            return body
+        if kind == 0x40 and len(body) == 2:  # PUBACK
             pid = struct.unpack("!H", body)[0]
             if self.inflight.pop(pid, None) is None:
                 self.close()
-                raise MQTTError("protocol: PUBACK for unknown packet id %d" % pid)
+                raise MQTTError("unknown packet id %d" % pid)
             self.acked.append(pid)
-        elif kind == PINGRESP and not body:
+        elif kind == 0xD0 and not body:  # PINGRESP
             self.ping_sent = None
-        elif kind == PUBLISH:
-            self._incoming(first, body)
+        elif kind == 0x30 and first & 6 < 4 and len(body) > 1:  # a PUBLISH to us, QoS 0 or 1
+            i = 2 + struct.unpack("!H", body[:2])[0]
+            q = first & 2  # 2 bytes of packet id at QoS 1
+            if len(body) < i + q:
+                self.close()
+                raise MQTTError("malformed PUBLISH")
+            if q:
+                self._send(b"\x40\2" + body[i:i + 2])
+            if len(self.inbox) < 16:
+                self.inbox.append((body[2:i], body[i + q:]))
         else:
             self.close()
-            raise MQTTError("protocol: unexpected packet 0x%02x (%d bytes)" % (first, len(body)))
-
-    def _incoming(self, first, body):
-        qos = (first >> 1) & 3
-        if len(body) < 2 or qos > 1:
-            self.close()
-            raise MQTTError("protocol: malformed PUBLISH")
-        n = struct.unpack("!H", body[:2])[0]
-        pos = 2 + n
-        if len(body) < pos + (2 if qos else 0):
-            self.close()
-            raise MQTTError("protocol: malformed PUBLISH")
-        topic = body[2:pos]
-        if qos:
-            self._send(_packet(PUBACK, body[pos:pos + 2]))
-            pos += 2
-        if len(self.inbox) < 16:
-            self.inbox.append((topic, body[pos:]))
-
-    def _readable(self):
-        import select
-
-        p = select.poll()
-        p.register(self.raw, select.POLLIN)
-        return bool(p.poll(0))
+            raise MQTTError("unexpected packet 0x%02x" % first)

@@ -6,7 +6,7 @@ from ptest import raises
 def test_remaining_length_boundaries():
     for n, head in ((0, b"\x30\x00"), (127, b"\x30\x7f"), (128, b"\x30\x80\x01"),
                     (16383, b"\x30\xff\x7f"), (16384, b"\x30\x80\x80\x01")):
-        pkt = mqtt._packet(0x30, b"x" * n)
+        pkt = mqtt._head(0x30, n) + b"x" * n
         assert pkt[:len(head)] == head and len(pkt) == len(head) + n
 
 
