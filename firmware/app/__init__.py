@@ -61,18 +61,23 @@ def run():
         st.save()
         log.warn("maintenance", "pin held at boot: staying awake at the REPL, no sleep")
         return
-    cfg = config.load("config.json", "secrets.json", "config.good.json")
-    wdt = machine.WDT(timeout=cfg.network_budget_ms + WDT_MARGIN_MS)
-    ms = None
+    cfg = None
+    wdt = None
     try:
+        cfg = config.load("config.json", "secrets.json", "config.good.json")
+        wdt = machine.WDT(timeout=cfg.network_budget_ms + WDT_MARGIN_MS)
         ms = _wake(st, cfg, hw, cause, wake, t0)
     except Exception as e:  # noqa: BLE001  the ladder: log, keep, count, sleep
         _count_crash(st)
         st.cfg_crc = _config_crc()
         tb = crashlog.keep(e, "boot=%d cause=%s streak=%d" % (st.boots, cause, st.crash_streak))
         log.error("crash", "streak=%d total=%d\n%s", st.crash_streak, st.crashes, tb.rstrip())
-        ms = cfg.sample_s * 1000 if cfg else CRASH_SLEEP_MS
-    wdt.feed()
+        sm = cfg.safe_mode if cfg is not None else config.DEFAULTS["safe_mode"]
+        ms = cfg.sample_s * 1000 if cfg is not None else CRASH_SLEEP_MS
+        if st.crash_streak >= sm["after_crashes"]:
+            ms = sm["sleep_s"] * 1000  # crashing again and again: no hurry
+    if wdt is not None:
+        wdt.feed()
     st.save()
     _before_sleep(hw)
     machine.deepsleep(ms)

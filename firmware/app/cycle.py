@@ -144,6 +144,10 @@ class Wake:
             self.hw.rails(False)
         now = _now_ms()
         stamp = self.clk.stamp()
+        if self.clk.known():
+            # the RTC drifts between syncs (hours, in an outage): stamp with the
+            # drift-corrected time, so readings keep their order across a sync
+            stamp = self.sched.true_ms(unix_ms()) // 1000
         alarm = False
         shown = []
         from app.hardware import quantity

@@ -52,8 +52,11 @@ class Schedule:
         if known:
             now_ms = self.true_ms(rtc_ms)
             target = self.next_slot(now_ms // 1000)
-            if (target * 1000 - now_ms) < max(2000, self.interval * 100):
-                target += self.interval  # too close to do a wake's work before it
+            if (target * 1000 - now_ms) < max(2000, self.interval * 500):
+                # less than half an interval away (the clock just stepped back,
+                # or a wake ran late): the slot after it, so two samples never
+                # come closer than half an interval, nor share a timestamp
+                target += self.interval
             wanted_ms = target * 1000 - now_ms
         else:
             wanted_ms = self.interval * 1000

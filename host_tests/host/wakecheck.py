@@ -89,3 +89,10 @@ def awake_limits(boots, budget_ms, wdt_ms):
         assert b.awake_ms <= limit, (b, b.awake_ms, b.output[-2000:])
         worst = max(worst, b.awake_ms)
     return worst
+
+
+def first_difference(a, b):
+    for i in range(min(len(a), len(b))):
+        if a[i] != b[i]:
+            return i, a[max(0, i - 3):i + 4], b[max(0, i - 3):i + 4]
+    return len(a), len(a), len(b)

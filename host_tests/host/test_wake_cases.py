@@ -1,0 +1,121 @@
+"""The wake cycle's ladder and policies on both interpreters, and a week of
+wakes under CPython: safe mode entered and left, the maintenance pin, the
+battery policy, and a long run with faults."""
+
+import pytest
+
+import simstate
+from petrel.simnode import SimNode
+
+from wakecheck import Receiver, accepted, awake_limits, events, first_difference, summary
+
+INTERPRETERS = ["cpython", "vm"]
+H_US = 3600 * 1000000
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_crash_loop_enters_safe_mode_and_a_fix_leaves_it(tmp_path, broker, interp):
+    node = SimNode(tmp_path / "flash", broker, interp)
+    ok = node.run(2)
+    assert all(summary(x) for x in ok)
+    # a bad deploy: the outbox library now raises when a reading is appended
+    lib = node.flash / "lib" / "outbox.py"
+    good = lib.read_text()
+    lib.write_text(good.replace("    def append(self, payload, t):",
+                                "    def append(self, payload, t):\n        raise RuntimeError('bad deploy')", 1))
+    crashed = node.run(3)
+    for i, x in enumerate(crashed):
+        assert x.end == "halt" and x.halt_cause == simstate.DEEPSLEEP_RESET
+        crash = events(x, "crash")
+        assert crash and crash[0]["streak"] == str(i + 1), x.output
+        assert "RuntimeError: bad deploy" in x.output  # the traceback, whole, on the serial log
+    assert "bad deploy" in (node.flash / "crash.log").read_text()
+    safe = node.run(6)
+    assert "entered after 3 crashed wakes" in safe[0].output
+    for x in safe:
+        assert events(x, "safe") and not events(x, "sample"), x.output
+        assert x.sleep_ms == 3600000  # safe mode sleeps long
+    # still broken when safe mode ends: one try, one crash, safe mode again
+    again = node.run(2)
+    assert events(again[0], "crash") and "entered after" in again[1].output
+    # the technician deploys a fix and a new configuration: safe mode left at once
+    lib.write_text(good)
+    cfg = dict(node.config, sample_s=600)
+    node.write_config(cfg)
+    fixed = node.run(3)
+    assert "left: configuration or firmware changed" in fixed[0].output
+    assert all(summary(x) and not events(x, "crash") for x in fixed), fixed[0].output
+    assert fixed[-1].sleep_ms > 500000  # the new interval
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_maintenance_pin_keeps_the_node_awake_at_the_repl(tmp_path, broker, interp):
+    node = SimNode(tmp_path / "flash", broker, interp)
+    node.run(1)
+    node.board.inputs[0] = 0  # the technician holds BOOT through the next wake
+    boots = node.run(2)
+    assert len(boots) == 1 and boots[0].end == "repl"
+    assert "maintenance: pin held at boot" in boots[0].output
+    assert node.board.wdt_deadline is None  # no watchdog armed behind the technician's back
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_low_battery_stops_the_radio_and_critical_protects_the_cells(tmp_path, broker, interp):
+    node = SimNode(tmp_path / "flash", broker, interp)
+    b = node.board
+    b.scenario["batt_mv"] = 2650
+    low = node.run(14)
+    assert all(summary(x)["uplink"] == "low-battery" for x in low)
+    assert all(not events(x, "wifi") for x in low)
+    assert all(1190000 < x.sleep_ms <= 1200000 for x in low[1:])  # 4 x 300 s
+    assert "mode=low" in low[0].output
+    b.scenario["batt_mv"] = 2400
+    crit = node.run(2)
+    assert all(summary(x)["readings"] == "0" and x.sleep_ms == 21600000 for x in crit)
+    # new cells: every reading taken while low arrives
+    rx = Receiver(broker, node.hmac_key)
+    b.scenario["batt_mv"] = 3000
+    back = node.run(1)
+    assert summary(back[0])["uplink"] == "ok" and summary(back[0])["queue"] == "0"
+    rx.sub.settle()
+    rx.collect()
+    assert rx.values("t", 100)[-15:] == accepted(low + back, "t")
+    rx.close()
+
+
+def test_a_week_of_wakes_with_faults_under_cpython(tmp_path, broker):
+    """2016 wakes (7 days at 5 minutes) in one process, with Wi-Fi down 5 h
+    every day, a sensor gone for half a day, and a hung wake."""
+    def prepare(board):
+        board.sleep_drift_ppm = -15000  # this chip's sleep clock runs fast
+        for day in range(7):
+            board.schedule(day * 24 * H_US + 20 * H_US, "ap", "petrel-lab", False)
+            board.schedule(day * 24 * H_US + 25 * H_US, "ap", "petrel-lab", True)
+
+    node = SimNode(tmp_path / "flash", broker, "cpython", prepare=prepare)
+    rx = Receiver(broker, node.hmac_key)
+    boots = node.run(2 * 288)
+    node.board.scenario["sht4x"] = "missing"
+    boots += node.run(144)
+    node.board.scenario["sht4x"] = "hang"
+    boots += node.run(1)
+    node.board.scenario.pop("sht4x")
+    boots += node.run(2016 - len(boots))
+    for _ in range(30):  # until the last readings are out
+        if summary(boots[-1]) and summary(boots[-1])["uplink"] == "ok":
+            break
+        boots += node.run(1)
+    assert len(boots) >= 2016
+    assert all(x.end == "halt" for x in boots)
+    awake_limits(boots, 10000, 30000)
+    assert sum(1 for x in boots if x.halt_cause == simstate.WDT_RESET) == 1
+    rx.sub.settle()
+    rx.collect()
+    for ch, scale in (("t", 100), ("bat", 1000)):
+        got, took = rx.values(ch, scale), accepted(boots, ch)
+        assert got == took, (ch, first_difference(got, took))  # nothing lost, in order
+    # on the grid after the drift is learnt, whatever the outages
+    late = [x for x in boots[-288:] if x.wake_reason == simstate.TIMER_WAKE]
+    offs = [abs((node.board.true_unix_at_start + x.start_us / 1e6 + 150) % 300 - 150) for x in late]
+    assert max(offs) < 1.5, max(offs)
+    rx.close()
