@@ -67,7 +67,7 @@ bench-uplink: $(STAMP)
 	$(PY) bench/uplink.py
 
 sim: $(STAMP)
-	$(PETREL) sim --boots 6
+	$(PETREL) sim --boots 48
 
 clean:
 	rm -rf $(VENV) build *.egg-info tools/*.egg-info

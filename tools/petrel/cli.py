@@ -28,32 +28,83 @@ def _cmd_vm_test(args):
 
 
 def _cmd_sim(args):
-    from . import bootrun, simflash
+    """The firmware on the simulated esp32-node, many wakes, against a real
+    Mosquitto with TLS on loopback; the serial log, then what arrived
+    (verified by the collector) and what the wakes cost the battery."""
+    from . import boards, broker as _broker, collector, energy, simnode
 
-    tmp = None
-    if args.flash:
-        flash = Path(args.flash)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="petrel-flash-")
-        flash = Path(tmp.name)
-    simflash.populate(flash)
-    print("# simulated ESP32 on the %s interpreter, flash at %s" % (
-        "MicroPython VM" if args.interpreter == "vm" else "CPython", flash))
-    runner = bootrun.BootRunner(flash, args.interpreter,
-                                serial=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
-    boots = runner.run(args.boots)
-    print("\n# summary")
-    print("%-5s %-10s %-6s %-10s %-9s %s" % ("boot", "cause", "wake", "at", "awake ms", "ended"))
-    causes = {1: "poweron", 2: "hard", 3: "watchdog", 4: "deepsleep", 5: "reset"}
-    wakes = {0: "-", 2: "ext0", 3: "ext1", 4: "timer"}
-    for b in boots:
-        print("%-5d %-10s %-6s %-10s %-9.1f %s%s" % (
-            b.number, causes.get(b.reset_cause, b.reset_cause), wakes.get(b.wake_reason, b.wake_reason),
-            _clock(b.start_us), b.awake_ms, b.end, (": " + b.why) if b.why else ""))
-    if tmp is not None:
-        tmp.cleanup()
-    ok = all(b.end == "halt" for b in boots) and len(boots) == args.boots
+    tmp = tempfile.TemporaryDirectory(prefix="petrel-sim-")
+    flash = Path(args.flash) if args.flash else Path(tmp.name) / "flash"
+    quiet = args.quiet
+    out = sys.stdout
+    with _broker.Broker(Path(tmp.name) / "broker") as b:
+        received = []
+        sub = _subscribe(b, received)
+        node = simnode.SimNode(flash, b, args.interpreter, profile=args.board,
+                               serial=None if quiet else (lambda t: (out.write(t), out.flush())))
+        out.write("# simulated %s on the %s, flash at %s, broker on 127.0.0.1 (%s)\n" % (
+            args.board, "MicroPython VM" if args.interpreter == "vm" else "CPython", flash,
+            "TLS-PSK" if node.tls == "psk" else "certificate TLS"))
+        boots = node.run(args.boots)
+        import time
+
+        time.sleep(0.5)  # the last messages on their way to the checker
+        sub.loop_stop()
+        sub.disconnect()
+    v = collector.Verifier({simnode.DEVICE_ID: node.hmac_key})
+    readings = health = rejected = 0
+    for topic, payload in received:
+        kind = topic.rsplit("/", 1)[-1]
+        if kind == "status":
+            continue
+        try:
+            got = v.accept(payload, "health" if kind == "health" else "senml")
+        except collector.Rejected:
+            rejected += 1
+            continue
+        if kind == "health":
+            health += 1
+        else:
+            readings += len(got)
+    import eventlog
+
+    took = uplinks = 0
+    for boot in boots:
+        for line in boot.output.splitlines():
+            e = eventlog.parse(line)
+            if e and e[2] == "wake":
+                took += int(e[3].get("readings", 0))
+                uplinks += e[3].get("uplink") == "ok"
+    span = (boots[-1].end_us - boots[0].start_us) / 1e6 if boots else 0
+    awake = sorted(bt.awake_ms for bt in boots)
+    out.write("\n# summary\n")
+    out.write("wakes %d over %s of virtual time; awake median %.0f ms, max %.0f ms\n" % (
+        len(boots), _clock(int(span * 1e6)), awake[len(awake) // 2] if awake else 0,
+        awake[-1] if awake else 0))
+    out.write("readings taken %d, arrived and verified %d (%d messages refused as repeats); "
+              "uplinks %d; health records %d\n" % (took, readings, rejected, uplinks, health))
+    prof = boards.load(args.board)
+    if "energy" in prof and boots:
+        energy.simulated_report(prof, node.runner.totals(), out,
+                                "battery (%s, phase times from the profile)" % args.board)
+    tmp.cleanup()
+    ok = all(bt.end == "halt" for bt in boots) and len(boots) == args.boots
     return 0 if ok else 1
+
+
+def _subscribe(b, received):
+    import paho.mqtt.client as paho
+    import threading
+
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="petrel-sim-checker")
+    ready = threading.Event()
+    c.on_message = lambda cl, u, m: received.append((m.topic, m.payload))
+    c.on_subscribe = lambda *a: ready.set()
+    c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe("petrel/#", qos=1)
+    c.connect("127.0.0.1", b.ports["plain"])
+    c.loop_start()
+    ready.wait(5)
+    return c
 
 
 def _clock(us):
@@ -91,10 +142,13 @@ def build_parser():
 
     sim = sub.add_parser(
         "sim", help="run the firmware on the simulated board for several wakes",
-        description="Lays out the firmware on a simulated board's flash and plays BOOTS wakes, "
-                    "printing the serial log a technician would see and a summary. "
+        description="Lays out the firmware on a simulated board's flash, starts Mosquitto with TLS "
+                    "on loopback and plays BOOTS wakes, printing the serial log a technician would "
+                    "see, then what arrived (verified) and what it costs the battery. "
                     "Exits 1 if a boot did not end in a clean halt (deep sleep or reset).")
-    sim.add_argument("--boots", type=int, default=6, help="number of boots to play (default 6)")
+    sim.add_argument("--boots", type=int, default=36, help="number of boots to play (default 36: 3 hours)")
+    sim.add_argument("--board", default="esp32-node", help="board profile (default esp32-node)")
+    sim.add_argument("--quiet", action="store_true", help="only the summary, not the serial log")
     sim.add_argument("--interpreter", choices=("vm", "cpython"), default="vm",
                      help="run the firmware on the MicroPython VM (default) or in CPython")
     sim.add_argument("--flash", help="folder to use as the board's flash (default: a temporary one)")

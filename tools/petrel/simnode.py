@@ -82,7 +82,7 @@ class SimNode:
                 prepare(board)
 
         self.runner = bootrun.BootRunner(self.flash, interpreter, setup="simworld", serial=serial,
-                                         prepare=_prepare)
+                                         prepare=_prepare, profile=profile)
         self.board = self.runner.board
 
     def write_config(self, cfg):
