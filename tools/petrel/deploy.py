@@ -35,10 +35,16 @@ def mpy_cross():
     return str(exe) if exe.exists() else "mpy-cross"
 
 
-def build(out, arch, firmware=paths.FIRMWARE, lib=paths.LIB, config=None):
-    """The board's files, as they must be on its flash, under out/. -> {board path: local file}."""
+def build(out, arch, firmware=paths.FIRMWARE, lib=paths.LIB, config=None, hardware=None):
+    """The board's files, as they must be on its flash, under out/. -> {board path: local file}.
+    hardware: the profile's "hardware" section, written as /board.json (the
+    firmware's wiring: buses, sensors, rails, pins)."""
     out = Path(out)
     files = {}
+    if hardware is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "board.json").write_text(json.dumps({"hardware": hardware}, sort_keys=True))
+        files["board.json"] = out / "board.json"
     for src_root, dest in ((Path(firmware), ""), (Path(lib), "lib/")):
         for src in sorted(src_root.rglob("*.py")):
             if "__pycache__" in src.parts:
@@ -141,7 +147,7 @@ def plan(local, remote):
 def deploy(port, board="esp32-devkitc", config=None, dry_run=False, reset=False, say=print):
     prof = boards.load(board)
     with tempfile.TemporaryDirectory(prefix="petrel-deploy-") as tmp:
-        local = build(tmp, prof["mpy_arch"], config=config)
+        local = build(tmp, prof["mpy_arch"], config=config, hardware=prof.get("hardware"))
         target = Board(port)
         remote = target.files()
         folders, copy, remove = plan(local, remote)
