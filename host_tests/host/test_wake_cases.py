@@ -116,6 +116,10 @@ def test_a_week_of_wakes_with_faults_under_cpython(tmp_path, broker):
         assert got == took, (ch, first_difference(got, took))  # nothing lost, in order
     # on the grid after the drift is learnt, whatever the outages
     late = [x for x in boots[-288:] if x.wake_reason == simstate.TIMER_WAKE]
-    offs = [abs((node.board.true_unix_at_start + x.start_us / 1e6 + 150) % 300 - 150) for x in late]
-    assert max(offs) < 1.5, max(offs)
+    offs = [(node.board.true_unix_at_start + x.start_us / 1e6 + 150) % 300 - 150 for x in late]
+    # NTP gives whole seconds and the boot before the application takes its
+    # share: a constant few seconds off the grid, but no drift (uncorrected,
+    # 1.5 % fast gains 4.5 s a wake, 54 s an hour)
+    assert max(abs(o) for o in offs) < 5.0, offs
+    assert max(offs) - min(offs) < 1.0, offs
     rx.close()

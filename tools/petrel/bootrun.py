@@ -166,7 +166,9 @@ class BootRunner:
     def _boot_cpython(self, record):
         b = self.board
         harness.add_firmware_root(self.flash)
-        harness.forget_modules([self.flash, paths.LIB, paths.FIRMWARE])
+        # every flash folder's modules, not only this one's: another runner's
+        # `outbox` left in sys.modules would shadow this flash's own
+        harness.forget_modules(harness.flash_roots + [self.flash, paths.LIB, paths.FIRMWARE])
         if self.setup:
             __import__(self.setup).setup(b)
         saved_path = list(sys.path)

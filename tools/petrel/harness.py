@@ -45,11 +45,16 @@ def _import(name, globals=None, locals=None, fromlist=(), level=0):
     return _real_import(name, globals, locals, fromlist, level)
 
 
+flash_roots = []  # every flash folder a boot runner used, in this process
+
+
 def add_firmware_root(path):
     """Code under `path` (a board's flash folder) also sees the fake time."""
     p = os.path.abspath(str(path))
     if p not in _roots:
         _roots.append(p)
+    if p not in flash_roots:
+        flash_roots.append(p)
 
 
 def install():
