@@ -31,6 +31,7 @@ before the client's long-lived objects are made puts them in the holes left
 by garbage, so the large free runs stay whole.
 """
 
+import errno
 import gc
 import socket
 import struct
@@ -232,12 +233,13 @@ class MQTTClient:
             try:
                 left = time.ticks_diff(deadline, time.ticks_ms())
                 if left <= 0:
-                    raise OSError(110)
+                    raise OSError(errno.ETIMEDOUT)
                 self.raw.settimeout(left / 1000)
                 chunk = self.sock.recv(n - len(out))
             except OSError as e:  # ETIMEDOUT, EAGAIN: the deadline passed
                 self.close()
-                raise MQTTError("timeout: no answer" if e.args and e.args[0] in (110, 11)
+                # by name: the ESP32 (newlib) numbers ETIMEDOUT 116, Linux 110
+                raise MQTTError("timeout: no answer" if e.args and e.args[0] in (errno.ETIMEDOUT, errno.EAGAIN)
                                 else "link: %s" % e)
             if not chunk:
                 self.close()
