@@ -147,10 +147,44 @@ def report(board, sample_s, uplink_s, out=sys.stdout, png=None):
     w("%-50s " % "" + " ".join("%8s" % n for n in names) + "\n")
     for sc, d, total, years in rows:
         w("%-50s " % sc.name + " ".join("%8.3f" % d[n] for n in names) + "\n")
+    w("\nwhat would move \"%s\" (%.1f years), one change at a time:\n"
+      % (rows[-1][0].name, rows[-1][3]))
+    for what, before, after in levers(profile, sample_s, every):
+        w("  %-62s %5.1f years\n" % (what, after))
     if png:
         chart(rows, names, png)
         w("\nchart: %s\n" % png)
     return rows
+
+
+def levers(profile, sample_s, every):
+    """What would move the best scenario (the last): one change at a time, on
+    a copy of the profile. -> [(what, years before, years after)]."""
+    import copy
+
+    base = SCENARIOS[-1]
+    sc = Scenario(base.name, every, base.wifi, base.tls)
+
+    def years(p, s=sample_s):
+        return life_years(p, sum(daily(p, s, Scenario(sc.name, max(1, every * sample_s // s),
+                                                       sc.wifi, sc.tls)).values()))
+
+    now = years(profile)
+    e = profile["energy"]
+    out = []
+    if "boot_frozen_ms" in e:
+        p = copy.deepcopy(profile)
+        p["energy"]["boot_ms"] = e["boot_frozen_ms"]
+        out.append(("boot %d -> %d ms (code frozen into the firmware image)"
+                    % (e["boot_ms"], e["boot_frozen_ms"]), now, years(p)))
+    if "sleep_chip_ua" in e:
+        p = copy.deepcopy(profile)
+        p["energy"]["sleep_ua"] = e["sleep_chip_ua"]
+        out.append(("board asleep at %g -> %g uA (the chip alone)" % (e["sleep_ua"], e["sleep_chip_ua"]),
+                    now, years(p)))
+    out.append(("sample every %d s instead of %d s, same uplink period" % (2 * sample_s, sample_s),
+                now, years(profile, 2 * sample_s)))
+    return out
 
 
 def chart(rows, names, path):
