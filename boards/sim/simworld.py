@@ -10,9 +10,11 @@ called at every boot to wire the device models.
   contact on GPIO33 (active low).
 
 Faults, from board.scenario (JSON, carried across boots and to the VM):
-  "sht4x": "missing" | "nack" | "crc" | "hang"   hang: the chip holds the bus
-           forever and the driver's bus timeout is defeated (a stuck wake:
-           only the watchdog ends it)
+  "sht4x": "missing" | "nack" | "crc" | "bug" | "hang"
+           bug: the driver meets an exception no sensor error covers (as a
+           bug in it would raise); hang: the chip holds the bus forever and
+           the driver's bus timeout is defeated (a stuck wake: only the
+           watchdog ends it)
 """
 
 import math
@@ -23,6 +25,24 @@ SDA, SCL = 21, 22
 RAIL = 25
 BATTERY_PIN = 35
 DAY_US = 86400 * 1000000
+
+
+class _Bug:
+    """Whatever the driver sends, something inside it breaks."""
+
+    fault = None
+    stretch_us = 0
+    corrupt = None
+    rail = None
+
+    def powered(self):
+        return True
+
+    def i2c_write(self, data):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    def read_bytes(self, n):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
 
 
 class _Hang:
@@ -57,6 +77,8 @@ def setup(b):
     b.i2c[0] = {}
     if fault == "hang":
         b.i2c[0][0x44] = _Hang()
+    elif fault == "bug":
+        b.i2c[0][0x44] = _Bug()
     elif fault != "missing":
         sht = SHT4xModel()
         sht.rail = (RAIL, 1)

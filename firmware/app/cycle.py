@@ -139,7 +139,7 @@ class Wake:
                 try:
                     values.update(self.hw.read(s))
                 except Exception as e:  # counted per channel as "nan" below
-                    log.warn("sensor", "%s failed: %s", s, e)
+                    log.warn("sensor", "%s failed: %s: %s", s, type(e).__name__, e)
         finally:
             self.hw.rails(False)
         now = _now_ms()

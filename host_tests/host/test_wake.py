@@ -76,6 +76,9 @@ def test_half_a_day_of_faults_on_the_vm(tmp_path, own_broker):
     bad = node.run(4)
     b.scenario["sht4x"] = "crc"
     bad += node.run(3)
+    b.scenario["sht4x"] = "bug"  # an exception no sensor error covers, inside the driver
+    bad += node.run(2)
+    assert "TypeError" in bad[-1].output
     b.scenario.pop("sht4x")
     for x in bad:
         assert x.end == "halt" and summary(x)["readings"] == "1", x.output
