@@ -73,7 +73,9 @@ def _tls(cfg):
 
 
 def _auth_refusal(msg):
-    return "not authorized" in msg or "bad user name" in msg or "tls:" in msg
+    """The broker would not have us (TLS refused, CONNACK refused), as opposed
+    to a link that failed: worth counting, it may be someone else's key."""
+    return msg.startswith("tls:") or msg.startswith("refused")
 
 
 class Session:

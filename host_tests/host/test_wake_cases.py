@@ -83,6 +83,32 @@ def test_low_battery_stops_the_radio_and_critical_protects_the_cells(tmp_path, b
     rx.close()
 
 
+def test_a_refused_key_is_counted_and_reported_once_the_broker_takes_us_again(tmp_path, broker):
+    import json
+
+    node = SimNode(tmp_path / "flash", broker, "vm")  # TLS-PSK: the VM has it
+    rx = Receiver(broker, node.hmac_key)
+    node.run(1)  # the power-on wake's uplink
+    good = (node.flash / "secrets.json").read_text()
+    bad = json.loads(good)
+    bad["psk_key"] = "ff" * 16  # a key the broker does not know for this identity
+    (node.flash / "secrets.json").write_text(json.dumps(bad))
+    refused = node.run(12)
+    s = summary(refused[-1])
+    assert s["uplink"].startswith("broker:tls"), refused[-1].output
+    (node.flash / "secrets.json").write_text(good)
+    back = node.run(14)
+    assert any(summary(x)["uplink"] == "ok" for x in back)
+    rx.sub.settle()
+    rx.collect()
+    assert rx.health[-1]["auth"] == 1 and not rx.rejected
+    # nothing taken while refused was lost: all arrived but what is still queued
+    queued = int(summary(back[-1])["queue"]) // 3  # three channels a wake
+    took = accepted(node.runner.boots, "t")
+    assert rx.values("t", 100) == took[:len(took) - queued]
+    rx.close()
+
+
 def test_a_week_of_wakes_with_faults_under_cpython(tmp_path, broker):
     """2016 wakes (7 days at 5 minutes) in one process, with Wi-Fi down 5 h
     every day, a sensor gone for half a day, and a hung wake."""
