@@ -65,6 +65,14 @@ def run():
     wdt = None
     try:
         cfg = config.load("config.json", "secrets.json", "config.good.json")
+        if not cfg.channels and hw.desc.get("channels"):
+            # a node provisioned without channels samples what its board carries
+            try:
+                cfg.channels = config.check({"channels": hw.desc["channels"]}, "board.json")["channels"]
+                log.info("config", "no channels in config.json: the board's (%s)",
+                         " ".join(c["name"] for c in cfg.channels))
+            except config.ConfigError as e:
+                log.error("config", "%s", e)
         wdt = machine.WDT(timeout=cfg.network_budget_ms + WDT_MARGIN_MS)
         ms = _wake(st, cfg, hw, cause, wake, t0)
     except Exception as e:  # noqa: BLE001  the ladder: log, keep, count, sleep

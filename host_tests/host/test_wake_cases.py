@@ -83,6 +83,19 @@ def test_low_battery_stops_the_radio_and_critical_protects_the_cells(tmp_path, b
     rx.close()
 
 
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_a_node_provisioned_without_channels_samples_what_its_board_carries(tmp_path, broker, interp):
+    node = SimNode(tmp_path / "flash", broker, interp)
+    cfg = dict(node.config)
+    del cfg["channels"], cfg["alarms"]
+    node.write_config(cfg)
+    boots = node.run(2)
+    assert "no channels in config.json: the board's (t rh bat)" in boots[0].output
+    for x in boots:
+        s = events(x, "sample")[0]
+        assert set(s) == {"t", "rh", "bat"} and s["bat"] == "3000", x.output
+
+
 def test_a_refused_key_is_counted_and_reported_once_the_broker_takes_us_again(tmp_path, broker):
     import json
 

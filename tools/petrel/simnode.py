@@ -18,15 +18,9 @@ from . import boards, bootrun, simflash
 SSID = "petrel-lab"
 DEVICE_ID = "node-1"
 
-# The default application: temperature and humidity every 5 minutes, the
-# battery with them, uploaded hourly (12 samples) in one message.
-CHANNELS = [
-    {"name": "t", "sensor": "sht4x.t", "scale": 100,
-     "filters": [{"clamp": {"min_value": -40, "max_value": 85}}]},
-    {"name": "rh", "sensor": "sht4x.rh", "scale": 10,
-     "filters": [{"clamp": {"min_value": 0, "max_value": 100}}]},
-    {"name": "bat", "sensor": "battery.v", "scale": 1000},
-]
+# The default application, from the node's board profile: temperature and
+# humidity every 5 minutes, the battery with them, uploaded hourly (12 samples).
+CHANNELS = boards.load("esp32-node")["hardware"]["channels"]
 
 
 def node_config(broker, tls="psk", **over):
