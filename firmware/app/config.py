@@ -179,8 +179,8 @@ def check(data, name="config.json"):
         out["channels"].append({"name": cname, "sensor": sensor, "unit": ch.text("unit", maxlen=8) or native_unit,
                                 "scale": spec["scale"], "filters": spec["filters"]})
     alarms = data.get("alarms", [])
-    if not isinstance(alarms, list):
-        c.fail("alarms", "a list", alarms)
+    if not isinstance(alarms, list) or len(alarms) > 16:  # one bit each in the RTC record
+        c.fail("alarms", "a list of at most 16 alarms", alarms)
     out["alarms"] = []
     for i in range(len(alarms)):
         a = _Check("%s: alarms[%d]" % (name, i), alarms[i])

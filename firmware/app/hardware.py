@@ -141,7 +141,13 @@ class Hardware:
             self._ow.convert()
             out = {}
             for i in range(len(self._roms)):
-                out["ds18b20.%d.t" % i] = self._ow.read(self._roms[i])
-            out["ds18b20.t"] = out["ds18b20.0.t"]
+                try:
+                    out["ds18b20.%d.t" % i] = self._ow.read(self._roms[i])
+                except Exception as e:  # one bad sensor on the bus does not silence the others
+                    import eventlog
+
+                    eventlog.warn("sensor", "ds18b20.%d failed: %s: %s", i, type(e).__name__, e)
+            if "ds18b20.0.t" in out:
+                out["ds18b20.t"] = out["ds18b20.0.t"]
             return out
         raise OSError("no driver for sensor %s" % sensor)

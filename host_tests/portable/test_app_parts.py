@@ -115,3 +115,17 @@ def test_maintenance_pin_is_read_with_its_pull():
     b.drive(0, 0)
     assert hw.maintenance_held()
     assert not hardware.Hardware({}).maintenance_held()
+
+
+def test_one_bad_ds18b20_does_not_silence_the_others_on_its_bus():
+    from simdev.ds18b20 import DS18B20
+
+    a, b2 = DS18B20(0xA1), DS18B20(0xB2)
+    a.temperature_c, b2.temperature_c = 21.5, 19.0
+    b2.fault = "crc"
+    simstate.board.onewire = {4: [a, b2]}
+    hw = hardware.Hardware({"sensors": {"ds18b20": {"pin": 4}}})
+    got = hw.read("ds18b20")
+    ok = [k for k in got if got[k] == 21500]
+    assert "ds18b20.t" in got and len(ok) == 2  # the good one, also as ds18b20.t when it is first
+    assert len([k for k in got if k.startswith("ds18b20.") and k != "ds18b20.t"]) == 1

@@ -70,7 +70,8 @@ def test_hostile_values_are_refused_not_obeyed():
     # a sleep of a year, a budget of a day, 10**30, a list where a number goes
     for bad in ({"sample_s": 31536000}, {"network_budget_ms": 86400000}, {"uplink_every": 10 ** 30},
                 {"batch": [36]}, {"power": {"critical_sleep_s": True}}, {"device_id": "x" * 500},
-                {"channels": [{"name": "t", "sensor": "sht4x.t"}] * 17}):
+                {"channels": [{"name": "t", "sensor": "sht4x.t"}] * 17},
+                {"alarms": [{"channel": "t", "above": 40}] * 17}):
         e = err(dict(GOOD, **bad))
         assert e.startswith("config.json:"), e
 
