@@ -219,9 +219,21 @@ def check_secrets(data, name="secrets.json"):
     return data
 
 
+MAX_BYTES = 8192  # a configuration is a few hundred bytes: anything huge is hostile
+
+
 def _read_json(path):
-    with open(path) as f:
-        return json.loads(f.read())
+    """The parsed file; OSError when absent, ConfigError for anything else
+    wrong with it (too big, not UTF-8, not JSON, nested past the parser)."""
+    name = path.rsplit("/", 1)[-1]
+    with open(path, "rb") as f:
+        raw = f.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise ConfigError("%s: larger than %d bytes" % (name, MAX_BYTES))
+    try:
+        return json.loads(raw.decode())
+    except (ValueError, RuntimeError, MemoryError) as e:  # RuntimeError: nested too deep
+        raise ConfigError("%s: not JSON (%s)" % (name, type(e).__name__))
 
 
 def load(path="/config.json", secrets_path="/secrets.json", good_path="/config.good.json"):

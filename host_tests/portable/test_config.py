@@ -97,6 +97,25 @@ def test_a_bad_file_falls_back_to_the_last_good_one():
     assert c.source == "defaults" and c.broker is None  # safe: no uplink
 
 
+def test_missing_and_hostile_files_fall_back_without_crashing():
+    d, flash = scratch_dir()
+    p, s, g = d + "/config.json", d + "/secrets.json", d + "/config.good.json"
+    c = config.load(p, s, g)  # nothing there at all: a bare board
+    assert c.source == "defaults" and c.broker is None
+    write(p, GOOD)
+    config.load(p, s, g)  # kept as the last good one
+    hostile = ["\x00\xff\xfe garbage", "[" * 5000 + "]" * 5000, '{"a": "' + "x" * 20000 + '"}',
+               "", "null", '{"channels": {"t": 1}}']
+    for text in hostile:
+        with open(p, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+        c = config.load(p, s, g)
+        assert c.source == "config.good.json" and c.sample_s == 300, text[:20]
+    with open(p, "wb") as f:
+        f.write(b"\xff\xfe\x00{")  # not even UTF-8
+    assert config.load(p, s, g).source == "config.good.json"
+
+
 def test_secrets_are_checked_for_form_and_never_echoed():
     d, flash = scratch_dir()
     secret = "zz" + "ab" * 31
