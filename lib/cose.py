@@ -1,6 +1,7 @@
 """COSE_Mac0 (RFC 9052 section 6.2) with HMAC-SHA256: the uplink's integrity.
 
     msg = mac0(key, b"p-a1b2c3", seq, payload)        # tag 17 [prot, unprot, payload, tag]
+    msg = seal(key, kid, seq, buf, start, end)        # the payload already in buf[start:end]
     kid, seq, payload = verify(key, msg)              # or ValueError
 
     protected   = bstr .cbor {1 (alg): 5, -65537 (seq): seq}
@@ -16,6 +17,12 @@ verify() accepts only the full tag unless given algs=(5, 4): a verifier
 that accepts the short tag gives every message that 2**-64 chance, whatever
 alg its sender used. The kid is not MACed (RFC 9052): it only picks the key.
 
+seal() is the node's way: the payload was written into buf after room(kid)
+free bytes, the COSE head goes in front of it and the tag after it (TAIL
+bytes), and the hash is fed the MAC_structure piece by piece, so neither it
+nor the message is ever built by concatenation. verify() and parse() live in
+cosecheck, loaded on use: a node never verifies.
+
 HMAC is written here on hashlib.sha256: micropython-lib's hmac defaults to MD5.
 """
 
@@ -30,18 +37,35 @@ KID = 4
 SEQ = -65537  # private use
 TAG_MAC0 = 17
 _TAG_LEN = {HMAC_256_64: 8, HMAC_256_256: 32}
+TAIL = 34  # room after the payload: the tag's head and 32 bytes
+
+
+def room(kid):
+    """Free bytes seal() needs before the payload: tag, array, protected
+    header (a 9-byte seq at most), kid, payload head (< 2**32 bytes)."""
+    return 30 + len(kid)
+
+
+def _hmac(key, parts):
+    """RFC 2104 HMAC-SHA256 of the concatenation of parts, fed one by one."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    pad = bytearray(64)
+    pad[:len(key)] = key
+    for j in range(64):
+        pad[j] ^= 0x36
+    h = hashlib.sha256(pad)
+    for p in parts:
+        h.update(p)
+    for j in range(64):
+        pad[j] ^= 0x36 ^ 0x5C
+    h2 = hashlib.sha256(pad)
+    h2.update(h.digest())
+    return h2.digest()
 
 
 def hmac_sha256(key, msg):
-    """RFC 2104 HMAC with SHA-256 (64-byte blocks)."""
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    key = bytes(key) + bytes(64 - len(key))
-    inner = hashlib.sha256(bytes([b ^ 0x36 for b in key]))
-    inner.update(msg)
-    outer = hashlib.sha256(bytes([b ^ 0x5C for b in key]))
-    outer.update(inner.digest())
-    return outer.digest()
+    return _hmac(key, (msg,))
 
 
 def equal(a, b):
@@ -54,70 +78,71 @@ def equal(a, b):
     return d == 0
 
 
-def _to_be_maced(protected, payload, aad):
-    return cbor.dumps(["MAC0", protected, aad, payload])
-
-
 def _tag(key, alg, protected, payload, aad):
-    return hmac_sha256(key, _to_be_maced(protected, payload, aad))[:_TAG_LEN[alg]]
+    """The tag over ["MAC0", protected, aad, payload]: the payload (a
+    memoryview into the message buffer, say) goes to the hash as it is."""
+    head = bytearray(9)
+    return _hmac(key, (b"\x84\x64MAC0", cbor.dumps(protected), cbor.dumps(aad),
+                       head[:cbor.put_head(head, 0, 2, len(payload))], payload))[:_TAG_LEN[alg]]
 
 
-def mac0(key, kid, seq, payload, alg=HMAC_256_256, aad=b""):
-    """The tagged COSE_Mac0 of payload (bytes) from device kid (bytes)."""
+def _check(key, kid, seq, alg):
     if not isinstance(alg, int) or alg not in _TAG_LEN:
         raise ValueError("COSE alg %r not supported (4 or 5)" % (alg,))
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ValueError("COSE seq must be an int >= 0")
-    for name, b in (("key", key), ("kid", kid), ("payload", payload)):
+    for name, b in (("key", key), ("kid", kid)):
         if not isinstance(b, (bytes, bytearray)):
             raise ValueError("COSE %s must be bytes" % name)
     if not key:
         raise ValueError("COSE key is empty")
+
+
+def seal(key, kid, seq, buf, start, end, alg=HMAC_256_256, aad=b""):
+    """The tagged COSE_Mac0 of the payload buf[start:end] as bytes; buf needs
+    room(kid) bytes before start and TAIL after end, which this overwrites."""
+    _check(key, kid, seq, alg)
     protected = cbor.dumps(cbor.Map([(ALG, alg), (SEQ, seq)]))
-    return cbor.dumps(cbor.Tag(TAG_MAC0, [
-        protected, cbor.Map([(KID, bytes(kid))]), bytes(payload),
-        _tag(key, alg, protected, payload, aad)]))
+    pre = bytearray(b"\xd1\x84")  # tag 17, array of 4
+    pre.extend(cbor.dumps(protected))
+    pre.extend(b"\xa1\x04")  # {4: kid}
+    pre.extend(cbor.dumps(bytes(kid)))
+    i = len(pre)
+    pre.extend(bytes(5))
+    pre = pre[:cbor.put_head(pre, i, 2, end - start)]
+    if len(pre) > start:
+        raise ValueError("COSE: no room for the head")
+    mv = memoryview(buf)
+    tag = _tag(key, alg, protected, mv[start:end], aad)
+    begin = start - len(pre)
+    buf[begin:start] = pre
+    i = cbor.put_head(buf, end, 2, len(tag))
+    buf[i:i + len(tag)] = tag
+    return bytes(mv[begin:i + len(tag)])
+
+
+def mac0(key, kid, seq, payload, alg=HMAC_256_256, aad=b""):
+    """The tagged COSE_Mac0 of payload (bytes) from device kid (bytes)."""
+    _check(key, kid, seq, alg)
+    if not isinstance(payload, (bytes, bytearray)):
+        raise ValueError("COSE payload must be bytes")
+    start = room(kid)
+    buf = bytearray(start + len(payload) + TAIL)
+    buf[start:start + len(payload)] = payload
+    return seal(key, kid, seq, buf, start, start + len(payload), alg, aad)
 
 
 def parse(data):
     """Structure only, nothing verified -> (protected bytes, header dict,
     kid, payload, tag). The collector reads kid here to find the key."""
-    msg = cbor.loads(data)
-    if isinstance(msg, cbor.Tag):
-        if msg.tag != TAG_MAC0:
-            raise ValueError("COSE tag %d is not COSE_Mac0 (17)" % msg.tag)
-        msg = msg.value
-    if not isinstance(msg, list) or len(msg) != 4:
-        raise ValueError("COSE_Mac0 must be an array of 4")
-    protected, unprotected, payload, tag = msg
-    if not isinstance(protected, bytes) or not isinstance(unprotected, dict):
-        raise ValueError("COSE_Mac0 headers malformed")
-    if not isinstance(payload, bytes) or not isinstance(tag, bytes):
-        raise ValueError("COSE_Mac0 payload and tag must be byte strings")
-    hdr = cbor.loads(protected) if protected else {}
-    if not isinstance(hdr, dict):
-        raise ValueError("COSE protected header is not a map")
-    for k in hdr:
-        if k in unprotected:
-            raise ValueError("COSE header %r both protected and unprotected" % (k,))
-    kid = unprotected.get(KID, hdr.get(KID))
-    if not isinstance(kid, bytes):
-        raise ValueError("COSE kid missing")
-    return protected, hdr, kid, payload, tag
+    import cosecheck
+
+    return cosecheck.parse(data)
 
 
 def verify(key, data, aad=b"", algs=(HMAC_256_256,)):
     """Check a COSE_Mac0 -> (kid, seq, payload); ValueError if anything is off.
     Replay (an old seq) is for the caller to refuse."""
-    protected, hdr, kid, payload, tag = parse(data)
-    if not isinstance(key, (bytes, bytearray)) or not key:
-        raise ValueError("COSE key must be non-empty bytes")
-    alg = hdr.get(ALG)
-    if not isinstance(alg, int) or alg not in algs or alg not in _TAG_LEN:
-        raise ValueError("COSE alg %r not accepted" % (alg,))
-    if not equal(tag, _tag(key, alg, protected, payload, aad)):
-        raise ValueError("COSE tag does not verify")
-    seq = hdr.get(SEQ)
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise ValueError("COSE seq missing from the protected header")
-    return kid, seq, payload
+    import cosecheck
+
+    return cosecheck.verify(key, data, aad, algs)

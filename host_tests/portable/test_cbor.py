@@ -3,6 +3,7 @@ import struct
 from binascii import unhexlify
 
 import cbor
+import cbordec
 from ptest import raises
 
 # RFC 8949 appendix A: (value, preferred encoding)
@@ -98,10 +99,10 @@ def test_floats_take_the_shortest_exact_width():
 
 
 def test_every_float16_round_trips_with_and_without_struct_e():
-    saved = cbor._HAS_E
+    saved = cbordec._HAS_E
     try:
         for has_e in (saved, False):
-            cbor._HAS_E = has_e
+            cbordec._HAS_E = has_e
             for h in range(65536):
                 data = b"\xf9" + struct.pack(">H", h)
                 x = cbor.loads(data)
@@ -110,7 +111,7 @@ def test_every_float16_round_trips_with_and_without_struct_e():
                     continue
                 assert cbor.dumps(x) == data, (h, x)
     finally:
-        cbor._HAS_E = saved
+        cbordec._HAS_E = saved
 
 
 def test_tags_nest_and_compare():
