@@ -12,8 +12,11 @@ readblocks(n, buf, off), writeblocks(n, buf, off), ioctl(op, arg).
 """
 
 import errno
+import struct
 
 SECTOR = 4096
+IMAGE_MAGIC = b"PNF1"
+_HEAD = "<4sIIIII"  # magic, blocks, programs, erases, bytes programmed, sectors stored
 
 
 class NorFlash:
@@ -28,6 +31,40 @@ class NorFlash:
         self.cut_at = None  # the op count (programs + erases) at which power dies
         self.dead = False
         self.epoch = 0  # bumped at each revive: old block_device() ports stay dead
+
+    # ----------------------------------------------------------- image file
+    def save(self, f):
+        """The chip's contents and wear counters to a host file (a path, or a
+        binary file open for writing), so the next boot's VM process finds the
+        flash as this one left it. Only sectors ever programmed are stored (an
+        erased sector reads 0xFF); their count is in the header, so an older,
+        longer image under it does not matter."""
+        if isinstance(f, str):
+            with open(f, "wb") as g:
+                return self.save(g)
+        f.seek(0)
+        f.write(struct.pack(_HEAD, IMAGE_MAGIC, self.blocks, self.programs, self.erases,
+                            self.bytes_programmed, len(self.sectors)))
+        for sec in sorted(self.sectors):
+            f.write(struct.pack("<I", sec))
+            f.write(self.sectors[sec])
+        f.flush()
+
+    @classmethod
+    def load(cls, f, block_size=SECTOR):
+        if isinstance(f, str):
+            with open(f, "rb") as g:
+                return cls.load(g, block_size)
+        f.seek(0)
+        magic, blocks, programs, erases, nbytes, n = struct.unpack(_HEAD, f.read(struct.calcsize(_HEAD)))
+        if magic != IMAGE_MAGIC:
+            raise ValueError("not a flash image")
+        chip = cls(blocks, block_size)
+        chip.programs, chip.erases, chip.bytes_programmed = programs, erases, nbytes
+        for _ in range(n):
+            sec = struct.unpack("<I", f.read(4))[0]
+            chip.sectors[sec] = bytearray(f.read(SECTOR))
+        return chip
 
     # ----------------------------------------------------------- faults
     def cut_power_at(self, n):

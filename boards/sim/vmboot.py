@@ -20,5 +20,6 @@ except BaseException as e:  # noqa: B036  main.py raised: the ESP32 drops to the
         sys.print_exception(e)
 if board.halted is not None:
     _end = "halt"  # also a Halt that the firmware caught and swallowed
+simboot.keep_flash()  # the chip keeps what was written, even if no halt came
 simboot.event("end", {"how": _end, "state": board.snapshot(),
                       "wdt_deadline": board.wdt_deadline, "world_us": board.world_us})

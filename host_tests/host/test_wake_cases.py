@@ -19,17 +19,17 @@ def test_crash_loop_enters_safe_mode_and_a_fix_leaves_it(tmp_path, broker, inter
     ok = node.run(2)
     assert all(summary(x) for x in ok)
     # a bad deploy: the outbox library now raises when a reading is appended
-    lib = node.flash / "lib" / "outbox.py"
-    good = lib.read_text()
-    lib.write_text(good.replace("    def append(self, payload, t):",
-                                "    def append(self, payload, t):\n        raise RuntimeError('bad deploy')", 1))
+    good = node.read_file("lib/outbox.py")
+    node.write_file("lib/outbox.py", good.replace(
+        "    def append(self, payload, t):",
+        "    def append(self, payload, t):\n        raise RuntimeError('bad deploy')", 1))
     crashed = node.run(3)
     for i, x in enumerate(crashed):
         assert x.end == "halt" and x.halt_cause == simstate.DEEPSLEEP_RESET
         crash = events(x, "crash")
         assert crash and crash[0]["streak"] == str(i + 1), x.output
         assert "RuntimeError: bad deploy" in x.output  # the traceback, whole, on the serial log
-    assert "bad deploy" in (node.flash / "crash.log").read_text()
+    assert "bad deploy" in node.read_file("crash.log")
     safe = node.run(6)
     assert "entered after 3 crashed wakes" in safe[0].output
     for x in safe:
@@ -39,7 +39,7 @@ def test_crash_loop_enters_safe_mode_and_a_fix_leaves_it(tmp_path, broker, inter
     again = node.run(2)
     assert events(again[0], "crash") and "entered after" in again[1].output
     # the technician deploys a fix and a new configuration: safe mode left at once
-    lib.write_text(good)
+    node.write_file("lib/outbox.py", good)
     cfg = dict(node.config, sample_s=600)
     node.write_config(cfg)
     fixed = node.run(3)
@@ -102,14 +102,14 @@ def test_a_refused_key_is_counted_and_reported_once_the_broker_takes_us_again(tm
     node = SimNode(tmp_path / "flash", broker, "vm")  # TLS-PSK: the VM has it
     rx = Receiver(broker, node.hmac_key)
     node.run(1)  # the power-on wake's uplink
-    good = (node.flash / "secrets.json").read_text()
+    good = node.read_file("secrets.json")
     bad = json.loads(good)
     bad["psk_key"] = "ff" * 16  # a key the broker does not know for this identity
-    (node.flash / "secrets.json").write_text(json.dumps(bad))
+    node.write_file("secrets.json", json.dumps(bad))
     refused = node.run(12)
     s = summary(refused[-1])
     assert s["uplink"].startswith("broker:tls"), refused[-1].output
-    (node.flash / "secrets.json").write_text(good)
+    node.write_file("secrets.json", good)
     back = node.run(14)
     assert any(summary(x)["uplink"] == "ok" for x in back)
     rx.sub.settle()

@@ -57,3 +57,28 @@ def test_a_port_from_before_the_cut_never_touches_the_chip_again():
     buf = bytearray(2)
     assert new.readblocks(0, buf) == 0
     assert bytes(buf) == b"\xff\x00"  # the cut 1-byte program wrote nothing; the new one landed
+
+
+def test_an_image_file_carries_the_chip_to_the_next_boot():
+    from ptest import scratch_dir
+
+    d, _ = scratch_dir()
+    path = d + "/chip.img"
+    chip = NorFlash(16)
+    chip.program(5000, b"\x12\x34")
+    chip.program(9000, b"petrel")
+    chip.save(path)
+    again = NorFlash.load(path)
+    buf = bytearray(6)
+    again.read(9000, buf)
+    assert bytes(buf) == b"petrel" and again.programs == 2 and again.blocks == 16
+    # an erase makes the image shorter: the older, longer file under it is ignored
+    with open(path, "r+b") as f:
+        again.erase(2)
+        again.save(f)
+    third = NorFlash.load(path)
+    third.read(9000, buf)
+    assert bytes(buf) == b"\xff" * 6 and third.erases == 1
+    two = bytearray(2)
+    third.read(5000, two)
+    assert bytes(two) == b"\x12\x34"

@@ -69,7 +69,8 @@ class Boot:
 class BootRunner:
     def __init__(self, flash, interpreter="cpython", setup=None, serial=None,
                  boot_timeout_s=120, prepare=None, profile=None):
-        """flash: the board's flash folder (boot.py, main.py, lib/ ...).
+        """flash: the board's flash folder (boot.py, main.py, lib/ ...), or on
+        the VM a simflash.Image: NOR flash with littlefs, as on the chip.
         setup: name of a module on the sim path with setup(board), run before each
         boot to wire device models. prepare(board) runs once before the first boot.
         serial: callable receiving the UART text as it comes.
@@ -79,6 +80,12 @@ class BootRunner:
         import simstate
 
         self.simstate = simstate
+        self.image = None
+        if hasattr(flash, "files"):  # a simflash.Image
+            if interpreter != "vm":
+                raise ValueError("a littlefs flash image needs the VM (CPython has no littlefs)")
+            self.image = Path(flash.path).resolve()
+            flash = self.image.parent
         self.flash = Path(flash).resolve()
         self.interpreter = interpreter
         self.setup = setup
@@ -215,6 +222,7 @@ class BootRunner:
                 "PETREL_SIM_STATE": state,
                 "PETREL_SIM_EVENTS": events,
                 "PETREL_SIM_FLASH": str(self.flash),
+                "PETREL_SIM_FLASH_IMAGE": str(self.image or ""),
             })
             if self.setup:
                 env["PETREL_SIM_SETUP"] = self.setup

@@ -83,6 +83,10 @@ def _cmd_sim(args):
         awake[-1] if awake else 0))
     out.write("readings taken %d, arrived and verified %d (%d messages refused as repeats); "
               "uplinks %d; health records %d\n" % (took, readings, rejected, uplinks, health))
+    wear = node.flash_wear()
+    if wear is not None:
+        out.write("flash (littlefs on a NOR image): %d sector erases, %.1f KiB programmed\n"
+                  % (wear[0], wear[1] / 1024.0))
     prof = boards.load(args.board)
     if "energy" in prof and boots:
         energy.simulated_report(prof, node.runner.totals(), out,

@@ -45,8 +45,11 @@ def node_config(broker, tls="psk", **over):
 
 class SimNode:
     def __init__(self, flash, broker, interpreter="vm", tls=None, profile="esp32-node",
-                 config=None, serial=None, prepare=None):
+                 config=None, serial=None, prepare=None, fs=None):
+        """fs: "littlefs" (the VM's default: a NOR flash image with littlefs, as
+        on the chip) or "folder" (a host folder; CPython has no littlefs)."""
         self.flash = Path(flash)
+        self.fs = fs or ("littlefs" if interpreter == "vm" else "folder")
         self.broker = broker
         self.interpreter = interpreter
         # CPython's ssl has no client TLS-PSK: certificate TLS there
@@ -75,12 +78,47 @@ class SimNode:
             if prepare is not None:
                 prepare(board)
 
-        self.runner = bootrun.BootRunner(self.flash, interpreter, setup="simworld", serial=serial,
-                                         prepare=_prepare, profile=profile)
+        self.image = None
+        if self.fs == "littlefs":
+            self.image = simflash.Image.make(self.flash, self.flash.parent / (self.flash.name + ".img"))
+            from norflash import NorFlash
+
+            chip = NorFlash.load(str(self.image.path))
+            self._wear0 = (chip.erases, chip.bytes_programmed)
+        self.runner = bootrun.BootRunner(self.image or self.flash, interpreter, setup="simworld",
+                                         serial=serial, prepare=_prepare, profile=profile)
         self.board = self.runner.board
 
+    def flash_wear(self):
+        """(erases, bytes programmed) on the littlefs image since the node was
+        laid out, or None on a folder."""
+        if self.image is None:
+            return None
+        from norflash import NorFlash
+
+        now = NorFlash.load(str(self.image.path))
+        return now.erases - self._wear0[0], now.bytes_programmed - self._wear0[1]
+
     def write_config(self, cfg):
-        (self.flash / "config.json").write_text(json.dumps(cfg))
+        self.write_file("config.json", json.dumps(cfg))
+
+    def write_file(self, name, data):
+        """Put a file on the board's flash (what a deploy would do between wakes)."""
+        data = data if isinstance(data, bytes) else data.encode()
+        if getattr(self, "image", None) is not None:
+            self.image.write(name, data)
+        else:
+            (self.flash / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.flash / name).write_bytes(data)
+
+    def read_file(self, name):
+        """A file from the board's flash as text, or None."""
+        if getattr(self, "image", None) is not None:
+            data = self.image.read(name)
+        else:
+            p = self.flash / name
+            data = p.read_bytes() if p.exists() else None
+        return None if data is None else data.decode()
 
     def run(self, boots):
         """Play `boots` more boots; -> those boots only."""
