@@ -81,9 +81,12 @@ def equal(a, b):
 def _tag(key, alg, protected, payload, aad):
     """The tag over ["MAC0", protected, aad, payload]: the payload (a
     memoryview into the message buffer, say) goes to the hash as it is."""
-    head = bytearray(9)
-    return _hmac(key, (b"\x84\x64MAC0", cbor.dumps(protected), cbor.dumps(aad),
-                       head[:cbor.put_head(head, 0, 2, len(payload))], payload))[:_TAG_LEN[alg]]
+    h = bytearray(15)  # the three byte-string heads
+    a = cbor.put_head(h, 0, 2, len(protected))
+    b = cbor.put_head(h, a, 2, len(aad))
+    c = cbor.put_head(h, b, 2, len(payload))
+    h = memoryview(h)
+    return _hmac(key, (b"\x84\x64MAC0", h[:a], protected, h[a:b], aad, h[b:c], payload))[:_TAG_LEN[alg]]
 
 
 def _check(key, kid, seq, alg):
@@ -102,20 +105,23 @@ def seal(key, kid, seq, buf, start, end, alg=HMAC_256_256, aad=b""):
     """The tagged COSE_Mac0 of the payload buf[start:end] as bytes; buf needs
     room(kid) bytes before start and TAIL after end, which this overwrites."""
     _check(key, kid, seq, alg)
-    protected = cbor.dumps(cbor.Map([(ALG, alg), (SEQ, seq)]))
-    pre = bytearray(b"\xd1\x84")  # tag 17, array of 4
-    pre.extend(cbor.dumps(protected))
-    pre.extend(b"\xa1\x04")  # {4: kid}
-    pre.extend(cbor.dumps(bytes(kid)))
-    i = len(pre)
-    pre.extend(bytes(5))
-    pre = pre[:cbor.put_head(pre, i, 2, end - start)]
-    if len(pre) > start:
+    # written with cbor.put_*, not dumps: no Map, no growing bytearrays
+    pre = bytearray(room(kid))
+    pre[:11] = b"\xd1\x84\x40\xa2\x01\x00\x3a\x00\x01\x00\x00"  # tag 17, [4], bstr, {1: alg, -65537: seq}
+    pre[5] = alg
+    n = cbor.put_int(pre, 11, seq)
+    pre[2] = 0x40 + n - 3  # the protected header's length (< 24)
+    protected = memoryview(pre)[3:n]
+    pre[n:n + 2] = b"\xa1\x04"  # {4: kid}
+    n = cbor.put_head(pre, n + 2, 2, len(kid))
+    pre[n:n + len(kid)] = kid
+    n = cbor.put_head(pre, n + len(kid), 2, end - start)
+    if n > start:
         raise ValueError("COSE: no room for the head")
     mv = memoryview(buf)
     tag = _tag(key, alg, protected, mv[start:end], aad)
-    begin = start - len(pre)
-    buf[begin:start] = pre
+    begin = start - n
+    buf[begin:start] = memoryview(pre)[:n]
     i = cbor.put_head(buf, end, 2, len(tag))
     buf[i:i + len(tag)] = tag
     return bytes(mv[begin:i + len(tag)])

@@ -18,11 +18,10 @@ import struct
 from array import array
 
 import cbor
-import clock as _clock
 import cose
-import eventlog as log
 
 _READING = "<Bib"
+RELATIVE = 1 << 28  # SenML times below this are ages (clock.RELATIVE): a constant, not an import
 
 
 def pack_reading(channel, value, flags=0):
@@ -95,7 +94,7 @@ class encoder:
         n = len(records)
         ch = bytearray(n)
         val = array("i", range(n))
-        t = array("q", range(n))
+        t = [0] * n  # a list: array("q") makes a long int at every read
         rank = bytearray(b"\xff" * len(meta))  # channels in order of first appearance
         order = []  # the records kept, sorted as they come
         used = 0
@@ -107,8 +106,10 @@ class encoder:
                 if c >= len(meta):
                     raise ValueError("SenML channel %d not in 0..%d" % (c, len(meta) - 1))
             except ValueError as e:
+                import eventlog  # only then: the log's code is no heap of a clean batch
+
                 self.rejected += 1
-                log.warn("uplink", "reading seq=%d left out: %s", seq, e)
+                eventlog.warn("uplink", "reading seq=%d left out: %s", seq, e)
                 continue
             if rank[c] == 255:
                 rank[c] = used
@@ -116,7 +117,7 @@ class encoder:
             ch[k] = c
             val[k] = v
             t[k] = self.clk.senml_time(stamp)
-            relative = t[k] < _clock.RELATIVE  # drain() never mixes the two kinds
+            relative = t[k] < RELATIVE  # drain() never mixes the two kinds
             # insertion sort by (channel rank, time), stable: records come nearly in order
             j = len(order)
             order.append(k)
@@ -142,9 +143,9 @@ class encoder:
             c = ch[k]
             name, u, scale = meta[c]
             dt = t[k] - base if base is not None else t[k]
-            if base is not None and t[k] < _clock.RELATIVE:
+            if base is not None and t[k] < RELATIVE:
                 raise ValueError("SenML time %d is not Unix time" % t[k])
-            if not -_clock.RELATIVE < dt < _clock.RELATIVE:
+            if not -RELATIVE < dt < RELATIVE:
                 raise ValueError("SenML relative time %d out of range" % dt)
             i = cbor.put_head(buf, i, 5, 1 + (dt != 0) + (first and base is not None) + (c != prev)
                               + (u != unit))
@@ -186,7 +187,7 @@ def _check_name(name):
 
 def time_kind(clk):
     """drain()'s `kind` for encoder(): a batch is all wall-clock or all relative."""
-    return lambda record: clk.senml_time(record[1]) < _clock.RELATIVE
+    return lambda record: clk.senml_time(record[1]) < RELATIVE
 
 
 def status_topic(device_id):
