@@ -178,6 +178,7 @@ def decode(data, start=0):
     """One item from data[start:] -> (obj, end index); more may follow."""
     import cbordec
 
+    cbordec.Tag = Tag  # ours: a cbor loaded afresh (boot runner) has its own class
     return cbordec.decode(data, start)
 
 
@@ -185,4 +186,5 @@ def loads(data):
     """The single item that is the whole of data."""
     import cbordec
 
+    cbordec.Tag = Tag
     return cbordec.loads(data)
