@@ -159,6 +159,10 @@ class Broker:
             "per_listener_settings false",
             "allow_anonymous true",
             "persistence false",
+            # a node's pipelined batch ends waiting on the broker's last PUBACK:
+            # with Nagle on, that waits a delayed ACK (~40 ms here, longer on
+            # lwIP), radio time a node pays at every uplink
+            "set_tcp_nodelay true",
             "log_dest file %s" % (self.folder / "mosquitto.log"),
             "log_type error", "log_type warning", "log_type notice",
             "psk_file %s" % pskfile,
