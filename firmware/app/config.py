@@ -96,9 +96,12 @@ class Config:
         for k in data:
             setattr(self, k, data[k])
 
-    def secret(self, name):
+    def secret(self, name, default=ConfigError):
+        """A secret by name; ConfigError when it is missing, unless a default is given."""
         v = self._secrets.get(name)
         if v is None:
+            if default is not ConfigError:
+                return default
             raise ConfigError("secrets.json: key '%s' is missing" % name)
         return v
 

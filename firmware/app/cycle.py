@@ -23,7 +23,7 @@ import rtcmem
 import seqcounter
 import uplink
 
-from app import health, session
+from app import config, health, session, version
 from app import state as _state
 from app.schedule import Schedule
 
@@ -68,7 +68,7 @@ class Wake:
             os.mkdir(DATA)
         except OSError:
             pass  # there already
-        self.clk = _clock.Clock(_version().BUILD_UNIX, rtcmem.Region(self.rtc, *_state.CLOCK),
+        self.clk = _clock.Clock(version.BUILD_UNIX, rtcmem.Region(self.rtc, *_state.CLOCK),
                                 CLOCK_PATH)
         self.ob = _outbox.Outbox(OUTBOX_PATH, rtc=rtcmem.Region(self.rtc, *_state.OUTBOX))
         if self.ob.rtc_lost:
@@ -76,7 +76,7 @@ class Wake:
         clk = self.clk
         self.counter = seqcounter.SeqCounter(
             SEQ_PATH, rtcmem.Region(self.rtc, *_state.SEQ), k=64,
-            floor=lambda: max(1, clk.unix() - _version().BUILD_UNIX) if clk.known() else 1)
+            floor=lambda: max(1, clk.unix() - version.BUILD_UNIX) if clk.known() else 1)
         self.channels = [(c["name"], c["unit"], c["scale"]) for c in cfg.channels]
 
     def _chains(self):
@@ -164,8 +164,12 @@ class Wake:
             if out is None:
                 out = ch.tick(now)
             if out is not None:
-                self.ob.append(uplink.pack_reading(i, out, ch.flags), stamp)
-                self.readings += 1
+                try:
+                    self.ob.append(uplink.pack_reading(i, out, ch.flags), stamp)
+                    self.readings += 1
+                except OSError as e:  # the flash refused: this one is lost, counted, not the wake
+                    self.st.refused = min(self.st.refused + 1, 65535)
+                    log.error("outbox", "reading refused channel=%s: %s", c["name"], e)
             shown.append("%s=%s" % (c["name"], "-" if v is None else v))
             if v is not None:
                 alarm = self._alarms(c["name"], v, c["scale"]) or alarm
@@ -205,9 +209,13 @@ class Wake:
             self.uplink = "backoff" if st.up_next > rtc_s and (alarm or st.samples >= cfg.uplink_every) \
                 else "-"
             return
-        enc = uplink.encoder(cfg.device_id, self.channels, bytes.fromhex(cfg.secret("hmac_key")),
-                             self.counter, self.clk)
-        key = bytes.fromhex(cfg.secret("hmac_key"))
+        try:
+            key = bytes.fromhex(cfg.secret("hmac_key"))
+        except config.ConfigError as e:  # not provisioned: keep the readings, say why
+            log.error("uplink", "%s: nothing can be sent", e)
+            self.uplink = "no-key"
+            return
+        enc = uplink.encoder(cfg.device_id, self.channels, key, self.counter, self.clk)
         kid = cfg.device_id.encode()
 
         def health_msg(s):
@@ -249,7 +257,7 @@ class Wake:
             # protect the cells: no sensors, no radio; what RTC memory holds
             # goes to flash, so a battery that dies in its sleep loses nothing
             self._flush()
-            return self.sleep(cfg.power["critical_sleep_s"] * 1000, grid=False)
+            return self.sleep(cfg.power["critical_sleep_s"] * 1000)
         self._chains()
         alarm = self.sample()
         self._keep_chains()
@@ -271,8 +279,9 @@ class Wake:
         except OSError as e:
             log.error("outbox", "flush failed: %s", e)
 
-    def sleep(self, ms, grid=True):
-        """-> the deep sleep to ask for, with the wake summary on the log."""
+    def sleep(self, ms):
+        """-> the deep sleep to ask for (None: the next slot of the grid), with
+        the wake summary on the log."""
         st = self.st
         if ms is None:
             ms = self.sched.sleep_ms(unix_ms(), self.clk.known())
@@ -285,8 +294,3 @@ class Wake:
                  st.batt_mv, self.uplink, st.awake_ms, ms)
         return ms
 
-
-def _version():
-    from app import version
-
-    return version

@@ -12,6 +12,7 @@ the device key, the same never-repeating sequence):
     crash crashes since power-on    safe  safe-mode entries
     wdt   watchdog resets           auth  broker/TLS refusals
     batt  battery mV (0 unknown)    rej   readings the encoder left out
+    refused  readings the outbox could not keep (flash failing)
     fdrop filter drops (all channels, all reasons but "ok")
 """
 
@@ -39,7 +40,7 @@ def record(st, ob_stats, cause, session=None, filter_drops=0, wake=""):
         "awake": st.awake_ms, "rssi": session.rssi if session and session.rssi is not None else 0,
         "wifi": session.wifi_ms if session else 0, "q": s["depth"], "drop": s["drops"],
         "lost": st.lost_rtc, "crash": st.crashes, "safe": st.safe_entries, "wdt": st.wdt_resets,
-        "auth": st.auth_fails, "batt": st.batt_mv, "rej": st.rejected, "fdrop": filter_drops,
+        "auth": st.auth_fails, "batt": st.batt_mv, "rej": st.rejected, "refused": st.refused, "fdrop": filter_drops,
     }
 
 

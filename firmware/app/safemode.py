@@ -33,7 +33,7 @@ def _report(st, cfg, cause):
 
     rtc = machine.RTC()
     budget = session.Budget(cfg.network_budget_ms)
-    w = _wifi.Wifi(cfg.wifi["ssid"], cfg.secret("wifi_psk"), rtc=rtcmem.Region(rtc, *_state.WIFI),
+    w = _wifi.Wifi(cfg.wifi["ssid"], cfg.secret("wifi_psk", None), rtc=rtcmem.Region(rtc, *_state.WIFI),
                    static=True)
     try:
         if not w.connect(max(0, budget.left() - 1000)):

@@ -95,7 +95,7 @@ class Session:
     def run(self, ob, clk, counter, encode, health, sched, rtc):
         """sched: the Schedule, which learns the drift at the NTP sync."""
         cfg, st = self.cfg, self.st
-        w = _wifi.Wifi(cfg.wifi["ssid"], cfg.secret("wifi_psk"),
+        w = _wifi.Wifi(cfg.wifi["ssid"], cfg.secret("wifi_psk", None),
                        rtc=rtcmem.Region(rtc, *_state.WIFI), static=True)
         self.link = w
         try:

@@ -45,9 +45,10 @@ FIELDS = (
     ("cfg_crc", "I"),  # configuration the last crash happened with
     ("rssi", "b"),  # last Wi-Fi RSSI
     ("rejected", "H"),  # readings the encoder could not send, since power-on
+    ("refused", "H"),  # readings the outbox refused (flash failing), since power-on
 )
 FMT = "<" + "".join(code for _, code in FIELDS)
-VERSION = 3
+VERSION = 4
 
 
 class State:

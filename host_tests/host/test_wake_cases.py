@@ -96,6 +96,15 @@ def test_a_node_provisioned_without_channels_samples_what_its_board_carries(tmp_
         assert set(s) == {"t", "rh", "bat"} and s["bat"] == "3000", x.output
 
 
+def test_a_node_without_its_keys_keeps_sampling_and_says_why(tmp_path, broker):
+    node = SimNode(tmp_path / "flash", broker, "cpython")
+    node.write_file("secrets.json", "{}")
+    boots = node.run(13)
+    assert all(x.end == "halt" and not events(x, "crash") for x in boots)
+    assert summary(boots[0])["uplink"] == "no-key" and "'hmac_key' is missing" in boots[0].output
+    assert summary(boots[-1])["queue"] == str(3 * 13)  # every reading kept for when it can go
+
+
 def test_a_refused_key_is_counted_and_reported_once_the_broker_takes_us_again(tmp_path, broker):
     import json
 
