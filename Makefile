@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PETREL := $(VENV)/bin/petrel
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test test-cpython test-vm test-host test-powercut bench bench-outbox bench-filters bench-uplink sim clean
+.PHONY: all venv test test-cpython test-vm test-host test-powercut soak bench bench-outbox bench-filters bench-uplink sim clean
 
 all: test
 
@@ -56,6 +56,13 @@ test-powercut: $(STAMP)
 	$(POWERCUT) -q rtc-power 1000 all 8192
 	$(POWERCUT) -q direct 1000 spread:400 8192
 	$(POWERCUT) -q direct 1000 spread:2000
+
+# The long wake-cycle run: a month of wakes under CPython and a week on the VM
+# (littlefs), with random faults drawn from a seed (make test keeps a week on
+# CPython and half a day on the VM). About 15 minutes.
+soak: $(STAMP)
+	$(PY) host_tests/soak.py --days 30 --interpreter cpython --seed 1
+	$(PY) host_tests/soak.py --days 7 --interpreter vm --seed 2
 
 # Benchmarks run on the VM without the simulated board, so `time` is the VM's clock.
 bench: bench-outbox bench-filters bench-uplink

@@ -156,6 +156,8 @@ class Session:
                     break
             if self.budget.left() > 500:
                 c.publish(cfg.topic + "/health", health(self), qos=1)
+            # the last waits (PUBACKs of health and "sleeping") within the budget too
+            c.timeout_ms = max(200, min(5000, self.budget.left()))
             uplink.goodbye(c, cfg.device_id)
             self.result = "ok" if not len(ob) else "partial"
         except (mqtt.MQTTError, OSError, ValueError) as e:

@@ -94,6 +94,14 @@ def test_half_a_day_of_faults_on_the_vm(tmp_path, own_broker):
     assert rx.sub.reconnected(before)  # the checker must be listening again first
     boots += down + run_until_uplink(node)
 
+    # the broker frozen (SIGSTOP): the wake gives up within its budget
+    broker.pause()
+    frozen = run_until_uplink(node, 13)
+    broker.resume()
+    tried = [x for x in frozen if (summary(x) or {}).get("uplink", "-").startswith("broker:")]
+    assert tried and all(x.awake_ms <= BUDGET_MS + 2000 for x in tried), [x.awake_ms for x in tried]
+    boots += frozen + run_until_uplink(node)
+
     # a wake that hangs: the watchdog ends it, the next wake says so
     b.scenario["sht4x"] = "hang"
     hung = node.run(1)
