@@ -287,14 +287,18 @@ class Delivered:
 
 def run_vm(args, heapsize=None, path=None, script=VM_SCRIPT):
     env = dict(os.environ, MICROPYPATH=path or ".frozen:%s" % paths.LIB)
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+    # the script in a folder of its own: the VM looks for modules first where
+    # the script is, and a stray mqtt.mpy in /tmp would be measured instead
+    tmp = tempfile.mkdtemp(prefix="petrel-bench-")
+    name = os.path.join(tmp, "run.py")
+    with open(name, "w") as f:
         f.write(script)
     cmd = [paths.micropython_binary()]
     if heapsize:
         cmd += ["-X", "heapsize=%s" % heapsize]
-    p = subprocess.run(cmd + [f.name] + [str(a) for a in args], env=env, capture_output=True,
+    p = subprocess.run(cmd + [name] + [str(a) for a in args], env=env, capture_output=True,
                        text=True, timeout=300)
-    os.unlink(f.name)
+    shutil.rmtree(tmp)
     out = {}
     for line in p.stdout.splitlines():
         if line.startswith("RESULT"):
@@ -354,7 +358,7 @@ def main():
         print("smallest -X heapsize for a 60-reading batch over TLS (mpy-cross precompiled;")
         print("the smallest from which every larger size tried completes too):")
         build = Path(tempfile.mkdtemp(prefix="petrel-mpy-"))
-        for mod in ("mqtt", "mqtt_keepalive", "uplink", "cbor", "cbordec", "cose", "cosecheck",
+        for mod in ("mqtt", "mqtt_open", "mqtt_keepalive", "uplink", "cbor", "cbordec", "cose", "cosecheck",
                     "senml", "clock", "eventlog"):
             subprocess.run([str(Path(sys.executable).parent / "mpy-cross"), "-o",
                             str(build / (mod + ".mpy")), str(paths.LIB / (mod + ".py"))], check=True)

@@ -22,19 +22,22 @@ with pipelined publishes, and a deadline on every wait.
   MQTTError; nothing from the network can crash the caller with another error.
 
 Small on purpose: loaded from a .mpy, every function, name and string here is
-heap the TLS context (3 KB in one piece) and the packets then cannot have
-(bench/uplink.py finds the smallest heap that completes a batch). Hence packet
-types as literals, few methods and attributes, short messages, no list
-comprehension (each is a function object of its own), and check() in
-mqtt_keepalive, loaded only by a session long enough to need it. gc.collect()
-before the client's long-lived objects are made puts them in the holes left
-by garbage, so the large free runs stay whole.
+heap the TLS context (3 KB in one piece), the TLS socket (520 bytes) and the
+packets then cannot have (bench/uplink.py finds the smallest heap that
+completes a batch; what fails there is one of those large pieces, the heap
+being fragmented, not a lack of bytes). Hence packet types as literals, few
+methods and attributes, short messages, and the code a session needs once
+before its handshake (TLS context set-up, the CONNECT packet, the insecure
+warning) in mqtt_open, which connect() lets go before the handshake; check()
+and messages published to us in mqtt_keepalive, loaded only when needed.
+gc.collect() before the client's long-lived objects and the TLS context are
+made puts them in the holes left by garbage, so the large free runs stay whole.
 """
 
 import errno
 import gc
 import socket
-import struct
+import sys
 import time
 
 
@@ -49,39 +52,22 @@ def tls_context(ca=None, cert=None, key=None, psk_identity=None, psk_key=None):
     cert and key (mutual TLS); the server name is checked at connect.
     PSK: psk_identity and psk_key (bytes) unique to the device; only PSK suites
     are offered, so the handshake fails unless the broker knows this key."""
-    if psk_key is None and ca is None:
-        raise ValueError("a CA is needed (plain TCP: insecure=True)")
+    gc.collect()
     try:
         import tls  # MicroPython's TLS module (its `ssl` is a Python wrapper round it)
     except ImportError:
         import ssl as tls  # CPython
+    # 3 KB in one piece: made first, while the heap has a run that long
     ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    if psk_key is not None:
-        # No certificate exists in PSK mode: the shared key authenticates both
-        # ends, and only PSK suites are offered.
-        ctx.verify_mode = tls.CERT_NONE
-        ctx.psk_identity = psk_identity
-        ctx.psk_key = psk_key
-        psk = []
-        for c in ctx.get_ciphers():
-            if c.startswith("TLS-PSK-"):
-                psk.append(c)
-        ctx.set_ciphers(psk)
-        return ctx
-    ctx.verify_mode = tls.CERT_REQUIRED
-    if tls.__name__ == "tls":
-        ctx.load_verify_locations(ca)  # MicroPython's takes the certificate data itself
-    else:
-        ctx.load_verify_locations(cadata=ca)
-    if cert is not None:
-        ctx.load_cert_chain(cert, key)
-    return ctx
+    import mqtt_open  # the rest, once a session: connect() lets it go again
+
+    return mqtt_open.context(tls, ctx, ca, cert, key, psk_identity, psk_key)
 
 
 def _str(s):
     if isinstance(s, str):
         s = s.encode()
-    return struct.pack("!H", len(s)) + s
+    return bytes((len(s) >> 8, len(s) & 255)) + s
 
 
 def _head(b, n):
@@ -95,60 +81,53 @@ def _head(b, n):
 
 
 class MQTTClient:
+    max_packet = 4096  # the largest packet taken from the broker
+
     def __init__(self, client_id, host, port, ssl_context=None, server_hostname=None,
                  insecure=False, keepalive=60, clean=True, will=None, user=None, password=None,
                  timeout_ms=5000, window=8, max_packet=4096):
         if ssl_context is None and not insecure:
             raise ValueError("MQTT needs a TLS context (or insecure=True)")
         gc.collect()  # our long-lived objects into the holes, not past them
-        self.addr = (host, port)
+        self.addr = (host, port, server_hostname or host)
         self.ctx = ssl_context
-        self.server_hostname = server_hostname or host
         self.keepalive = keepalive
         self.timeout_ms = timeout_ms
         self.window = window
-        self.max_packet = max_packet
-        # The CONNECT packet is the same at every connect: built once.
-        flags = 2 if clean else 0
-        p = _str(client_id)
-        if will:  # (topic, message, retain), sent QoS 1
-            flags |= 0x0C | (0x20 if will[2] else 0)
-            p += _str(will[0]) + _str(will[1])
-        if user is not None:
-            flags |= 0x80
-            p += _str(user)
-        if password is not None:
-            flags |= 0x40
-            p += _str(password)
-        p = b"\0\4MQTT\4" + bytes((flags,)) + struct.pack("!H", keepalive) + p
-        self.conn_pkt = _head(0x10, len(p)) + p
+        if max_packet != self.max_packet:  # a class attribute unless changed: one slot less
+            self.max_packet = max_packet
+        import mqtt_open  # let go again by connect(), before the handshake
+
+        self.conn_pkt = mqtt_open.connect_packet(client_id, keepalive, clean, will, user, password)
         self.raw = self.sock = self.ping_sent = None
         self.pid = self.last_send = self.connect_ms = 0
         self.inflight = {}  # packet id -> ticks_ms sent
         self.acked = []  # packet ids confirmed by PUBACK, in arrival order
-        self.inbox = []  # (topic, message) published to us
+        # self.inbox: [(topic, message)] published to us, made by the first one
 
     def connect(self):
         """Open the connection, do the TLS handshake, CONNECT; returns whether
         the broker had a session for us. MQTTError on any failure."""
-        gc.collect()  # as in __init__: keep big free runs for TLS and the packets
         t0 = time.ticks_ms()
         self.inflight = {}  # a new connection: nothing of the old one is in flight
         self.acked = []
         self.ping_sent = None
-        if self.ctx is None:  # only with insecure=True
-            import eventlog  # only then: the client stays small without the log
+        if self.ctx is None:  # only with insecure=True: say so at every connect
+            import mqtt_open
 
-            eventlog.warn("mqtt", "INSECURE plain TCP to %s:%d", *self.addr)
+            mqtt_open.insecure(self.addr)
+        # the setup code (mqtt_open) is done with: garbage before the handshake
+        sys.modules.pop("mqtt_open", None)
+        gc.collect()  # as in __init__: keep big free runs for TLS and the packets
         stage = "tcp: %s"
         try:
-            addr = socket.getaddrinfo(*self.addr)[0][-1]
+            addr = socket.getaddrinfo(self.addr[0], self.addr[1])[0][-1]
             self.raw = self.sock = socket.socket()
             self.raw.settimeout(self.timeout_ms / 1000)
             self.raw.connect(addr)
             if self.ctx is not None:
                 stage = "tls: %s"  # the broker not accepted (CA, name, date), or it refused us
-                self.sock = self.ctx.wrap_socket(self.raw, server_hostname=self.server_hostname)
+                self.sock = self.ctx.wrap_socket(self.raw, server_hostname=self.addr[2])
         except (OSError, ValueError) as e:
             self.close()
             raise MQTTError(stage % str(e).strip())
@@ -191,7 +170,7 @@ class MQTTClient:
             while pid == self.pid or pid in self.inflight:  # the next id not in flight
                 pid = pid % 65535 + 1
             self.pid = pid
-        pre = _str(topic) + (struct.pack("!H", pid) if qos else b"")
+        pre = _str(topic) + (bytes((pid >> 8, pid & 255)) if qos else b"")
         # one buffer for the whole packet: one copy of the message, one write
         self._send(_head(0x30 | qos << 1 | (1 if retain else 0), len(pre) + len(msg)) + pre + msg)
         if qos:
@@ -211,10 +190,6 @@ class MQTTClient:
         import mqtt_keepalive
 
         mqtt_keepalive.check(self)
-
-    def ping(self):
-        self._send(b"\xc0\0")
-        self.ping_sent = time.ticks_ms()
 
     # ------------------------------------------------------------ wire
     def _send(self, msg):
@@ -277,23 +252,17 @@ class MQTTClient:
                 raise MQTTError("unexpected packet 0x%02x" % first)
             return body
         if kind == 0x40 and len(body) == 2:  # PUBACK
-            pid = struct.unpack("!H", body)[0]
+            pid = body[0] << 8 | body[1]
             if self.inflight.pop(pid, None) is None:
                 self.close()
                 raise MQTTError("unknown packet id %d" % pid)
             self.acked.append(pid)
         elif kind == 0xD0 and not body:  # PINGRESP
             self.ping_sent = None
-        elif kind == 0x30 and first & 6 < 4 and len(body) > 1:  # a PUBLISH to us, QoS 0 or 1
-            i = 2 + struct.unpack("!H", body[:2])[0]
-            q = first & 2  # 2 bytes of packet id at QoS 1
-            if len(body) < i + q:
-                self.close()
-                raise MQTTError("malformed PUBLISH")
-            if q:
-                self._send(b"\x40\2" + body[i:i + 2])
-            if len(self.inbox) < 16:
-                self.inbox.append((body[2:i], body[i + q:]))
+        elif kind == 0x30:  # a PUBLISH to us (a persistent session's): rare, loaded then
+            import mqtt_keepalive
+
+            mqtt_keepalive.incoming(self, first, body)
         else:
             self.close()
             raise MQTTError("unexpected packet 0x%02x" % first)

@@ -199,6 +199,8 @@ class FakeBroker:
     (b"\x90\x03\x00\x01\x00", 3, "unexpected packet"),
     (b"\x40\x05\x00", 3, "timeout"),  # announces 5 bytes, sends 1, then nothing
     (b"\x40", 0, "connection closed"),
+    (b"\x34\x03\x00\x01t", 3, "malformed PUBLISH"),  # QoS 2, never asked for
+    (b"\x32\x03\x00\x05t", 3, "malformed PUBLISH"),  # the topic runs past the packet
 ])
 def test_malformed_or_oversized_packets_close_cleanly(evil, linger, why):
     fake = FakeBroker(evil, linger)
@@ -218,6 +220,22 @@ print("sock", c.sock)
     assert rc == 0, out
     assert "ERROR" in out and why in out, out
     assert "sock None" in out  # the connection was closed, not left half-open
+
+
+def test_a_publish_to_us_is_acknowledged_and_kept():
+    # a persistent session's message (QoS 1, id 5), then the PUBACK of ours
+    fake = FakeBroker(b"\x32\x07\x00\x01t\x00\x05hi" + b"\x40\x02\x00\x01", 1)
+    script = """
+import sys, mqtt
+c = mqtt.MQTTClient("vm-x", "127.0.0.1", int(sys.argv[1]), insecure=True, timeout_ms=1500)
+c.connect()
+c.publish("t", b"x", qos=1)
+c.wait_all()
+print("INBOX", c.inbox, c.acked)
+"""
+    rc, out = run_vm(script, [fake.port], timeout=20)
+    assert rc == 0, out
+    assert "INBOX [(b't', b'hi')] [1]" in out, out
 
 
 KEEPALIVE = """
