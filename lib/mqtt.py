@@ -26,10 +26,11 @@ heap the TLS context (3 KB in one piece), the TLS socket (520 bytes) and the
 packets then cannot have (bench/uplink.py finds the smallest heap that
 completes a batch; what fails there is one of those large pieces, the heap
 being fragmented, not a lack of bytes). Hence packet types as literals, few
-methods and attributes, short messages, and the code a session needs once
-before its handshake (TLS context set-up, the CONNECT packet, the insecure
-warning) in mqtt_open, which connect() lets go before the handshake; check()
-and messages published to us in mqtt_keepalive, loaded only when needed.
+methods, attributes and names (each new name is a qstr for good, and a qstr
+pool that overflows doubles), short messages; the code a session needs once
+before its handshake (TLS context set-up, the CONNECT packet) in mqtt_open,
+which connect() lets go before the handshake; check() (keepalive), messages
+published to us and the insecure warning in mqtt_rare, loaded only when needed.
 gc.collect() before the client's long-lived objects and the TLS context are
 made puts them in the holes left by garbage, so the large free runs stay whole.
 """
@@ -70,9 +71,9 @@ def _str(s):
     return bytes((len(s) >> 8, len(s) & 255)) + s
 
 
-def _head(b, n):
-    """Fixed header: the type byte b, then the remaining length n, 7 bits a byte."""
-    out = bytearray((b,))
+def _head(code, n):
+    """Fixed header: the type byte (code), then the remaining length n, 7 bits a byte."""
+    out = bytearray((code,))
     while True:
         out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
         n >>= 7
@@ -90,7 +91,7 @@ class MQTTClient:
             raise ValueError("MQTT needs a TLS context (or insecure=True)")
         gc.collect()  # our long-lived objects into the holes, not past them
         self.addr = (host, port, server_hostname or host)
-        self.ctx = ssl_context
+        self.context = ssl_context
         self.keepalive = keepalive
         self.timeout_ms = timeout_ms
         self.window = window
@@ -112,10 +113,10 @@ class MQTTClient:
         self.inflight = {}  # a new connection: nothing of the old one is in flight
         self.acked = []
         self.ping_sent = None
-        if self.ctx is None:  # only with insecure=True: say so at every connect
-            import mqtt_open
+        if self.context is None:  # only with insecure=True: say so at every connect
+            import mqtt_rare
 
-            mqtt_open.insecure(self.addr)
+            mqtt_rare.insecure(self.addr)
         # the setup code (mqtt_open) is done with: garbage before the handshake
         sys.modules.pop("mqtt_open", None)
         gc.collect()  # as in __init__: keep big free runs for TLS and the packets
@@ -125,19 +126,23 @@ class MQTTClient:
             self.raw = self.sock = socket.socket()
             self.raw.settimeout(self.timeout_ms / 1000)
             self.raw.connect(addr)
-            if self.ctx is not None:
+            if self.context is not None:
                 stage = "tls: %s"  # the broker not accepted (CA, name, date), or it refused us
-                self.sock = self.ctx.wrap_socket(self.raw, server_hostname=self.addr[2])
+                self.sock = self.context.wrap_socket(self.raw, server_hostname=self.addr[2])
         except (OSError, ValueError) as e:
             self.close()
             raise MQTTError(stage % str(e).strip())
         self._send(self.conn_pkt)
-        body = self._process(time.ticks_add(time.ticks_ms(), self.timeout_ms), "CONNACK")
-        if body[1]:  # 1 protocol version, 2 client id, 3 unavailable, 4 user/password, 5 not authorized
+        # the broker's first packet is CONNACK, 4 bytes: 0x20, 2, flags, code
+        ack = self._recv(4, time.ticks_add(time.ticks_ms(), self.timeout_ms))
+        if ack[0] != 0x20 or ack[1] != 2:
             self.close()
-            raise MQTTError("refused: code %d" % body[1])
+            raise MQTTError("unexpected packet 0x%02x" % ack[0])
+        if ack[3]:  # 1 protocol version, 2 client id, 3 unavailable, 4 user/password, 5 not authorized
+            self.close()
+            raise MQTTError("refused: code %d" % ack[3])
         self.connect_ms = time.ticks_diff(time.ticks_ms(), t0)
-        return bool(body[0] & 1)
+        return bool(ack[2] & 1)
 
     def close(self):
         for s in (self.sock, self.raw):
@@ -160,10 +165,10 @@ class MQTTClient:
         """Send one message; QoS 1 returns its packet id at once while fewer than
         `window` are unconfirmed, else first waits (deadline) for a PUBACK."""
         if qos not in (0, 1):
-            raise ValueError("QoS 0 or 1")
+            raise ValueError("QoS must be 0 or 1")
         deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
         while qos and len(self.inflight) >= self.window:
-            self._process(deadline, "PUBACK")
+            self._process(deadline)
         pid = 0
         if qos:
             pid = self.pid
@@ -181,15 +186,15 @@ class MQTTClient:
         """Wait for every outstanding PUBACK; MQTTError at the deadline."""
         deadline = time.ticks_add(time.ticks_ms(), timeout_ms or self.timeout_ms)
         while self.inflight:
-            self._process(deadline, "PUBACK")
+            self._process(deadline)
 
     def check(self):
         """Keep the session alive between publishes: handle what the broker
         sent, ping when idle, and fail if a ping went unanswered. In a module
         of its own: a short wake never needs it, and unloaded it costs no heap."""
-        import mqtt_keepalive
+        import mqtt_rare
 
-        mqtt_keepalive.check(self)
+        mqtt_rare.check(self)
 
     # ------------------------------------------------------------ wire
     def _send(self, msg):
@@ -222,13 +227,12 @@ class MQTTClient:
             out += chunk
         return out
 
-    def _process(self, deadline, what):
-        """Read and handle one packet, waiting until deadline for `what`;
-        MQTTError past it. A CONNACK is only taken (and returned) when
-        connect() waits for one."""
+    def _process(self, deadline):
+        """Read and handle one packet (PUBACK, PINGRESP, a PUBLISH to us),
+        waiting until deadline; MQTTError past it."""
         if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
             self.close()
-            raise MQTTError("timeout: no %s" % what)
+            raise MQTTError("timeout: no answer")
         if self.sock is None:
             raise MQTTError("not connected")
         first = self._recv(1, deadline)[0]
@@ -246,11 +250,6 @@ class MQTTClient:
             raise MQTTError("%d bytes exceeds max_packet" % n)
         body = self._recv(n, deadline)
         kind = first & 0xF0
-        if what == "CONNACK":
-            if first != 0x20 or n != 2:
-                self.close()
-                raise MQTTError("unexpected packet 0x%02x" % first)
-            return body
         if kind == 0x40 and len(body) == 2:  # PUBACK
             pid = body[0] << 8 | body[1]
             if self.inflight.pop(pid, None) is None:
@@ -260,9 +259,9 @@ class MQTTClient:
         elif kind == 0xD0 and not body:  # PINGRESP
             self.ping_sent = None
         elif kind == 0x30:  # a PUBLISH to us (a persistent session's): rare, loaded then
-            import mqtt_keepalive
+            import mqtt_rare
 
-            mqtt_keepalive.incoming(self, first, body)
+            mqtt_rare.incoming(self, first, body)
         else:
             self.close()
             raise MQTTError("unexpected packet 0x%02x" % first)

@@ -1,38 +1,36 @@
 """What an MQTTClient needs once, before its TLS handshake: the TLS context
-and the CONNECT packet. Loaded by mqtt.tls_context() and MQTTClient(), and let
+set-up and the CONNECT packet. Loaded by mqtt.tls_context() and MQTTClient(), and let
 go by connect() before the handshake, so that this code is no heap the
 handshake and the batch could use (bench/uplink.py measures that heap).
 """
 
-import struct
-
 from mqtt import _head, _str
 
 
-def context(tls, ctx, ca, cert, key, psk_identity, psk_key):
-    """mqtt.tls_context() made ctx (tls.SSLContext); this sets it up."""
+def context(tls, context, ca, cert, key, psk_identity, psk_key):
+    """mqtt.tls_context() made the tls.SSLContext; this sets it up."""
     if psk_key is None and ca is None:
         raise ValueError("a CA is needed (plain TCP: insecure=True)")
     if psk_key is not None:
         # No certificate exists in PSK mode: the shared key authenticates both
         # ends, and only PSK suites are offered.
-        ctx.verify_mode = tls.CERT_NONE
-        ctx.psk_identity = psk_identity
-        ctx.psk_key = psk_key
+        context.verify_mode = tls.CERT_NONE
+        context.psk_identity = psk_identity
+        context.psk_key = psk_key
         psk = []
-        for c in ctx.get_ciphers():
-            if c.startswith("TLS-PSK-"):
+        for c in context.get_ciphers():
+            if c.startswith("TLS-PSK-WITH-"):  # not DHE- or ECDHE-PSK
                 psk.append(c)
-        ctx.set_ciphers(psk)
-        return ctx
-    ctx.verify_mode = tls.CERT_REQUIRED
+        context.set_ciphers(psk)
+        return context
+    context.verify_mode = tls.CERT_REQUIRED
     if tls.__name__ == "tls":
-        ctx.load_verify_locations(ca)  # MicroPython's takes the certificate data itself
+        context.load_verify_locations(ca)  # MicroPython's takes the certificate data itself
     else:
-        ctx.load_verify_locations(cadata=ca)
+        context.load_verify_locations(cadata=ca)
     if cert is not None:
-        ctx.load_cert_chain(cert, key)
-    return ctx
+        context.load_cert_chain(cert, key)
+    return context
 
 
 def connect_packet(client_id, keepalive, clean, will, user, password):
@@ -48,11 +46,6 @@ def connect_packet(client_id, keepalive, clean, will, user, password):
     if password is not None:
         flags |= 0x40
         p += _str(password)
-    p = b"\0\4MQTT\4" + bytes((flags,)) + struct.pack("!H", keepalive) + p
+    p = b"\0\4MQTT\4" + bytes((flags,)) + bytes((keepalive >> 8, keepalive & 255)) + p
     return _head(0x10, len(p)) + p
 
-
-def insecure(addr):
-    import eventlog
-
-    eventlog.warn("mqtt", "INSECURE plain TCP to %s:%d", addr[0], addr[1])

@@ -1,5 +1,7 @@
 """MQTTClient's rare paths, loaded only when used.
 
+insecure(): the warning at every plain-TCP connect (insecure=True).
+
 check(): keepalive between publishes. Handles what the broker has already
 sent (never waits), sends PINGREQ once the session has been idle for 3/4 of
 the keepalive, and fails the session (MQTTError) when a ping is not answered
@@ -16,6 +18,12 @@ import time
 from mqtt import MQTTError
 
 
+def insecure(addr):
+    import eventlog
+
+    eventlog.warn("mqtt", "INSECURE plain TCP to %s:%d", addr[0], addr[1])
+
+
 def check(c):
     if c.sock is None:
         raise MQTTError("not connected")
@@ -30,7 +38,7 @@ def check(c):
     p = select.poll()
     p.register(c.raw, select.POLLIN)
     if p.poll(0):  # a packet has arrived: it is read with the usual deadline
-        c._process(time.ticks_add(time.ticks_ms(), c.timeout_ms), "packet")
+        c._process(time.ticks_add(time.ticks_ms(), c.timeout_ms))
 
 
 def incoming(c, first, body):
