@@ -358,7 +358,7 @@ def main():
         print("smallest -X heapsize for a 60-reading batch over TLS (mpy-cross precompiled;")
         print("the smallest from which every larger size tried completes too):")
         build = Path(tempfile.mkdtemp(prefix="petrel-mpy-"))
-        for mod in ("mqtt", "mqtt_open", "mqtt_rare", "uplink", "cbor", "cbordec", "cose", "cosecheck",
+        for mod in ("mqtt", "mqtt_open", "mqtt_rare", "uplink", "cbor", "cborenc", "cbordec", "cose", "cosecheck",
                     "senml", "clock", "eventlog"):
             subprocess.run([str(Path(sys.executable).parent / "mpy-cross"), "-o",
                             str(build / (mod + ".mpy")), str(paths.LIB / (mod + ".py"))], check=True)

@@ -1,6 +1,7 @@
 """A small CBOR (RFC 8949) encoder, for the uplink payload; the strict decoder
 (cbordec) is loaded by loads() and decode() on first use, so a node, which only
-encodes, never carries it.
+encodes, never carries it; the generic encoder (cborenc) by dumps(), so a
+batch, written with put_* alone, needs neither.
 
     data = dumps({"n": "t", "v": 21.5})
     obj = loads(data)                   # the whole of data, or ValueError
@@ -16,7 +17,7 @@ order, a Map(pairs) in the order of its pairs. MicroPython dicts are not
 ordered, so use Map where the bytes must be reproducible (signed headers).
 put_head/put_int/put_float write one item into a bytearray at an index and
 return the next index: a streaming encoder (uplink.encoder) builds a whole
-message in one buffer with them, and dumps() is made of the same pieces.
+message in one buffer with them, and dumps() (cborenc) is made of the same pieces.
 
 Decoding: maps become dicts, tags Tag(tag, value), byte strings bytes.
 Anything malformed raises ValueError with the reason: truncated input, trailing
@@ -123,54 +124,15 @@ def put_float(buf, i, x):
     return i + 9
 
 
-# ---------------------------------------------------------------- dumps
-_T = bytearray(9)  # one head or float at a time, copied out
-
-
-def _enc(out, x, depth):
-    if depth > MAX_DEPTH:
-        raise ValueError("CBOR nesting deeper than %d" % MAX_DEPTH)
-    # bool first: on CPython bool is an int
-    if x is False:
-        out.append(0xF4)
-    elif x is True:
-        out.append(0xF5)
-    elif x is None:
-        out.append(0xF6)
-    elif isinstance(x, int):
-        out.extend(_T[:put_int(_T, 0, x)])
-    elif isinstance(x, float):
-        out.extend(_T[:put_float(_T, 0, x)])
-    elif isinstance(x, (bytes, bytearray, memoryview)):
-        out.extend(_T[:put_head(_T, 0, 2, len(x))])
-        out.extend(x)
-    elif isinstance(x, str):
-        b = x.encode("utf-8")
-        out.extend(_T[:put_head(_T, 0, 3, len(b))])
-        out.extend(b)
-    elif isinstance(x, (list, tuple)):
-        out.extend(_T[:put_head(_T, 0, 4, len(x))])
-        for v in x:
-            _enc(out, v, depth + 1)
-    elif isinstance(x, (dict, Map)):
-        pairs = x.pairs if isinstance(x, Map) else x.items()
-        out.extend(_T[:put_head(_T, 0, 5, len(pairs))])
-        for k, v in pairs:
-            _enc(out, k, depth + 1)
-            _enc(out, v, depth + 1)
-    elif isinstance(x, Tag):
-        if not isinstance(x.tag, int) or x.tag < 0:
-            raise ValueError("CBOR tag must be an unsigned int")
-        out.extend(_T[:put_head(_T, 0, 6, x.tag)])
-        _enc(out, x.value, depth + 1)
-    else:
-        raise ValueError("cannot encode %s as CBOR" % type(x).__name__)
-
-
+# ---------------------------------------------------------------- dumps, on use
 def dumps(obj):
-    out = bytearray()
-    _enc(out, obj, 0)
-    return bytes(out)
+    """obj as CBOR bytes (cborenc, loaded on first use: the uplink's batches
+    are written with put_* alone)."""
+    import cborenc
+
+    cborenc.Tag = Tag  # ours, as for cbordec in decode()
+    cborenc.Map = Map
+    return cborenc.dumps(obj)
 
 
 # ---------------------------------------------------------------- decoding, on use

@@ -30,14 +30,11 @@ import hashlib
 
 import cbor
 
-HMAC_256_64 = 4
+HMAC_256_64 = 4  # the tag's first 8 bytes
 HMAC_256_256 = 5
-ALG = 1  # header labels, RFC 9052 section 3.1
-KID = 4
-SEQ = -65537  # private use
-TAG_MAC0 = 17
-_TAG_LEN = {HMAC_256_64: 8, HMAC_256_256: 32}
 TAIL = 34  # room after the payload: the tag's head and 32 bytes
+# The header labels and the tag number are written by seal() as bytes and
+# read by cosecheck, which names them: few names, few qstrs on a node.
 
 
 def room(kid):
@@ -86,11 +83,11 @@ def _tag(key, alg, protected, payload, aad):
     b = cbor.put_head(h, a, 2, len(aad))
     c = cbor.put_head(h, b, 2, len(payload))
     h = memoryview(h)
-    return _hmac(key, (b"\x84\x64MAC0", h[:a], protected, h[a:b], aad, h[b:c], payload))[:_TAG_LEN[alg]]
+    return _hmac(key, (b"\x84\x64MAC0", h[:a], protected, h[a:b], aad, h[b:c], payload))[:8 if alg == 4 else 32]
 
 
 def _check(key, kid, seq, alg):
-    if not isinstance(alg, int) or alg not in _TAG_LEN:
+    if not isinstance(alg, int) or alg not in (HMAC_256_64, HMAC_256_256):
         raise ValueError("COSE alg %r not supported (4 or 5)" % (alg,))
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ValueError("COSE seq must be an int >= 0")

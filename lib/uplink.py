@@ -14,28 +14,35 @@ A reading's outbox payload is pack_reading(channel, value, flags): the channel
 index, the value as an int in the channel's 1/scale units, the filter flags.
 """
 
+import gc
 import struct
 from array import array
 
 import cbor
 import cose
 
-_READING = "<Bib"
 RELATIVE = 1 << 28  # SenML times below this are ages (clock.RELATIVE): a constant, not an import
 
 
 def pack_reading(channel, value, flags=0):
-    return struct.pack(_READING, channel, value, flags)
+    return struct.pack("<Bib", channel, value, flags)
 
 
 def unpack_reading(payload):
-    if len(payload) != struct.calcsize(_READING):
-        raise ValueError("a reading is %d bytes, got %d" % (struct.calcsize(_READING), len(payload)))
-    return struct.unpack(_READING, payload)
+    if len(payload) != 6:  # struct.calcsize("<Bib")
+        raise ValueError("a reading is 6 bytes, got %d" % len(payload))
+    return struct.unpack("<Bib", payload)
 
 
-def _text(s):
+def _text(s, name=False):
+    """s as a CBOR text string; a SenML name checked first (RFC 8428 section
+    4.5.1: [A-Za-z0-9][A-Za-z0-9:./_-]*), as bytes, so that no one-letter
+    string becomes a qstr of its own."""
     b = s.encode()
+    for j in range(len(b) if name else 0):
+        c = b[j] | 0x20  # lower case
+        if not (97 <= c <= 122 or 48 <= b[j] <= 57 or j and b[j] in b"-:./_"):
+            raise ValueError("SenML name %r: character %r not allowed" % (s, chr(b[j])))
     buf = bytearray(len(b) + 3)
     i = cbor.put_head(buf, 0, 3, len(b))
     buf[i:i + len(b)] = b
@@ -74,24 +81,25 @@ class encoder:
         self.meta = None  # per channel (CBOR base name, CBOR unit, scale), at the first batch
         self.buf = None
 
-    def _meta(self):
-        meta = []
-        fixed = cose.room(self.kid) + 9 + 10 + cose.TAIL  # COSE, array head, base time
-        for name, unit, scale in self.channels:
-            _check_name(self.device_id + "/" + name)
-            if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1 or not unit:
-                raise ValueError("SenML channel %r: a unit and an int scale >= 1" % name)
-            m = (_text(self.device_id + "/" + name), _text(unit), scale)
-            fixed += 2 + len(m[0]) + len(m[1])
-            meta.append(m)
-        self.fixed = fixed
-        return meta
-
     def __call__(self, records):
-        if self.meta is None:
-            self.meta = self._meta()
+        if self.meta is None:  # at the first batch
+            meta = []
+            fixed = cose.room(self.kid) + 9 + 10 + cose.TAIL  # COSE, array head, base time
+            for name, unit, scale in self.channels:
+                if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1 or not unit:
+                    raise ValueError("SenML channel %r: a unit and an int scale >= 1" % name)
+                m = (_text(self.device_id + "/" + name, True), _text(unit), scale)
+                fixed += 2 + len(m[0]) + len(m[1])
+                meta.append(m)
+            self.fixed = fixed
+            self.meta = meta
         meta = self.meta
         n = len(records)
+        size = self.fixed + 21 * n  # a record: map head, v and t keys, 9 bytes each
+        if self.buf is None or len(self.buf) < size:
+            self.buf = None  # the old one is garbage before the new one is made
+            gc.collect()  # kept for the batches after: one piece, before the temporaries
+            self.buf = bytearray(size)
         ch = bytearray(n)
         val = array("i", range(n))
         t = [0] * n  # a list: array("q") makes a long int at every read
@@ -128,10 +136,6 @@ class encoder:
             order[j] = k
         if relative is None:
             return None
-        size = self.fixed + 21 * len(order)  # a record: map head, v and t keys, 9 bytes each
-        if self.buf is None or len(self.buf) < size:
-            self.buf = None  # the old one is garbage before the new one is made
-            self.buf = bytearray(size)
         buf = self.buf
         start = i = cose.room(self.kid)
         i = cbor.put_head(buf, i, 4, len(order))
@@ -175,14 +179,6 @@ class encoder:
                 buf[i] = 0x06  # t
                 i = cbor.put_int(buf, i + 1, dt)
         return cose.seal(self.key, self.kid, self.counter.next(), buf, start, i, self.tag)
-
-
-def _check_name(name):
-    # RFC 8428 section 4.5.1: [A-Za-z0-9][A-Za-z0-9:./_-]*
-    for j in range(len(name)):
-        c = name[j]
-        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or j and c in "-:./_"):
-            raise ValueError("SenML name %r: character %r not allowed" % (name, c))
 
 
 def time_kind(clk):
