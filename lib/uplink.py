@@ -104,7 +104,8 @@ class encoder:
         val = array("i", range(n))
         t = [0] * n  # a list: array("q") makes a long int at every read
         rank = bytearray(b"\xff" * len(meta))  # channels in order of first appearance
-        order = []  # the records kept, sorted as they come
+        order = array("H", bytes(2 * n))  # the records kept, sorted as they come: order[:m]
+        m = 0
         used = 0
         relative = None
         for k in range(n):
@@ -127,8 +128,8 @@ class encoder:
             t[k] = self.clk.senml_time(stamp)
             relative = t[k] < RELATIVE  # drain() never mixes the two kinds
             # insertion sort by (channel rank, time), stable: records come nearly in order
-            j = len(order)
-            order.append(k)
+            j = m
+            m += 1
             while j and (rank[ch[order[j - 1]]] > rank[c] or
                          rank[ch[order[j - 1]]] == rank[c] and t[order[j - 1]] > t[k]):
                 order[j] = order[j - 1]
@@ -138,12 +139,13 @@ class encoder:
             return None
         buf = self.buf
         start = i = cose.room(self.kid)
-        i = cbor.put_head(buf, i, 4, len(order))
+        i = cbor.put_head(buf, i, 4, m)
         base = None if relative else t[order[0]]
         unit = None
         prev = -1
         first = True
-        for k in order:
+        for x in range(m):
+            k = order[x]
             c = ch[k]
             name, u, scale = meta[c]
             dt = t[k] - base if base is not None else t[k]
