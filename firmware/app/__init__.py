@@ -142,6 +142,7 @@ def _before_sleep(hw):
     except Exception:  # noqa: BLE001
         pass
     try:
-        hw.arm_alarm_wake()
+        if not hw.arm_alarm_wake() and hw.desc.get("alarm_pin"):
+            log.warn("alarm", "pin still active: its wake is armed again once it is released")
     except Exception as e:  # noqa: BLE001
         log.warn("board", "alarm pin not armed: %s", e)

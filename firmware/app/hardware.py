@@ -65,12 +65,22 @@ class Hardware:
 
     def arm_alarm_wake(self):
         """An alarm pin wakes the node from deep sleep (ext0: one RTC GPIO).
-        The ESP32 forgets wake sources at each wake: arm it before every sleep."""
+        The ESP32 forgets wake sources at each wake: arm it before every sleep.
+        ext0 wakes on a level, not an edge: a contact still closed would wake
+        the chip again at once, wake after wake, until the battery is gone. So
+        it is armed only while the pin is at rest; the timer wakes re-arm it
+        once the contact opens. -> whether it was armed."""
         a = self.desc.get("alarm_pin")
-        if a:
-            import esp32
+        if not a:
+            return False
+        import esp32
 
-            esp32.wake_on_ext0(machine.Pin(a["pin"], machine.Pin.IN), a.get("level", 0))
+        level = a.get("level", 0)
+        pin = machine.Pin(a["pin"], machine.Pin.IN)
+        if pin.value() == level:
+            return False
+        esp32.wake_on_ext0(pin, level)
+        return True
 
     # ------------------------------------------------------------ power
     def rails(self, on):

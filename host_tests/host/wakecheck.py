@@ -96,3 +96,20 @@ def first_difference(a, b):
         if a[i] != b[i]:
             return i, a[max(0, i - 3):i + 4], b[max(0, i - 3):i + 4]
     return len(a), len(a), len(b)
+
+
+def lost_in_power_cuts(boots):
+    """Indexes of the boots whose readings were only in RTC memory when the
+    power was cut: those after the last complete uplink (queue empty) before a
+    power-on boot. The outbox keeps new readings in RTC memory until a block
+    fills (lib/outbox), so a cut loses at most that."""
+    lost = set()
+    for i in range(1, len(boots)):
+        if boots[i].reset_cause != simstate.PWRON_RESET:
+            continue
+        j = i - 1
+        while j >= 0 and (summary(boots[j]) or {}).get("uplink") != "ok":
+            j -= 1
+        assert j >= 0 and summary(boots[j])["queue"] == "0", "precondition: RTC holds all that is lost"
+        lost.update(range(j + 1, i))
+    return lost

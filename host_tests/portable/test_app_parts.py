@@ -129,3 +129,16 @@ def test_one_bad_ds18b20_does_not_silence_the_others_on_its_bus():
     ok = [k for k in got if got[k] == 21500]
     assert "ds18b20.t" in got and len(ok) == 2  # the good one, also as ds18b20.t when it is first
     assert len([k for k in got if k.startswith("ds18b20.") and k != "ds18b20.t"]) == 1
+
+
+def test_alarm_pin_wake_is_armed_only_while_the_contact_is_open():
+    # ext0 wakes on a level: armed while the contact is closed, it would wake
+    # the chip again at once, wake after wake
+    b = simstate.board
+    hw = hardware.Hardware({"alarm_pin": {"pin": 33, "level": 0}})
+    b.drive(33, 1)
+    assert hw.arm_alarm_wake() and b.ext0 == (33, 0)
+    b.ext0 = None
+    b.drive(33, 0)  # still closed
+    assert not hw.arm_alarm_wake() and b.ext0 is None
+    assert not hardware.Hardware({}).arm_alarm_wake()
