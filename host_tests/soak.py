@@ -71,7 +71,7 @@ def soak(days, interpreter, seed, out=sys.stdout):
                 kills += 1
                 broker_back = i + rnd.randrange(6, 36)
             elif broker_back is not None and i >= broker_back:
-                before = rx.sub.connects
+                before = rx.sub.subscribed
                 broker.restart()
                 rx.sub.reconnected(before)
                 broker_back = None
@@ -93,7 +93,7 @@ def soak(days, interpreter, seed, out=sys.stdout):
                 b.schedule(b.world_us + 310 * 1000000, "power_cut")  # in the second sleep
                 cuts += 1
         if broker_back is not None:
-            before = rx.sub.connects
+            before = rx.sub.subscribed
             broker.restart()
             rx.sub.reconnected(before)
         b.scenario.pop("sht4x", None)

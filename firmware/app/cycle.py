@@ -173,7 +173,7 @@ class Wake:
             shown.append("%s=%s" % (c["name"], "-" if v is None else v))
             if v is not None:
                 alarm = self._alarms(c["name"], v, c["scale"]) or alarm
-        log.info("sample", "%s", " ".join(shown))
+        log.info("sample", "%s at=%d", " ".join(shown), stamp)  # at: unix s, or s since power-on
         self.st.samples = min(self.st.samples + 1, 65535)
         return alarm
 

@@ -15,7 +15,13 @@ class Subscriber:
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="checker-%d" % time.monotonic_ns())
         self.c.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.retain))
         ready = threading.Event()
-        self.c.on_subscribe = lambda *a: ready.set()
+        self.subscribed = 0  # SUBACKs received: one per (re)connect
+
+        def on_subscribe(*a):
+            self.subscribed += 1
+            ready.set()
+
+        self.c.on_subscribe = on_subscribe
         # subscribe on every (re)connect: a restarted broker has forgotten us
         self.connects = 0
 
@@ -35,12 +41,12 @@ class Subscriber:
         return self.messages
 
     def reconnected(self, before, timeout=15):
-        """After a broker restart: wait until this client is back and subscribed."""
+        """After a broker restart: wait until this client is back and its
+        subscription acknowledged (before: self.subscribed before the restart)."""
         end = time.monotonic() + timeout
-        while self.connects <= before and time.monotonic() < end:
-            time.sleep(0.05)
-        time.sleep(0.2)  # the SUBSCRIBE on its way
-        return self.connects > before
+        while self.subscribed <= before and time.monotonic() < end:
+            time.sleep(0.02)
+        return self.subscribed > before
 
     def settle(self, quiet=0.3, timeout=10):
         """Wait until no message has arrived for `quiet` seconds."""

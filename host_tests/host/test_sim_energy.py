@@ -71,9 +71,8 @@ def flash_with(tmp_path, main):
     flash = tmp_path / "flash"
     flash.mkdir()
     (flash / "main.py").write_text(main)
-    (flash / "lib").mkdir()
-    for name in ("mqtt.py", "eventlog.py"):  # laid out as `petrel sim` does
-        shutil.copy(paths.LIB / name, flash / "lib" / name)
+    shutil.copytree(paths.LIB, flash / "lib",  # all of lib/, as a deploy lays it out
+                    ignore=shutil.ignore_patterns("__pycache__"))
     return flash
 
 

@@ -75,7 +75,7 @@ def test_half_a_day_of_faults_on_the_vm(tmp_path, own_broker):
     broker.kill()
     down = node.run(18)
     assert not any(summary(x)["uplink"] == "ok" for x in down)
-    before = rx.sub.connects
+    before = rx.sub.subscribed
     broker.restart()
     assert rx.sub.reconnected(before)  # the checker must be listening again first
     boots += down + run_until_uplink(node)
