@@ -30,7 +30,7 @@ import simstate  # noqa: E402
 from petrel.broker import Broker  # noqa: E402
 from petrel.simnode import SimNode  # noqa: E402
 
-from wakecheck import Receiver, accepted, awake_limits, lost_in_power_cuts, summary  # noqa: E402
+from wakecheck import Receiver, accepted, awake_limits, events, lost_in_power_cuts, summary  # noqa: E402
 
 H_US = 3600 * 1000000
 SENSOR_FAULTS = ("missing", "crc", "bug", "nack")
@@ -131,8 +131,13 @@ def soak(days, interpreter, seed, out=sys.stdout):
         out.write("faults: %d broker kills, %d hung wakes (%d watchdog resets), %d power cuts "
                   "(%d readings only in RTC memory lost), Wi-Fi outages and sensor faults as drawn\n"
                   % (kills, hangs, wdt, cuts, lost_total))
-        out.write("worst awake %.0f ms; readings t %d, bat %d arrived in order\n"
-                  % (worst, len(rx.values("t", 100)), len(rx.values("bat", 1000))))
+        out.write("worst awake %.0f ms; readings t %d, bat %d arrived in order; %d messages refused "
+                  "by the collector %s\n" % (worst, len(rx.values("t", 100)), len(rx.values("bat", 1000)),
+                                              len(rx.rejected), sorted(set(rx.rejected))[:3]))
+        if failures:  # what arrived around the first missing reading, by time
+            for ch in ("t", "bat"):
+                d = rx.readings.get(ch, {})
+                out.write("%s: %d distinct times arrived\n" % (ch, len(d)))
         rx.close()
         for f in failures:
             out.write("FAIL %s\n" % f)
@@ -152,8 +157,9 @@ def where(boots, ch, got, want):
             lines = []
             for x in boots[max(0, k - 3):k + 3]:
                 lines.append("boot %d %s %s" % (x.number, x.reset_cause, summary(x)))
-            return "reading %d (%s vs %s), taken at boot %d:\n  %s" % (
-                i, got[i:i + 3], want[i:i + 3], b.number, "\n  ".join(lines))
+            at = [e.get("at") for e in events(b, "sample")]
+            return "reading %d (%s vs %s), taken at boot %d (at=%s):\n  %s" % (
+                i, got[i:i + 3], want[i:i + 3], b.number, at, "\n  ".join(lines))
     return "at the end (%d vs %d)" % (len(got), len(want))
 
 
