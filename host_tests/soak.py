@@ -66,7 +66,7 @@ def soak(days, interpreter, seed, out=sys.stdout):
             if broker_back is None and rnd.random() < 1 / 500:
                 # what the broker acknowledged reaches the checker before it dies
                 # (the test broker keeps nothing on disk: persistence false)
-                rx.sub.settle(0.2)
+                rx.sub.settle(1.0)
                 broker.kill()
                 kills += 1
                 broker_back = i + rnd.randrange(6, 36)

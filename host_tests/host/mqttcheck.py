@@ -48,7 +48,7 @@ class Subscriber:
             time.sleep(0.02)
         return self.subscribed > before
 
-    def settle(self, quiet=0.3, timeout=10):
+    def settle(self, quiet=1.0, timeout=20):
         """Wait until no message has arrived for `quiet` seconds."""
         end = time.monotonic() + timeout
         n = -1
