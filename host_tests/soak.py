@@ -134,10 +134,14 @@ def soak(days, interpreter, seed, out=sys.stdout):
         out.write("worst awake %.0f ms; readings t %d, bat %d arrived in order; %d messages refused "
                   "by the collector %s\n" % (worst, len(rx.values("t", 100)), len(rx.values("bat", 1000)),
                                               len(rx.rejected), sorted(set(rx.rejected))[:3]))
-        if failures:  # what arrived around the first missing reading, by time
-            for ch in ("t", "bat"):
-                d = rx.readings.get(ch, {})
-                out.write("%s: %d distinct times arrived\n" % (ch, len(d)))
+        if failures:  # two readings of a channel at one time would be one to any consumer
+            stamps = {}
+            for x in kept:
+                for e in events(x, "sample"):
+                    if e.get("bat", "-") != "-":
+                        stamps.setdefault(e.get("at"), []).append(x.number)
+            dup = [(k, v) for k, v in stamps.items() if len(v) > 1]
+            out.write("readings sharing a timestamp: %s\n" % dup[:5])
         rx.close()
         for f in failures:
             out.write("FAIL %s\n" % f)

@@ -43,10 +43,23 @@ def ensure_installed():
     return mosquitto_binary()
 
 
+def free_ports(n):
+    """n distinct free loopback ports: all held open while they are picked
+    (one at a time, the kernel may hand out the same port twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 # ------------------------------------------------------------ certificates
@@ -150,7 +163,7 @@ class Broker:
     def start(self, timeout=10):
         ensure_installed()
         self.pki = make_pki(self.folder / "pki")
-        self.ports = dict((name, free_port()) for name in LISTENERS)
+        self.ports = dict(zip(LISTENERS, free_ports(len(LISTENERS))))
         pskfile = self.folder / "psk.txt"
         pskfile.write_text("".join("%s:%s\n" % kv for kv in self.psk.items()))
         p = self.pki
@@ -199,7 +212,10 @@ class Broker:
                     break
                 except OSError:
                     if self.proc.poll() is not None:
-                        raise RuntimeError("mosquitto exited: %s" % self.proc.stderr.read().decode())
+                        log = self.folder / "mosquitto.log"
+                        raise RuntimeError("mosquitto exited: %s%s" % (
+                            self.proc.stderr.read().decode(),
+                            log.read_text()[-500:] if log.exists() else ""))
                     if time.monotonic() > deadline:
                         raise RuntimeError("mosquitto did not listen on %d" % port)
                     time.sleep(0.05)
