@@ -33,7 +33,19 @@ DATA = "data"
 OUTBOX_PATH = DATA + "/outbox"
 SEQ_PATH = DATA + "/seq"
 CLOCK_PATH = DATA + "/clock"
+DRIFT_PATH = DATA + "/drift"
+DRIFT_STEP = 1000  # ppm: rewrite the kept drift only when it moved this much
 POWER_NAMES = ("ok", "low", "critical")
+
+
+def load_drift():
+    """The sleep clock's drift kept on flash (ppm), 0 when unknown."""
+    try:
+        with open(DRIFT_PATH) as f:
+            v = int(f.read())
+        return v if -100000 < v < 100000 else 0
+    except (OSError, ValueError):
+        return 0
 
 
 def _now_ms():
@@ -148,6 +160,13 @@ class Wake:
             # the RTC drifts between syncs (hours, in an outage): stamp with the
             # drift-corrected time, so readings keep their order across a sync
             stamp = self.sched.true_ms(unix_ms()) // 1000
+            # and never at or before the last wake's: a sync that steps the
+            # clock back further than an interval (a drift not yet learnt)
+            # would otherwise give two wakes one timestamp, and consumers keep
+            # one reading per channel and time
+            if stamp <= self.st.last_stamp:
+                stamp = self.st.last_stamp + 1
+            self.st.last_stamp = stamp
         alarm = False
         shown = []
         from app.hardware import quantity
@@ -252,6 +271,8 @@ class Wake:
         st.power = power
         self._open_store()
         interval = cfg.sample_s
+        if not st.ppm and not st.synced:
+            st.ppm = load_drift()  # RTC memory lost: the chip's drift is still on flash
         self.sched = Schedule(interval, st.schedule())
         if power == 2:
             # protect the cells: no sensors, no radio; what RTC memory holds
@@ -279,6 +300,18 @@ class Wake:
         except OSError as e:
             log.error("outbox", "flush failed: %s", e)
 
+    def _keep_drift(self):
+        """The learnt drift is the chip's, not the wake's: kept on flash when
+        it moved by more than DRIFT_STEP, so a power cut does not lose it."""
+        ppm = self.sched.state["ppm"]
+        if ppm and abs(ppm - load_drift()) > DRIFT_STEP:
+            try:
+                with open(DRIFT_PATH + ".tmp", "w") as f:
+                    f.write("%d" % ppm)
+                os.rename(DRIFT_PATH + ".tmp", DRIFT_PATH)
+            except OSError as e:
+                log.warn("schedule", "drift not kept: %s", e)
+
     def sleep(self, ms):
         """-> the deep sleep to ask for (None: the next slot of the grid), with
         the wake summary on the log."""
@@ -286,6 +319,7 @@ class Wake:
         if ms is None:
             ms = self.sched.sleep_ms(unix_ms(), self.clk.known())
             st.keep_schedule(self.sched.state)
+            self._keep_drift()
         st.crash_streak = 0
         st.awake_ms = time.ticks_diff(time.ticks_ms(), self.t0)
         depth = len(self.ob) if self.ob is not None else 0

@@ -46,9 +46,10 @@ FIELDS = (
     ("rssi", "b"),  # last Wi-Fi RSSI
     ("rejected", "H"),  # readings the encoder could not send, since power-on
     ("refused", "H"),  # readings the outbox refused (flash failing), since power-on
+    ("last_stamp", "I"),  # the last reading's timestamp: the next is always later
 )
 FMT = "<" + "".join(code for _, code in FIELDS)
-VERSION = 4
+VERSION = 5
 
 
 class State:
