@@ -27,8 +27,8 @@ BATTERY_PIN = 35
 DAY_US = 86400 * 1000000
 
 
-class _Bug:
-    """Whatever the driver sends, something inside it breaks."""
+class _Broken:
+    """A part on the bus the I2C fake can address (none of simdev's faults)."""
 
     fault = None
     stretch_us = 0
@@ -37,6 +37,10 @@ class _Bug:
 
     def powered(self):
         return True
+
+
+class _Bug(_Broken):
+    """Whatever the driver sends, something inside it breaks."""
 
     def i2c_write(self, data):
         raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
@@ -45,16 +49,8 @@ class _Bug:
         raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
 
 
-class _Hang:
+class _Hang(_Broken):
     """A part that never lets go of the bus, with a driver that never gives up."""
-
-    fault = None
-    stretch_us = 0
-    corrupt = None
-    rail = None
-
-    def powered(self):
-        return True
 
     def i2c_write(self, data):
         board.advance(3600 * 1000000)  # an hour: the watchdog fires on the way
