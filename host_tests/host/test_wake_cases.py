@@ -93,7 +93,7 @@ def test_a_node_provisioned_without_channels_samples_what_its_board_carries(tmp_
     assert "no channels in config.json: the board's (t rh bat)" in boots[0].output
     for x in boots:
         s = events(x, "sample")[0]
-        assert set(s) == {"t", "rh", "bat"} and s["bat"] == "3000", x.output
+        assert set(s) == {"t", "rh", "bat", "at"} and s["bat"] == "3000", x.output
 
 
 def test_a_node_without_its_keys_keeps_sampling_and_says_why(tmp_path, broker):
