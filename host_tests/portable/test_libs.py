@@ -7,8 +7,25 @@ import rtcmem
 
 
 class Capture:
+    """Stands in for print inside eventlog (a module global shadows the builtin
+    on both interpreters), so a test sees exactly the lines that would go out."""
+
     def __init__(self):
         self.lines = []
+
+    def __enter__(self):
+        eventlog.print = self.write
+        return self
+
+    def __exit__(self, *exc):
+        del eventlog.print
+        eventlog.level = eventlog.INFO
+
+    def write(self, line):
+        self.lines.append(line)
+
+    def tags(self):
+        return [eventlog.parse(line)[2] for line in self.lines]
 
 
 def test_log_line_format_round_trips():
@@ -26,13 +43,28 @@ def test_log_parse_rejects_other_lines():
 
 
 def test_log_levels_filter():
-    # printing goes to the UART; here we only check the filter decision
-    eventlog.level = eventlog.WARN
-    try:
-        eventlog.info("x", "%d", 1)  # filtered: must not raise or format
+    with Capture() as out:
+        eventlog.level = eventlog.WARN
+        eventlog.error("e", "n=%d", 1)
+        eventlog.warn("w", "n=%d", 2)
+        eventlog.info("i", "n=%d", 3)
+        eventlog.debug("d", "n=%d", 4)
+        assert out.tags() == ["e", "w"]
+        assert out.lines[1] == "W 000000 w: n=2"
+        out.lines = []
         eventlog.level = eventlog.DEBUG
-    finally:
-        eventlog.level = eventlog.INFO
+        eventlog.debug("d", "n=%d", 4)
+        eventlog.info("i")
+        assert out.tags() == ["d", "i"]
+
+
+def test_log_formats_nothing_for_a_level_that_is_off():
+    # "%d" % "x" raises: a filtered call must return before formatting
+    with Capture() as out:
+        eventlog.level = eventlog.ERROR
+        eventlog.warn("w", "n=%d", "x")
+        eventlog.debug("d", "n=%d", "x")
+        assert out.lines == []
 
 
 def test_rtc_record_round_trip():
