@@ -42,7 +42,17 @@ def test_common_chain_allocates_nothing_per_sample():
     values = samples()
     assert runs_without_allocating(c, values)
     assert c.drops[filters.DELTA] > 0  # the drop path ran under the lock too
-    assert c.push(9900, 0) is None or c.flags & filters.CLAMPED
+    # a step far above the clamp (85 degC = 8500): the sent values climb through
+    # median and EMA and stop at exactly 8500, the one value flagged CLAMPED;
+    # the repeats of 8500 after it are dropped by delta
+    sent = []
+    for _ in range(30):
+        v = c.push(9900, 0)
+        if v is not None:
+            sent.append((v, c.flags & filters.CLAMPED))
+    assert sent[-1] == (8500, filters.CLAMPED)
+    assert [x for x in sent if x[0] >= 8500 or x[1]] == [(8500, filters.CLAMPED)]
+    assert c.push(9900, 0) is None and c.reason == filters.DELTA
 
 
 def test_the_check_catches_a_chain_that_allocates():
