@@ -7,8 +7,9 @@ watchdog on the way); time() counts seconds since 2000-01-01 from the RTC.
 
 import sys
 
-from simstate import board, TICKS_MASK, TICKS_HALF
-import machine
+# the board from simboard, not simstate: simstate loads this module
+from simboard import board
+from simclock import TICKS_MASK, TICKS_HALF
 
 if sys.implementation.name == "micropython":
     # The VM resolves `utime` to its built-in time before looking at the path;
@@ -69,15 +70,43 @@ def time_ns():
     return board.rtc_us() * 1000
 
 
+# ------------------------------------------------------------------ calendar
+# Seconds since 2000-01-01 and back, also for machine.RTC.datetime().
+_DAYS_BEFORE_MONTH = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+
+
+def _leap(y):
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+
+
+def _days_since_2000(year, month, day):
+    days = (year - 2000) * 365 + (year - 1997) // 4 - (year - 1901) // 100 + (year - 1601) // 400
+    days += _DAYS_BEFORE_MONTH[month - 1] + day - 1
+    if month > 2 and _leap(year):
+        days += 1
+    return days
+
+
 def gmtime(secs=None):
+    """Seconds since 2000-01-01 -> (year, month, mday, hour, min, sec, weekday, yday)."""
     if secs is None:
         secs = time()
-    return machine.civil_from_seconds(int(secs))
+    days, rem = divmod(int(secs), 86400)
+    weekday = (days + 5) % 7  # 2000-01-01 was a Saturday; Monday is 0
+    year = 2000 + days // 366
+    while _days_since_2000(year + 1, 1, 1) <= days:
+        year += 1
+    yday = days - _days_since_2000(year, 1, 1)
+    month = 12
+    while _days_since_2000(year, month, 1) > days:
+        month -= 1
+    mday = days - _days_since_2000(year, month, 1) + 1
+    return (year, month, mday, rem // 3600, (rem // 60) % 60, rem % 60, weekday, yday + 1)
 
 
 localtime = gmtime
 
 
 def mktime(t):
-    return (machine.days_since_2000(t[0], t[1], t[2]) * 86400
+    return (_days_since_2000(t[0], t[1], t[2]) * 86400
             + t[3] * 3600 + t[4] * 60 + t[5])
