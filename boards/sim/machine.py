@@ -2,13 +2,15 @@
 
 Faithful, not friendly: deepsleep() and reset() never return, a missing I2C
 device raises OSError(ENODEV), an unfed WDT resets the board, RTC memory holds at
-most 2048 bytes and is gone after power loss. State lives in simstate.board.
+most 2048 bytes and is gone after power loss. State lives in simstate.board;
+the I2C and SPI buses are in simbus.py.
 """
 
-import errno
+import time  # the fake's calendar (gmtime, mktime) for RTC.datetime()
 
 import simstate
 from simstate import board, Halt  # noqa: F401  (Halt re-exported for runners)
+from simbus import I2C, SoftI2C, SPI, SoftSPI  # noqa: F401  (the buses live there)
 
 PWRON_RESET = simstate.PWRON_RESET
 HARD_RESET = simstate.HARD_RESET
@@ -270,164 +272,7 @@ class ADC:
         return self._raw12() * ADC.FULL_SCALE_UV[self._atten] // 4095
 
 
-# ------------------------------------------------------------------ I2C
-class I2C:
-    """Hardware I2C. Devices are models on board.i2c[bus][addr] (see simdev)."""
-
-    def __init__(self, id=0, scl=None, sda=None, freq=400000, timeout=50000):
-        board.alive()
-        if id not in (0, 1):
-            raise ValueError("I2C(%s) doesn't exist" % id)
-        self.id = id
-        self.freq = freq
-        self.timeout_us = timeout
-
-    def init(self, scl=None, sda=None, freq=400000, timeout=50000):
-        self.freq = freq
-        self.timeout_us = timeout
-
-    def _dev(self, addr, nbytes):
-        board.alive()
-        # address byte + payload, 9 clocks each
-        board.advance((nbytes + 1) * 9 * 1000000 // self.freq + 1)
-        dev = board.i2c.get(self.id, {}).get(addr)
-        if dev is None or dev.fault == "nack" or not dev.powered():
-            raise OSError(errno.ENODEV)
-        if dev.stretch_us:
-            if dev.stretch_us > self.timeout_us:
-                board.advance(self.timeout_us)
-                raise OSError(errno.ETIMEDOUT)
-            board.advance(dev.stretch_us)
-        return dev
-
-    def scan(self):
-        board.alive()
-        found = []
-        for addr in range(0x08, 0x78):
-            dev = board.i2c.get(self.id, {}).get(addr)
-            if dev is not None and dev.fault != "nack":
-                found.append(addr)
-        board.advance(112 * 9 * 1000000 // self.freq)
-        return found
-
-    def writeto(self, addr, buf, stop=True):
-        dev = self._dev(addr, len(buf))
-        dev.i2c_write(bytes(buf))
-        return len(buf)
-
-    def writevto(self, addr, vector, stop=True):
-        data = b"".join(bytes(b) for b in vector)
-        return self.writeto(addr, data, stop)
-
-    def readfrom(self, addr, nbytes, stop=True):
-        dev = self._dev(addr, nbytes)
-        return dev.read_bytes(nbytes)
-
-    def readfrom_into(self, addr, buf, stop=True):
-        data = self.readfrom(addr, len(buf), stop)
-        for i in range(len(buf)):
-            buf[i] = data[i]
-
-    def _memaddr(self, memaddr, addrsize):
-        n = addrsize // 8
-        return bytes((memaddr >> (8 * (n - 1 - i))) & 0xFF for i in range(n))
-
-    def readfrom_mem(self, addr, memaddr, nbytes, addrsize=8):
-        dev = self._dev(addr, nbytes + addrsize // 8 + 1)
-        dev.i2c_write(self._memaddr(memaddr, addrsize))
-        return dev.read_bytes(nbytes)
-
-    def readfrom_mem_into(self, addr, memaddr, buf, addrsize=8):
-        data = self.readfrom_mem(addr, memaddr, len(buf), addrsize)
-        for i in range(len(buf)):
-            buf[i] = data[i]
-
-    def writeto_mem(self, addr, memaddr, buf, addrsize=8):
-        dev = self._dev(addr, len(buf) + addrsize // 8)
-        dev.i2c_write(self._memaddr(memaddr, addrsize) + bytes(buf))
-
-
-SoftI2C = I2C
-
-
-# ------------------------------------------------------------------ SPI
-class SPI:
-    """SPI bus. The selected device is the model whose CS pin is driven low."""
-
-    MSB = 0
-    LSB = 1
-
-    def __init__(self, id=1, baudrate=1000000, polarity=0, phase=0, bits=8, firstbit=0,
-                 sck=None, mosi=None, miso=None):
-        board.alive()
-        self.id = id
-        self.baudrate = baudrate
-
-    def init(self, baudrate=1000000, **kw):
-        self.baudrate = baudrate
-
-    def deinit(self):
-        pass
-
-    def _xfer(self, out):
-        board.alive()
-        board.advance(len(out) * 8 * 1000000 // self.baudrate + 1)
-        for cs in board.spi.get(self.id, {}):
-            if board.level(cs) == 0:
-                return bytes(board.spi[self.id][cs].transfer(bytes(out)))
-        return b"\xff" * len(out)  # nobody selected: MISO floats high
-
-    def write(self, buf):
-        self._xfer(buf)
-
-    def read(self, nbytes, write=0):
-        return self._xfer(bytes([write]) * nbytes)
-
-    def readinto(self, buf, write=0):
-        data = self.read(len(buf), write)
-        for i in range(len(buf)):
-            buf[i] = data[i]
-
-    def write_readinto(self, out, inbuf):
-        data = self._xfer(out)
-        for i in range(len(inbuf)):
-            inbuf[i] = data[i]
-
-
-SoftSPI = SPI
-
-
 # ------------------------------------------------------------------ RTC
-_DAYS_BEFORE_MONTH = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
-
-
-def _leap(y):
-    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
-
-
-def days_since_2000(year, month, day):
-    days = (year - 2000) * 365 + (year - 1997) // 4 - (year - 1901) // 100 + (year - 1601) // 400
-    days += _DAYS_BEFORE_MONTH[month - 1] + day - 1
-    if month > 2 and _leap(year):
-        days += 1
-    return days
-
-
-def civil_from_seconds(secs):
-    """Seconds since 2000-01-01 -> (year, month, mday, hour, min, sec, weekday, yday)."""
-    days, rem = divmod(secs, 86400)
-    weekday = (days + 5) % 7  # 2000-01-01 was a Saturday; Monday is 0
-    year = 2000 + days // 366
-    while days_since_2000(year + 1, 1, 1) <= days:
-        year += 1
-    yday = days - days_since_2000(year, 1, 1)
-    month = 12
-    while days_since_2000(year, month, 1) > days:
-        month -= 1
-    mday = days - days_since_2000(year, month, 1) + 1
-    return (year, month, mday, rem // 3600, (rem // 60) % 60, rem % 60, weekday, yday + 1)
-
-
 class RTC:
     def __init__(self, id=0):
         board.alive()
@@ -436,9 +281,9 @@ class RTC:
         """(year, month, day, weekday, hours, minutes, seconds, microseconds)"""
         if dt is None:
             us = board.rtc_us()
-            t = civil_from_seconds(us // 1000000)
+            t = time.gmtime(us // 1000000)
             return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], us % 1000000)
-        secs = days_since_2000(dt[0], dt[1], dt[2]) * 86400 + dt[4] * 3600 + dt[5] * 60 + dt[6]
+        secs = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
         board.set_rtc_us(secs * 1000000 + (dt[7] if len(dt) > 7 else 0))
 
     def init(self, dt):
