@@ -30,7 +30,7 @@ def _devices(pin):
     wiring = getattr(board, "onewire", None)
     if wiring is None:
         wiring = {}
-        setattr(board, "onewire", wiring)
+        board.onewire = wiring
     board.outputs.pop(n, None)  # released between slots: the pull-up decides
     if board.modes.get(n) != _OPEN_DRAIN:
         return ()
