@@ -1,12 +1,12 @@
-"""Per-channel filter chains, built from configuration (JSON), that turn raw
-readings into the values worth sending.
+"""Per-channel filter chains that turn raw readings into the values worth
+sending: the filters and the chain. filterconf builds them from configuration
+(JSON, ESPHome's names):
 
-    chains = filters.build({"temperature": {"scale": 100, "filters": [
+    t = filterconf.build_chain("temperature", {"scale": 100, "filters": [
         {"median": {"window_size": 5, "send_every": 1}},
         {"exponential_moving_average": {"alpha": 0.2, "send_every": 1}},
         {"clamp": {"min_value": -40, "max_value": 85}},
-        {"delta": 0.1}]}})
-    t = chains["temperature"]
+        {"delta": 0.1}]})
     out = t.push(2153, now_ms)     # 21.53 degC in 1/scale units
     if out is not None: send(out, t.flags)
     else: t.reason                 # why not: counted in t.drops[reason]
@@ -15,20 +15,18 @@ Values are integers in units of 1/scale of the channel's unit (scale 100: 0.01),
 because on the ESP32 a float is a heap object and an int is not: the common
 chain (median, EMA, clamp, delta) allocates nothing per sample. Keep values
 within +-2**16 units for that to hold on the ESP32 (its small ints are 31-bit;
-larger values still work, through long ints). Numbers in the configuration are
-in the channel's unit and converted with its scale.
+larger values still work, through long ints).
 
 Time-based filters take `now`, milliseconds from a clock that keeps running
 across deep sleep and wraps at 2**30 like ticks_ms (periods up to 2**29 ms).
 Filters that emit on time alone (heartbeat, timeout, debounce,
 throttle_average) do so from tick(now).
 
-Filters (ESPHome's, with the same names and defaults): offset, multiply,
-calibrate_linear (least squares, or method: exact for piecewise), calibrate_polynomial,
-filter_out, clamp, round, median, quantile, min, max, sliding_window_moving_average,
-exponential_moving_average, skip_initial, throttle, throttle_average, heartbeat,
-timeout, debounce, delta, or. And hampel: outlier rejection by the median
-absolute deviation. A missing reading (None, the int world's NaN) is dropped and
+Here are the filters written in Python (calibrations, percentage delta, the
+time-based ones, or); the integer ones (offset, clamp, round, filter_out,
+skip_initial, median, quantile, min, max, sliding_window_moving_average,
+exponential_moving_average, absolute delta, hampel) are compiled into one
+filterprog.Stage. A missing reading (None, the int world's NaN) is dropped and
 counted at the chain's entry.
 
 Every dropped value is counted by reason in chain.drops; every value sent
@@ -36,7 +34,7 @@ carries chain.flags (STALE: re-sent by timeout, CLAMPED, REPLACED by hampel).
 A chain's state fits a compact snapshot() for RTC memory across deep sleep.
 """
 
-import filterprog as prog
+from confcheck import ConfigError  # also filters.ConfigError, as before: the one class
 from filterprog import (OK, NAN, VALUE, RANGE, OUTLIER, SKIP, THROTTLE, DELTA, HOLD, OR,  # noqa: F401
                         STALE, CLAMPED, REPLACED)
 
@@ -55,10 +53,6 @@ def _div(a, b):
     if a >= 0:
         return (a + (b >> 1)) // b
     return -((-a + (b >> 1)) // b)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 # ------------------------------------------------------------------ base
@@ -437,293 +431,3 @@ def _varints(data, i):
             if b < 0x80:
                 break
         yield (v >> 1) ^ -(v & 1)
-
-
-# ------------------------------------------------------------------ config
-_UNITS = (("ms", 1), ("min", 60000), ("s", 1000), ("h", 3600000))
-
-
-class _Spec:
-    """Reads one filter's parameters, naming the channel, filter and key in errors."""
-
-    def __init__(self, channel, index, name, params, scale):
-        self.where = "channel '%s', filter %d '%s'" % (channel, index + 1, name)
-        self.params = params
-        self.scale = scale
-        self.seen = []
-
-    def fail(self, msg):
-        raise ConfigError("%s: %s" % (self.where, msg))
-
-    def get(self, key, default=None, required=False):
-        self.seen.append(key)
-        if not isinstance(self.params, dict):
-            self.fail("expected a mapping of options, got %r" % (self.params,))
-        if key in self.params:
-            return self.params[key]
-        if required:
-            self.fail("missing key '%s'" % key)
-        return default
-
-    def done(self):
-        if isinstance(self.params, dict):
-            for k in self.params:
-                if k not in self.seen:
-                    self.fail("unknown key '%s' (expected: %s)" % (k, ", ".join(self.seen)))
-
-    def number(self, v, key):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            self.fail("key '%s' must be a number, got %r" % (key, v))
-        return v
-
-    def units(self, v, key):
-        """A value in the channel's unit -> int in 1/scale units."""
-        return int(round(self.number(v, key) * self.scale))
-
-    def count(self, v, key, lo=1):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            self.fail("key '%s' must be an integer >= %d, got %r" % (key, lo, v))
-        return v
-
-    def duration(self, v, key):
-        """"500ms", "10s", "5min", "2h" or a number of milliseconds."""
-        if isinstance(v, str):
-            for suffix, mult in _UNITS:
-                if v.endswith(suffix):
-                    try:
-                        ms = float(v[: -len(suffix)]) * mult
-                    except ValueError:
-                        break
-                    if 0 < ms < (1 << 29):
-                        return int(ms)
-                    break
-            self.fail("key '%s' must be a duration like 500ms, 10s, 5min, 2h; got %r" % (key, v))
-        v = self.number(v, key)
-        if not 0 < v < (1 << 29):
-            self.fail("key '%s' must be a duration between 1 ms and 6 days, got %r" % (key, v))
-        return int(v)
-
-    def points(self, v, key):
-        if not isinstance(v, list) or not v:
-            self.fail("key '%s' must be a list of datapoints" % key)
-        out = []
-        for p in v:
-            if isinstance(p, str) and "->" in p:
-                a, b = p.split("->")
-                try:
-                    p = [float(a), float(b)]
-                except ValueError:
-                    self.fail("datapoint %r is not 'number -> number'" % p)
-            if not isinstance(p, (list, tuple)) or len(p) != 2:
-                self.fail("datapoint %r is not [from, to] or 'from -> to'" % (p,))
-            out.append((self.units(p[0], key), self.units(p[1], key)))
-        return out
-
-    def window(self, d_window, d_every, d_first):
-        size = self.count(self.get("window_size", d_window), "window_size")
-        if size > 64:
-            self.fail("key 'window_size' must be at most 64, got %d" % size)
-        every = self.count(self.get("send_every", d_every), "send_every")
-        first = self.count(self.get("send_first_at", d_first), "send_first_at")
-        if first > every:
-            self.fail("send_first_at (%d) must not exceed send_every (%d)" % (first, every))
-        return size, every, first
-
-
-def _scalar_or(spec, key):
-    """Filters written as `name: value` or `name: {key: value}`."""
-    if isinstance(spec.params, dict):
-        return spec.get(key, required=True)
-    spec.seen.append(key)
-    return spec.params
-
-
-def _make(spec, name, channel, scale):
-    if name == "offset":
-        return prog.Offset(spec.units(_scalar_or(spec, "value"), "value"))
-    if name == "multiply":
-        return Multiply(spec.number(_scalar_or(spec, "value"), "value"))
-    if name == "calibrate_linear":
-        if isinstance(spec.params, list):
-            spec.params = {"datapoints": spec.params}
-        method = spec.get("method", "least_squares")
-        if method not in ("least_squares", "exact"):
-            spec.fail("key 'method' must be least_squares or exact, got %r" % (method,))
-        pts = spec.points(spec.get("datapoints", required=True), "datapoints")
-        if method == "exact":
-            if len(pts) < 2 or len(set(p[0] for p in pts)) != len(pts):
-                spec.fail("exact calibration needs two or more datapoints with distinct inputs")
-        return CalibrateLinear(pts, method == "exact")
-    if name == "calibrate_polynomial":
-        degree = spec.count(spec.get("degree", required=True), "degree")
-        pts = spec.points(spec.get("datapoints", required=True), "datapoints")
-        if len(pts) <= degree:
-            spec.fail("degree %d needs at least %d datapoints" % (degree, degree + 1))
-        return CalibratePolynomial(degree, pts)
-    if name == "filter_out":
-        v = spec.params
-        if isinstance(v, dict):
-            v = spec.get("values", required=True)
-        if not isinstance(v, list):
-            v = [v]
-        return prog.FilterOut([spec.units(x, "values") for x in v])
-    if name == "clamp":
-        lo = spec.get("min_value")
-        hi = spec.get("max_value")
-        drop = spec.get("ignore_out_of_range", False)
-        if not isinstance(drop, bool):
-            spec.fail("key 'ignore_out_of_range' must be true or false")
-        lo = -prog.LIMIT if lo is None else spec.units(lo, "min_value")
-        hi = prog.LIMIT if hi is None else spec.units(hi, "max_value")
-        if lo > hi:
-            spec.fail("min_value is above max_value")
-        return prog.Clamp(lo, hi, drop)
-    if name == "round":
-        decimals = spec.count(_scalar_or(spec, "accuracy_decimals"), "accuracy_decimals", 0)
-        return prog.Round(max(1, scale // (10 ** decimals)))
-    if name == "skip_initial":
-        return prog.SkipInitial(spec.count(_scalar_or(spec, "count"), "count"))
-    if name in ("median", "min", "max"):
-        size, every, first = spec.window(5, 5, 1)
-        kind = {"median": prog.MEDIAN, "min": prog.MIN, "max": prog.MAX}[name]
-        return prog.Window(kind, size, every, first)
-    if name == "quantile":
-        size, every, first = spec.window(5, 5, 1)
-        q = spec.number(spec.get("quantile", 0.9), "quantile")
-        if not 0 < q <= 1:
-            spec.fail("key 'quantile' must be in (0, 1], got %r" % q)
-        return prog.Window(prog.QUANTILE, size, every, first, int(round(q * 1000)))
-    if name == "sliding_window_moving_average":
-        size, every, first = spec.window(15, 15, 1)
-        return prog.Window(prog.MEAN, size, every, first)
-    if name == "exponential_moving_average":
-        alpha = spec.number(spec.get("alpha", 0.1), "alpha")
-        if not 0 < alpha <= 1:
-            spec.fail("key 'alpha' must be in (0, 1], got %r" % alpha)
-        every = spec.count(spec.get("send_every", 15), "send_every")
-        first = spec.count(spec.get("send_first_at", 1), "send_first_at")
-        if first > every:
-            spec.fail("send_first_at (%d) must not exceed send_every (%d)" % (first, every))
-        return prog.EMA(alpha, every, first)
-    if name == "hampel":
-        size = spec.count(spec.get("window_size", 7), "window_size", 3)
-        if size > 64:
-            spec.fail("key 'window_size' must be at most 64, got %d" % size)
-        k = spec.number(spec.get("n_sigmas", 3.0), "n_sigmas")
-        if not 0 < k <= 8:
-            spec.fail("key 'n_sigmas' must be in (0, 8], got %r" % k)
-        replace = spec.get("replace", False)
-        if not isinstance(replace, bool):
-            spec.fail("key 'replace' must be true or false")
-        return prog.Hampel(size, k, replace)
-    if name == "delta":
-        v = _scalar_or(spec, "value")
-        if isinstance(v, str) and v.endswith("%"):
-            try:
-                pct = float(v[:-1])
-            except ValueError:
-                pct = -1
-            if pct <= 0:
-                spec.fail("a percentage delta must look like '5%%', got %r" % v)
-            return DeltaPercent(int(round(pct * 10000)))
-        d = spec.units(v, "value")
-        if not 0 <= d < prog.LIMIT:
-            spec.fail("delta must be between 0 and %d units" % prog.LIMIT)
-        return prog.Delta(d)
-    if name == "throttle":
-        return Throttle(spec.duration(_scalar_or(spec, "period"), "period"))
-    if name == "throttle_average":
-        return ThrottleAverage(spec.duration(_scalar_or(spec, "period"), "period"))
-    if name == "heartbeat":
-        if isinstance(spec.params, dict):
-            period = spec.duration(spec.get("period", required=True), "period")
-            optimistic = spec.get("optimistic", False)
-            if not isinstance(optimistic, bool):
-                spec.fail("key 'optimistic' must be true or false")
-        else:
-            period, optimistic = spec.duration(spec.params, "period"), False
-            spec.seen.append("period")
-        return Heartbeat(period, optimistic)
-    if name == "timeout":
-        if isinstance(spec.params, dict):
-            period = spec.duration(spec.get("period", required=True), "period")
-            value = spec.get("value")
-            value = None if value is None else spec.units(value, "value")
-        else:
-            period, value = spec.duration(spec.params, "period"), None
-            spec.seen.append("period")
-        return Timeout(period, value)
-    if name == "debounce":
-        return Debounce(spec.duration(_scalar_or(spec, "period"), "period"))
-    if name == "or":
-        if not isinstance(spec.params, list) or not spec.params:
-            spec.fail("expects a list of filters")
-        spec.seen.append("filters")
-        branches = []
-        for i in range(len(spec.params)):  # each branch sees every value on its own
-            branches += _filters(channel, [spec.params[i]], scale, spec.where + " > ")
-        return Or(branches)
-    spec.fail("unknown filter (known: %s)" % ", ".join(FILTER_NAMES))
-
-
-FILTER_NAMES = ("offset", "multiply", "calibrate_linear", "calibrate_polynomial", "filter_out",
-                "clamp", "round", "median", "quantile", "min", "max",
-                "sliding_window_moving_average", "exponential_moving_average", "skip_initial",
-                "throttle", "throttle_average", "heartbeat", "timeout", "debounce", "delta",
-                "or", "hampel")
-
-
-def _filters(channel, items, scale, prefix=""):
-    """Configuration items -> filters, consecutive integer ones compiled into
-    one filterprog.Stage."""
-    out = []
-    run = []
-    for i in range(len(items)):
-        item = items[i]
-        if not isinstance(item, dict) or len(item) != 1:
-            raise ConfigError("%schannel '%s', filter %d: expected one {name: options}, got %r"
-                              % (prefix, channel, i + 1, item))
-        name = list(item)[0]
-        spec = _Spec(channel, i, name, item[name], scale)
-        if prefix:
-            spec.where = prefix + spec.where
-        try:
-            f = _make(spec, name, channel, scale)
-        except ValueError as e:
-            if isinstance(e, ConfigError):
-                raise
-            spec.fail(str(e))
-        spec.done()
-        if isinstance(f, Filter):
-            if run:
-                out.append(prog.Stage(run))
-                run = []
-            out.append(f)
-        else:
-            run.append(f)
-    if run:
-        out.append(prog.Stage(run))
-    return out
-
-
-def build_chain(channel, config):
-    """One channel: {"scale": N (default 1), "filters": [...]}."""
-    if not isinstance(config, dict):
-        raise ConfigError("channel '%s': expected a mapping with 'filters'" % channel)
-    for k in config:
-        if k not in ("scale", "filters"):
-            raise ConfigError("channel '%s': unknown key '%s' (expected: scale, filters)" % (channel, k))
-    scale = config.get("scale", 1)
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ConfigError("channel '%s': key 'scale' must be a positive integer, got %r" % (channel, scale))
-    items = config.get("filters", [])
-    if not isinstance(items, list):
-        raise ConfigError("channel '%s': key 'filters' must be a list" % channel)
-    return Chain(channel, _filters(channel, items, scale), scale)
-
-
-def build(config):
-    """{channel: {"scale": N, "filters": [...]}} -> {channel: Chain}."""
-    if not isinstance(config, dict):
-        raise ConfigError("filter configuration must map channel names to chains")
-    return dict((name, build_chain(name, config[name])) for name in config)

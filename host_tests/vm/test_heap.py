@@ -2,6 +2,7 @@
 # nothing per sample in steady state.
 import micropython
 
+import filterconf
 import filters
 
 COMMON = [{"median": {"window_size": 5, "send_every": 1}},
@@ -38,7 +39,7 @@ def runs_without_allocating(chain, values):
 
 
 def test_common_chain_allocates_nothing_per_sample():
-    c = filters.build_chain("t", {"scale": 100, "filters": COMMON})
+    c = filterconf.build_chain("t", {"scale": 100, "filters": COMMON})
     values = samples()
     assert runs_without_allocating(c, values)
     assert c.drops[filters.DELTA] > 0  # the drop path ran under the lock too
@@ -57,7 +58,7 @@ def test_common_chain_allocates_nothing_per_sample():
 
 def test_the_check_catches_a_chain_that_allocates():
     # multiply by a float allocates a float per sample on the ESP32 and here
-    c = filters.build_chain("t", {"scale": 100, "filters": COMMON + [{"multiply": 1.5}]})
+    c = filterconf.build_chain("t", {"scale": 100, "filters": COMMON + [{"multiply": 1.5}]})
     assert not runs_without_allocating(c, samples())
 
 

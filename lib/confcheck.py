@@ -1,0 +1,100 @@
+"""The node's one configuration error and the checker that raises it.
+
+    c = confcheck.Check("config.json", data)
+    c.integer("sample_s", 10, 86400, 300)   # or ConfigError:
+    # config.json: key 'sample_s' must be an integer in 10..86400, got '5m'
+
+Every message starts with where the value is (file, object, channel, filter)
+and names the key and the form expected, so a person can fix the file from
+the log line alone. Used by app.config (config.json, board.json) and by
+filterconf (a channel's filters).
+"""
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Check:
+    """Reads one JSON value (an object, or a filter's short form), naming
+    `where` in every error. The keys asked for are kept in `seen`, so done()
+    can refuse the ones nobody asked for."""
+
+    def __init__(self, where, data):
+        self.where = where
+        self.data = data
+        self.seen = []
+
+    def fail(self, msg):
+        raise ConfigError("%s: %s" % (self.where, msg))
+
+    def must(self, key, expected, got):
+        """key: '' when the value itself is wrong."""
+        self.fail(("key '%s' must be " % key if key else "must be ") + "%s, got %r" % (expected, got))
+
+    def get(self, key, default=None, required=False):
+        self.seen.append(key)
+        if not isinstance(self.data, dict):
+            self.fail("expected a mapping of options, got %r" % (self.data,))
+        if key in self.data:
+            return self.data[key]
+        if required:
+            self.fail("missing key '%s'" % key)
+        return default
+
+    def done(self):
+        """Refuse a key that no get() asked for (a typo would otherwise be
+        ignored, and its setting silently not applied)."""
+        if isinstance(self.data, dict):
+            for k in self.data:
+                if k not in self.seen:
+                    self.fail("unknown key '%s' (expected: %s)" % (k, ", ".join(self.seen)))
+
+    # ------------------------------------------------------------ values
+    def number(self, v, key):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.must(key, "a number", v)
+        return v
+
+    def count(self, v, key, lo=1):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            self.must(key, "an integer >= %d" % lo, v)
+        return v
+
+    def flag(self, key, default=False):
+        v = self.get(key, default)
+        if not isinstance(v, bool):
+            self.fail("key '%s' must be true or false" % key)
+        return v
+
+    # ------------------------------------------------------------ keys
+    def integer(self, key, lo, hi, default):
+        v = self.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            self.must(key, "an integer in %d..%d" % (lo, hi), v)
+        return v
+
+    def text(self, key, default=None, required=False, maxlen=64):
+        v = self.get(key, default)
+        if v is None and not required:
+            return None
+        if not isinstance(v, str) or not v or len(v) > maxlen:
+            self.must(key, "a string of 1..%d characters" % maxlen, v)
+        return v
+
+    def obj(self, key, required=False):
+        """The object under key as a Check of its own, None when absent."""
+        v = self.get(key)
+        if v is None and not required:
+            return None
+        if not isinstance(v, dict):
+            self.must(key, "an object {...}", v)
+        return Check("%s: %s" % (self.where, key), v)
+
+
+def mapping(where, data):
+    """A Check of a value that must be a JSON object {...}."""
+    c = Check(where, data)
+    if not isinstance(data, dict):
+        c.must("", "a JSON object {...}", data)
+    return c
