@@ -52,17 +52,36 @@ FMT = "<" + "".join(code for _, code in FIELDS)
 VERSION = 5
 
 
+# the largest value of each struct code: what bump() saturates at
+_TOP = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF, "b": 0x7F, "h": 0x7FFF, "i": 0x7FFFFFFF}
+
+
 class State:
+    """The record as attributes, one per field of FIELDS (0 in a fresh one)."""
+
+    # declared here for readers and editors; FIELDS has their order, size and meaning
+    boots = crash_streak = crashes = safe_left = safe_entries = samples = up_fails = 0
+    up_next = synced = ppm = awake_ms = alarms = auth_fails = power = batt_mv = 0
+    wdt_resets = lost_rtc = cfg_crc = rssi = rejected = refused = last_stamp = 0
+
     def __init__(self, rtc=None):
         self.region = rtcmem.Region(rtc or machine.RTC(), APP[0], APP[1], VERSION)
         payload, self.why = self.region.load()
-        values = None
         if payload is not None and len(payload) == struct.calcsize(FMT):
             values = struct.unpack(FMT, payload)
+            for i in range(len(FIELDS)):
+                setattr(self, FIELDS[i][0], values[i])
         elif payload is not None:
             self.why = "bad-size"
-        for i in range(len(FIELDS)):
-            setattr(self, FIELDS[i][0], values[i] if values else 0)
+
+    def bump(self, name, n=1):
+        """Add n to a counter, saturating at what its field holds (255 for a
+        B, 65535 for an H, ...): a counter that wrapped would read as few."""
+        for field, code in FIELDS:
+            if field == name:
+                setattr(self, name, min(getattr(self, name) + n, _TOP[code]))
+                return
+        raise AttributeError(name)
 
     def save(self):
         self.region.save(struct.pack(FMT, *[getattr(self, name) for name, _ in FIELDS]))
