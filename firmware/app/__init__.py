@@ -45,7 +45,7 @@ def run():
              version.VERSION)
     if cause == "watchdog":
         # the last wake hung: as much a crash as an exception
-        st.wdt_resets = min(st.wdt_resets + 1, 65535)
+        st.bump("wdt_resets")
         _count_crash(st)
         log.error("boot", "watchdog reset: the last wake hung crash_streak=%d", st.crash_streak)
     try:
@@ -68,9 +68,9 @@ def run():
         if not cfg.channels and hw.desc.get("channels"):
             # a node provisioned without channels samples what its board carries
             try:
-                cfg.channels = config.check({"channels": hw.desc["channels"]}, "board.json")["channels"]
+                cfg.channels = config.channels(hw.desc["channels"], "board.json")
                 log.info("config", "no channels in config.json: the board's (%s)",
-                         " ".join(c["name"] for c in cfg.channels))
+                         " ".join(c.name for c in cfg.channels))
             except config.ConfigError as e:
                 log.error("config", "%s", e)
         wdt = machine.WDT(timeout=cfg.network_budget_ms + WDT_MARGIN_MS)
@@ -80,10 +80,10 @@ def run():
         st.cfg_crc = _config_crc()
         tb = crashlog.keep(e, "boot=%d cause=%s streak=%d" % (st.boots, cause, st.crash_streak))
         log.error("crash", "streak=%d total=%d\n%s", st.crash_streak, st.crashes, tb.rstrip())
-        sm = cfg.safe_mode if cfg is not None else config.DEFAULTS["safe_mode"]
+        sm = cfg.safe_mode if cfg is not None else config.SafeMode()
         ms = cfg.sample_s * 1000 if cfg is not None else CRASH_SLEEP_MS
-        if st.crash_streak >= sm["after_crashes"]:
-            ms = sm["sleep_s"] * 1000  # crashing again and again: no hurry
+        if st.crash_streak >= sm.after_crashes:
+            ms = sm.sleep_s * 1000  # crashing again and again: no hurry
     if wdt is not None:
         wdt.feed()
     st.save()
@@ -92,8 +92,8 @@ def run():
 
 
 def _count_crash(st):
-    st.crash_streak = min(st.crash_streak + 1, 255)
-    st.crashes = min(st.crashes + 1, 65535)
+    st.bump("crash_streak")
+    st.bump("crashes")
 
 
 def _config_crc():
@@ -113,9 +113,9 @@ def _wake(st, cfg, hw, cause, wake, t0):
         log.info("safe", "left: configuration or firmware changed")
         st.safe_left = 0
         st.crash_streak = 0
-    if not st.safe_left and st.crash_streak >= sm["after_crashes"]:
-        st.safe_left = sm["wakes"]
-        st.safe_entries = min(st.safe_entries + 1, 65535)
+    if not st.safe_left and st.crash_streak >= sm.after_crashes:
+        st.safe_left = sm.wakes
+        st.bump("safe_entries")
         st.cfg_crc = _config_crc()
         log.error("safe", "entered after %d crashed wakes: %d wakes of safe mode",
                   st.crash_streak, st.safe_left)
@@ -125,9 +125,9 @@ def _wake(st, cfg, hw, cause, wake, t0):
         st.safe_left -= 1
         if not st.safe_left:
             # one more try of the application next time; one crash brings us back
-            st.crash_streak = sm["after_crashes"] - 1
+            st.crash_streak = sm.after_crashes - 1
             log.info("safe", "last safe wake: the application runs again next wake")
-        return safemode.run(st, cfg, cause, t0)
+        return safemode.run(st, cfg, cause)
     from app import cycle
 
     return cycle.Wake(st, cfg, hw, cause, wake, t0).run()

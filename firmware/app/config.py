@@ -2,7 +2,7 @@
 keys), as `petrel provision` writes them, checked before anything uses them.
 
     cfg = config.load()          # a Config, or the last good one, or safe defaults
-    cfg.sample_s, cfg.channels, cfg.broker["host"], cfg.secret("hmac_key")
+    cfg.sample_s, cfg.broker.host, cfg.channels[0].chain, cfg.secret("hmac_key")
 
 Every error names the file, the key and the form expected:
     config.json: key 'sample_s' must be an integer in 10..86400, got '5m'
@@ -13,88 +13,97 @@ but never written to the log.
 """
 
 import json
+import sys
+from binascii import crc32
 
 import machine
 
 import eventlog as log
-import filters
+from confcheck import Check, ConfigError, mapping  # config.ConfigError: the node's one class
 
 from app import hardware
 
-DEFAULTS = {
-    "format": 1,
-    "device_id": None,  # derived from machine.unique_id() when absent
-    "sample_s": 300,
-    "uplink_every": 12,  # samples per uplink
-    "batch": 36,  # readings per message
-    "network_budget_ms": 10000,
-    "alarms": [],
-    "channels": [],
-    "wifi": None,
-    "broker": None,
-    "topic": None,
-    # battery policy: below low_mv no radio and the interval stretched by
-    # low_stretch; below critical_mv no work at all, sleep critical_sleep_s
-    "power": {"low_mv": 2700, "critical_mv": 2500, "low_stretch": 4, "critical_sleep_s": 21600},
-    # after `after_crashes` consecutive crashed wakes: `wakes` wakes of safe
-    # mode (no application; Wi-Fi, status and health only), `sleep_s` apart
-    "safe_mode": {"after_crashes": 3, "wakes": 6, "sleep_s": 3600},
-}
+KEYS = ("format", "device_id", "sample_s", "uplink_every", "batch", "network_budget_ms", "alarms",
+        "channels", "wifi", "broker", "topic", "power", "safe_mode")
 
 
-class ConfigError(ValueError):
-    pass
+class Wifi:
+    ssid = None
 
 
-def default_device_id():
-    return "p-" + "".join("%02x" % b for b in machine.unique_id()[-3:])
+class Broker:
+    host = None
+    port = 8883
+    tls = "tls"  # "tls" (verified), "mtls" (and a client certificate) or "psk"
+    ca = None  # file names on the node's flash
+    cert = None
+    key = None
+    psk_identity = None
 
 
-class _Check:
-    """Reads one JSON object, naming the file and key in every error."""
+class Power:
+    """Battery policy: below low_mv no radio and the interval stretched by
+    low_stretch; below critical_mv no work at all, sleep critical_sleep_s."""
 
-    def __init__(self, name, data):
+    low_mv = 2700
+    critical_mv = 2500
+    low_stretch = 4
+    critical_sleep_s = 21600
+
+
+class SafeMode:
+    """After after_crashes consecutive crashed wakes: `wakes` wakes of safe
+    mode (no application; Wi-Fi, status and health only), sleep_s apart."""
+
+    after_crashes = 3
+    wakes = 6
+    sleep_s = 3600
+
+
+class Channel:
+    """A channel: what it reads and how its values are filtered. chain is its
+    filters.Chain, built (once) when the configuration is checked."""
+
+    def __init__(self, name, sensor, unit, scale, filters, chain):
         self.name = name
-        if not isinstance(data, dict):
-            self.fail("", "a JSON object {...}", data)
-        self.data = data
+        self.sensor = sensor  # a hardware.QUANTITIES name, such as "sht4x.t"
+        self.unit = unit
+        self.scale = scale  # values are ints in 1/scale of the unit
+        self.filters = filters  # the configuration's list
+        self.chain = chain
 
-    def fail(self, key, expected, got):
-        where = " key '%s'" % key if key else ""
-        raise ConfigError("%s:%s must be %s, got %r" % (self.name, where, expected, got))
 
-    def get(self, key, default=None):
-        return self.data.get(key, default)
-
-    def integer(self, key, lo, hi, default):
-        v = self.data.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            self.fail(key, "an integer in %d..%d" % (lo, hi), v)
-        return v
-
-    def text(self, key, default=None, required=False, maxlen=64):
-        v = self.data.get(key, default)
-        if v is None and not required:
-            return None
-        if not isinstance(v, str) or not v or len(v) > maxlen:
-            self.fail(key, "a string of 1..%d characters" % maxlen, v)
-        return v
-
-    def obj(self, key, required=False):
-        v = self.data.get(key)
-        if v is None and not required:
-            return None
-        if not isinstance(v, dict):
-            self.fail(key, "an object {...}", v)
-        return _Check("%s: %s" % (self.name, key), v)
+class Alarm:
+    def __init__(self, channel, below, above, hysteresis):
+        self.channel = channel  # a channel's name
+        self.below = below  # in the channel's unit, or None
+        self.above = above
+        self.hysteresis = hysteresis
 
 
 class Config:
-    def __init__(self, data, secrets, source):
-        self.source = source  # "config.json", "config.good.json" or "defaults"
-        self._secrets = secrets
-        for k in data:
-            setattr(self, k, data[k])
+    """What check() found in config.json, defaults filled in."""
+
+    source = "defaults"  # "config.json", "config.good.json" or "defaults"
+    device_id = None  # from machine.unique_id() when absent
+    sample_s = 300
+    uplink_every = 12  # samples per uplink
+    batch = 36  # readings per message
+    network_budget_ms = 10000
+    topic = None  # "petrel/<device_id>" when absent
+    wifi = None  # a Wifi, None: no uplink
+    broker = None  # a Broker, None: no uplink
+    power = Power()
+    safe_mode = SafeMode()
+    channels = ()  # Channel objects
+    alarms = ()  # Alarm objects, at most 16 (one bit each in the RTC record)
+    _secrets = {}
+
+    @property
+    def channels_crc(self):
+        """A fingerprint of the channels' filter configuration: the filter
+        states kept in RTC memory belong to chains of the same one."""
+        return fingerprint(self.channels)
 
     def secret(self, name, default=ConfigError):
         """A secret by name; ConfigError when it is missing, unless a default is given."""
@@ -106,100 +115,130 @@ class Config:
         return v
 
 
+def fingerprint(channels):
+    """CRC-32 of what the chains' states depend on (name, sensor, scale,
+    filters); the same on every boot of one interpreter."""
+    return crc32(repr([(c.name, c.sensor, c.scale, c.filters) for c in channels]).encode()) & 0xFFFFFFFF
+
+
+def default_device_id():
+    return "p-" + "".join("%02x" % b for b in machine.unique_id()[-3:])
+
+
 def check(data, name="config.json"):
-    """A parsed configuration -> the validated dict (defaults filled in)."""
-    c = _Check(name, data)
-    known = list(DEFAULTS)
+    """A parsed configuration -> a Config (defaults filled in, the channels'
+    chains built); ConfigError naming the file and the key."""
+    c = mapping(name, data)
     for k in data:
-        if k not in known:
-            c.fail(k, "one of: " + ", ".join(sorted(known)), "an unknown key")
-    if c.integer("format", 1, 1, 1) != 1:
-        c.fail("format", "1", data.get("format"))
-    out = dict(DEFAULTS)
-    out["device_id"] = c.text("device_id", maxlen=23) or default_device_id()
-    out["sample_s"] = c.integer("sample_s", 10, 86400, DEFAULTS["sample_s"])
-    out["uplink_every"] = c.integer("uplink_every", 1, 1000, DEFAULTS["uplink_every"])
-    out["batch"] = c.integer("batch", 1, 120, DEFAULTS["batch"])
-    out["network_budget_ms"] = c.integer("network_budget_ms", 1000, 60000,
-                                         DEFAULTS["network_budget_ms"])
-    out["topic"] = c.text("topic", maxlen=96) or "petrel/" + out["device_id"]
+        if k not in KEYS:
+            c.must(k, "one of: " + ", ".join(sorted(KEYS)), "an unknown key")
+    c.integer("format", 1, 1, 1)
+    cfg = Config()
+    cfg.device_id = c.text("device_id", maxlen=23) or default_device_id()
+    cfg.sample_s = c.integer("sample_s", 10, 86400, Config.sample_s)
+    cfg.uplink_every = c.integer("uplink_every", 1, 1000, Config.uplink_every)
+    cfg.batch = c.integer("batch", 1, 120, Config.batch)
+    cfg.network_budget_ms = c.integer("network_budget_ms", 1000, 60000, Config.network_budget_ms)
+    cfg.topic = c.text("topic", maxlen=96) or "petrel/" + cfg.device_id
     wifi = c.obj("wifi")
     if wifi is not None:
-        out["wifi"] = {"ssid": wifi.text("ssid", required=True, maxlen=32)}
+        cfg.wifi = Wifi()
+        cfg.wifi.ssid = wifi.text("ssid", required=True, maxlen=32)
     broker = c.obj("broker")
     if broker is not None:
-        b = {"host": broker.text("host", required=True, maxlen=253),
-             "port": broker.integer("port", 1, 65535, 8883),
-             "tls": broker.get("tls", "tls")}
-        if b["tls"] not in ("tls", "mtls", "psk"):
-            broker.fail("tls", "tls, mtls or psk", b["tls"])
-        for k in ("ca", "cert", "key", "psk_identity"):
-            if broker.get(k) is not None:
-                b[k] = broker.text(k, maxlen=128)
-        if "ca" not in b and "psk_identity" not in b:
-            broker.fail("ca", "a CA file (or psk_identity for TLS-PSK): plain TCP is not configurable",
-                        None)
-        out["broker"] = b
+        cfg.broker = _broker(broker)
     power = c.obj("power")
+    cfg.power = p = Power()
     if power is not None:
-        d = DEFAULTS["power"]
-        out["power"] = {"low_mv": power.integer("low_mv", 1000, 5000, d["low_mv"]),
-                        "critical_mv": power.integer("critical_mv", 1000, 5000, d["critical_mv"]),
-                        "low_stretch": power.integer("low_stretch", 1, 100, d["low_stretch"]),
-                        "critical_sleep_s": power.integer("critical_sleep_s", 60, 86400 * 7,
-                                                          d["critical_sleep_s"])}
-        if out["power"]["critical_mv"] > out["power"]["low_mv"]:
-            power.fail("critical_mv", "at most low_mv (%d)" % out["power"]["low_mv"],
-                       out["power"]["critical_mv"])
+        p.low_mv = power.integer("low_mv", 1000, 5000, Power.low_mv)
+        p.critical_mv = power.integer("critical_mv", 1000, 5000, Power.critical_mv)
+        p.low_stretch = power.integer("low_stretch", 1, 100, Power.low_stretch)
+        p.critical_sleep_s = power.integer("critical_sleep_s", 60, 86400 * 7, Power.critical_sleep_s)
+        if p.critical_mv > p.low_mv:
+            power.must("critical_mv", "at most low_mv (%d)" % p.low_mv, p.critical_mv)
     safe = c.obj("safe_mode")
+    cfg.safe_mode = sm = SafeMode()
     if safe is not None:
-        d = DEFAULTS["safe_mode"]
-        out["safe_mode"] = {"after_crashes": safe.integer("after_crashes", 1, 100, d["after_crashes"]),
-                            "wakes": safe.integer("wakes", 1, 1000, d["wakes"]),
-                            "sleep_s": safe.integer("sleep_s", 60, 86400, d["sleep_s"])}
-    channels = data.get("channels", [])
-    if not isinstance(channels, list) or len(channels) > 16:
-        c.fail("channels", "a list of at most 16 channels", channels)
+        sm.after_crashes = safe.integer("after_crashes", 1, 100, SafeMode.after_crashes)
+        sm.wakes = safe.integer("wakes", 1, 1000, SafeMode.wakes)
+        sm.sleep_s = safe.integer("sleep_s", 60, 86400, SafeMode.sleep_s)
+    cfg.channels = _channels(c, name)
+    cfg.alarms = _alarms(c, name, [ch.name for ch in cfg.channels])
+    return cfg
+
+
+def _broker(b):
+    out = Broker()
+    out.host = b.text("host", required=True, maxlen=253)
+    out.port = b.integer("port", 1, 65535, Broker.port)
+    out.tls = b.get("tls", Broker.tls)
+    if out.tls not in ("tls", "mtls", "psk"):
+        b.must("tls", "tls, mtls or psk", out.tls)
+    out.ca = b.text("ca", maxlen=128)
+    out.cert = b.text("cert", maxlen=128)
+    out.key = b.text("key", maxlen=128)
+    out.psk_identity = b.text("psk_identity", maxlen=128)
+    if out.ca is None and out.psk_identity is None:
+        b.must("ca", "a CA file (or psk_identity for TLS-PSK): plain TCP is not configurable", None)
+    return out
+
+
+def channels(items, name="board.json"):
+    """A list of channels as in config.json (the board's own, from
+    board.json) -> Channel objects; ConfigError naming the file."""
+    return _channels(Check(name, {"channels": items}), name)
+
+
+def _channels(c, name):
+    import filterconf  # let go by load(): a wake runs the chains, not their parser
+
+    items = c.get("channels", [])
+    if not isinstance(items, list) or len(items) > 16:
+        c.must("channels", "a list of at most 16 channels", items)
+    out = []
     seen = []
-    out["channels"] = []
-    for i in range(len(channels)):
-        ch = _Check("%s: channels[%d]" % (name, i), channels[i])
+    for i in range(len(items)):
+        ch = mapping("%s: channels[%d]" % (name, i), items[i])
         cname = ch.text("name", required=True, maxlen=8)
         if cname in seen:
-            ch.fail("name", "unique among the channels", cname)
+            ch.must("name", "unique among the channels", cname)
         seen.append(cname)
         sensor = ch.text("sensor", required=True, maxlen=16)
         try:
             native_unit = hardware.quantity(sensor)[1]
         except KeyError:
-            ch.fail("sensor", "one of: " + ", ".join(sorted(hardware.QUANTITIES)) + ", ds18b20.N.t",
+            ch.must("sensor", "one of: " + ", ".join(sorted(hardware.QUANTITIES)) + ", ds18b20.N.t",
                     sensor)
-        spec = {"scale": ch.integer("scale", 1, 1000000, 1), "filters": ch.get("filters", [])}
+        scale = ch.integer("scale", 1, 1000000, 1)
+        flist = ch.get("filters", [])
         try:
-            filters.build_chain(cname, spec)
+            chain = filterconf.build_chain(cname, {"scale": scale, "filters": flist})
         except ValueError as e:
             raise ConfigError("%s: channels[%d]: %s" % (name, i, e))
-        out["channels"].append({"name": cname, "sensor": sensor, "unit": ch.text("unit", maxlen=8) or native_unit,
-                                "scale": spec["scale"], "filters": spec["filters"]})
-    alarms = data.get("alarms", [])
-    if not isinstance(alarms, list) or len(alarms) > 16:  # one bit each in the RTC record
-        c.fail("alarms", "a list of at most 16 alarms", alarms)
-    out["alarms"] = []
-    for i in range(len(alarms)):
-        a = _Check("%s: alarms[%d]" % (name, i), alarms[i])
+        out.append(Channel(cname, sensor, ch.text("unit", maxlen=8) or native_unit, scale, flist, chain))
+    return out
+
+
+def _alarms(c, name, names):
+    items = c.get("alarms", [])
+    if not isinstance(items, list) or len(items) > 16:  # one bit each in the RTC record
+        c.must("alarms", "a list of at most 16 alarms", items)
+    out = []
+    for i in range(len(items)):
+        a = mapping("%s: alarms[%d]" % (name, i), items[i])
         ch = a.text("channel", required=True, maxlen=8)
-        if ch not in seen:
-            a.fail("channel", "one of the channels (%s)" % ", ".join(seen), ch)
+        if ch not in names:
+            a.must("channel", "one of the channels (%s)" % ", ".join(names), ch)
         lo, hi = a.get("below"), a.get("above")
         for k, v in (("below", lo), ("above", hi)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                a.fail(k, "a number", v)
+            if v is not None:
+                a.number(v, k)
         if lo is None and hi is None:
-            a.fail("above", "a number (or 'below')", None)
+            a.must("above", "a number (or 'below')", None)
         hyst = a.get("hysteresis", 0)
         if isinstance(hyst, bool) or not isinstance(hyst, (int, float)) or hyst < 0:
-            a.fail("hysteresis", "a number >= 0", hyst)
-        out["alarms"].append({"channel": ch, "below": lo, "above": hi, "hysteresis": hyst})
+            a.must("hysteresis", "a number >= 0", hyst)
+        out.append(Alarm(ch, lo, hi, hyst))
     return out
 
 
@@ -241,6 +280,12 @@ def _read_json(path):
 
 def load(path="/config.json", secrets_path="/secrets.json", good_path="/config.good.json"):
     """The configuration to run with; never raises for a bad or missing file."""
+    cfg = _load(path, secrets_path, good_path)
+    sys.modules.pop("filterconf", None)  # the chains are built: its heap is the wake's
+    return cfg
+
+
+def _load(path, secrets_path, good_path):
     try:
         secrets = check_secrets(_read_json(secrets_path))
     except OSError:
@@ -257,12 +302,18 @@ def load(path="/config.json", secrets_path="/secrets.json", good_path="/config.g
         log.error("config", "%s; using the last good configuration", e)
     else:
         _keep_good(raw, good_path)
-        return Config(data, secrets, "config.json")
+        return _ready(data, secrets, "config.json")
     try:
-        return Config(check(_read_json(good_path), "config.good.json"), secrets, "config.good.json")
+        return _ready(check(_read_json(good_path), "config.good.json"), secrets, "config.good.json")
     except (OSError, ValueError):
         log.error("config", "no good configuration: safe defaults, no uplink")
-        return Config(check({}), secrets, "defaults")
+        return _ready(check({}), secrets, "defaults")
+
+
+def _ready(cfg, secrets, source):
+    cfg.source = source
+    cfg._secrets = secrets
+    return cfg
 
 
 def _keep_good(raw, good_path):

@@ -4,14 +4,12 @@
 import machine
 import simstate
 
-from app import crashlog, hardware, health, session, state
+from app import config, crashlog, hardware, health, session, state
 from ptest import raises, scratch_dir
 
 
-class Cfg:
-    broker = {"host": "b"}
-    wifi = {"ssid": "s"}
-    uplink_every = 12
+def uplink_config():
+    return config.check({"wifi": {"ssid": "s"}, "broker": {"host": "b", "ca": "/certs/ca.der"}})
 
 
 def test_state_survives_deep_sleep_and_starts_afresh_when_damaged():
@@ -34,9 +32,39 @@ def test_state_survives_deep_sleep_and_starts_afresh_when_damaged():
     assert regions[-1][0] + regions[-1][1] <= 2048
 
 
+def test_state_fields_are_declared_and_zero_in_a_fresh_record():
+    names = [name for name, _ in state.FIELDS]
+    declared = [k for k in dir(state.State) if not k.startswith("_") and isinstance(getattr(state.State, k), int)]
+    assert sorted(declared) == sorted(names)  # FIELDS and the class declare the same record
+    st = state.State()
+    assert [getattr(st, name) for name in names] == [0] * len(names)
+
+
+def test_bump_saturates_at_the_fields_size():
+    st = state.State()
+    for name, top in (("crash_streak", 255), ("crashes", 65535), ("up_next", 2 ** 32 - 1)):
+        code = [c for n, c in state.FIELDS if n == name][0]
+        assert code == {255: "B", 65535: "H", 2 ** 32 - 1: "I"}[top]
+        st.bump(name)
+        assert getattr(st, name) == 1
+        st.bump(name, top - 3)
+        assert getattr(st, name) == top - 2
+        st.bump(name)
+        st.bump(name, 5)
+        assert getattr(st, name) == top  # stays at the top, not wrapped to a small count
+        st.bump(name)
+        assert getattr(st, name) == top
+    st.bump("refused", 0)
+    assert st.refused == 0
+    st.save()  # a saturated record packs: every value fits its field
+    again = state.State()
+    assert again.crash_streak == 255 and again.crashes == 65535 and again.up_next == 2 ** 32 - 1
+    raises(AttributeError, st.bump, "crashs")  # a misspelt counter is an error, not a new attribute
+
+
 def test_uplink_due_on_a_full_batch_or_an_alarm_and_never_inside_the_backoff():
     st = state.State()
-    cfg = Cfg()
+    cfg = uplink_config()
     st.samples = 11
     assert not session.due(st, cfg, 1000, False)
     assert session.due(st, cfg, 1000, True)
@@ -74,9 +102,11 @@ def test_crash_log_keeps_the_newest_whole_entries_within_its_bound():
 def test_health_record_carries_the_counters():
     st = state.State()
     st.boots, st.crashes, st.auth_fails, st.batt_mv = 7, 2, 1, 2980
-    r = health.record(st, {"depth": 5, "drops": 0}, "deepsleep", None, 3)
+    r = health.record(st, {"depth": 5, "drops": 0}, "deepsleep", rssi=-71, wifi_ms=180, filter_drops=3)
     assert r["boot"] == 7 and r["crash"] == 2 and r["auth"] == 1 and r["batt"] == 2980
     assert r["q"] == 5 and r["fdrop"] == 3 and r["rst"] == "deepsleep" and r["fw"]
+    assert r["rssi"] == -71 and r["wifi"] == 180  # the session's link, passed as values
+    assert health.record(st, None, "poweron")["rssi"] == 0  # no link measured
     assert health.record(st, None, "poweron")["q"] == -1  # outbox not opened (safe mode)
 
 

@@ -1,6 +1,8 @@
 # firmware/app/config: the node's configuration, checked, with a fallback.
 import json
 
+import confcheck
+import filters
 import machine
 
 from app import config
@@ -31,14 +33,93 @@ def err(data):
 
 def test_a_good_configuration_with_defaults_filled_in():
     c = config.check(GOOD)
-    assert c["sample_s"] == 300 and c["batch"] == 36 and c["network_budget_ms"] == 10000
-    assert c["channels"][1]["scale"] == 1000 and c["channels"][0]["unit"] == "Cel"
-    assert c["channels"][1]["unit"] == "V"  # the sensor's unit when none is given
-    assert c["power"]["low_mv"] == 2700 and c["safe_mode"]["after_crashes"] == 3
+    assert c.sample_s == 300 and c.batch == 36 and c.network_budget_ms == 10000
+    assert c.uplink_every == 12 and c.device_id == "p-a1b2c3" and c.topic == "petrel/p-a1b2c3"
+    assert c.wifi.ssid == "home"
+    b = c.broker
+    assert (b.host, b.port, b.tls, b.ca, b.cert, b.key, b.psk_identity) == \
+        ("broker.lan", 8883, "tls", "/certs/ca.der", None, None, None)
+    t, bat = c.channels
+    assert (t.name, t.sensor, t.unit, t.scale) == ("t", "sht4x.t", "Cel", 100)
+    assert t.filters == GOOD["channels"][0]["filters"]
+    assert bat.scale == 1000 and bat.unit == "V" and bat.filters == []  # the sensor's unit when none is given
+    p = c.power
+    assert (p.low_mv, p.critical_mv, p.low_stretch, p.critical_sleep_s) == (2700, 2500, 4, 21600)
+    sm = c.safe_mode
+    assert (sm.after_crashes, sm.wakes, sm.sleep_s) == (3, 6, 3600)
+    a = c.alarms[0]
+    assert (a.channel, a.above, a.below, a.hysteresis) == ("t", 40, None, 0)
     d = config.check({})
     uid = machine.unique_id()
-    assert d["device_id"] == "p-%02x%02x%02x" % (uid[3], uid[4], uid[5])
-    assert d["broker"] is None and d["topic"] == "petrel/" + d["device_id"]
+    assert d.device_id == "p-%02x%02x%02x" % (uid[3], uid[4], uid[5])
+    assert d.broker is None and d.wifi is None and d.topic == "petrel/" + d.device_id
+    assert d.channels == [] and d.alarms == [] and d.power.low_mv == 2700
+    c = config.check(dict(GOOD, power={"low_mv": 3000}, safe_mode={"wakes": 2},
+                          broker={"host": "b", "tls": "psk", "psk_identity": "p-1", "port": 8884}))
+    assert c.power.low_mv == 3000 and c.power.critical_mv == 2500
+    assert c.safe_mode.wakes == 2 and c.safe_mode.after_crashes == 3
+    assert (c.broker.tls, c.broker.psk_identity, c.broker.ca, c.broker.port) == ("psk", "p-1", None, 8884)
+
+
+def test_safe_mode_defaults_without_any_configuration():
+    sm = config.SafeMode()  # what app.run() falls back on when nothing loaded
+    assert (sm.after_crashes, sm.wakes, sm.sleep_s) == (3, 6, 3600)
+    assert config.check({"safe_mode": {"sleep_s": 60}}).safe_mode.sleep_s == 60
+    # one configuration does not change the defaults of the next
+    assert config.check({}).safe_mode.sleep_s == 3600 and config.SafeMode().sleep_s == 3600
+    assert config.check({"power": {"low_mv": 3300}}).power.low_mv == 3300
+    assert config.check({}).power.low_mv == 2700
+
+
+def test_the_check_hands_back_each_channels_chain():
+    c = config.check(GOOD)
+    t = c.channels[0].chain
+    assert t.name == "t" and t.scale == 100
+    assert t.push(2100, 0) == 2100
+    assert t.push(2105, 0) is None and t.reason == filters.DELTA  # delta 0.1 (10 units) from the list
+    assert c.channels[1].chain.push(3000, 0) == 3000  # no filters: every value
+    assert config.check(GOOD).channels[0].chain is not t  # a fresh chain for each check (each wake)
+
+
+def test_a_filter_error_is_the_nodes_one_config_error():
+    bad = dict(GOOD, channels=[{"name": "t", "sensor": "sht4x.t", "filters": [{"median": {"window_size": 99}}]}])
+    e = raises(config.ConfigError, config.check, bad)
+    assert config.ConfigError is filters.ConfigError is confcheck.ConfigError
+    assert str(e) == ("config.json: channels[0]: channel 't', filter 1 'median': "
+                      "key 'window_size' must be at most 64, got 99")
+    # and a filter's own error caught as the filters' class, as before
+    raises(filters.ConfigError, config.check, bad)
+
+
+def test_board_channels_are_checked_like_the_configurations():
+    chs = config.channels([{"name": "t", "sensor": "sht4x.t", "scale": 10, "filters": [{"delta": 1}]},
+                           {"name": "bat", "sensor": "battery.v"}], "board.json")
+    assert [(c.name, c.unit, c.scale) for c in chs] == [("t", "Cel", 10), ("bat", "V", 1)]
+    assert chs[0].chain.push(5, 0) == 5 and chs[0].chain.push(6, 0) is None
+    e = str(raises(config.ConfigError, config.channels, [{"name": "t", "sensor": "co2"}], "board.json"))
+    assert e.startswith("board.json: channels[0]: key 'sensor'")
+    e = str(raises(config.ConfigError, config.channels, {"t": 1}, "board.json"))
+    assert e.startswith("board.json: key 'channels' must be a list")
+
+
+def test_the_channels_fingerprint_follows_what_the_filter_states_depend_on():
+    base = config.check(GOOD)
+    crc = base.channels_crc
+    assert isinstance(crc, int) and 0 <= crc < 1 << 32
+    assert config.check(GOOD).channels_crc == crc  # the same configuration: the same states
+    assert config.check(dict(GOOD, sample_s=60, alarms=[])).channels_crc == crc
+    units = [dict(GOOD["channels"][0], unit="K"), GOOD["channels"][1]]
+    assert config.check(dict(GOOD, channels=units)).channels_crc == crc  # the unit is a label
+    t = GOOD["channels"][0]
+    for change in ({"name": "u"}, {"sensor": "bme280.t"}, {"scale": 10}, {"filters": [{"delta": 0.2}]}):
+        chs = [dict(t, **change), GOOD["channels"][1]]
+        assert config.check(dict(GOOD, channels=chs, alarms=[])).channels_crc != crc, change
+    assert config.check(dict(GOOD, channels=GOOD["channels"][:1])).channels_crc != crc
+    # the board's channels, set after the check, are what it covers
+    c = config.check({})
+    empty = c.channels_crc
+    c.channels = config.channels(GOOD["channels"])
+    assert c.channels_crc == crc != empty
 
 
 def test_errors_name_the_file_the_key_and_the_form():
