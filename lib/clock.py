@@ -11,6 +11,7 @@ turns those stamps into wall-clock time.
     t = clk.stamp()                 # for the outbox: unix seconds, or relative
     clk.sync(ntptime.time)          # when the link is up and the clock is unknown
     clk.senml_time(t)               # unix seconds, or negative seconds before now
+    unix_ms()                       # the RTC's time now, in Unix milliseconds
 """
 
 import struct
@@ -24,6 +25,11 @@ RELATIVE = 1 << 28  # SenML: times below this are relative to "now"
 MAX_AHEAD = 30 * 365 * 86400  # beyond build time + 30 years: a broken or forged answer
 BIG_STEP = 86400  # a step larger than this needs a second, agreeing answer
 AGREE = 5  # seconds two answers may differ
+
+
+def unix_ms():
+    """The RTC's time now in Unix milliseconds (known or not: see Clock.known)."""
+    return time.time_ns() // 1000000 + EPOCH_TO_UNIX * 1000
 
 
 class Clock:

@@ -8,44 +8,22 @@ Everything here is bounded: the sensors by their drivers' timeouts, the
 network by its budget, the whole wake by the watchdog armed in app.run().
 """
 
-import os
 import struct
 import time
-from binascii import crc32
 
 import machine
 
-import clock as _clock
+import clock
 import eventlog as log
 import filters
-import outbox as _outbox
 import rtcmem
-import seqcounter
 import uplink
 
-from app import config, health, session, version
-from app import state as _state
+from app import config, health, session, state, stores
+from app.hardware import quantity
 from app.schedule import Schedule
 
-# The node's data files live in one folder (a folder named like a module at
-# the root would shadow the module: / is on sys.path)
-DATA = "data"
-OUTBOX_PATH = DATA + "/outbox"
-SEQ_PATH = DATA + "/seq"
-CLOCK_PATH = DATA + "/clock"
-DRIFT_PATH = DATA + "/drift"
-DRIFT_STEP = 1000  # ppm: rewrite the kept drift only when it moved this much
 POWER_NAMES = ("ok", "low", "critical")
-
-
-def load_drift():
-    """The sleep clock's drift kept on flash (ppm), 0 when unknown."""
-    try:
-        with open(DRIFT_PATH) as f:
-            v = int(f.read())
-        return v if -100000 < v < 100000 else 0
-    except (OSError, ValueError):
-        return 0
 
 
 def _now_ms():
@@ -54,52 +32,35 @@ def _now_ms():
     return (time.time_ns() // 1000000) & 0x3FFFFFFF
 
 
-def unix_ms():
-    return time.time_ns() // 1000000 + _clock.EPOCH_TO_UNIX * 1000
-
-
 class Wake:
     def __init__(self, st, cfg, hw, cause, wake, t0):
-        self.st = st
-        self.cfg = cfg
-        self.hw = hw
-        self.cause = cause
-        self.wake = wake  # "timer", "ext0", ...
+        self.st = st  # app.state.State: what RTC memory keeps across sleeps
+        self.cfg = cfg  # app.config.Config
+        self.hw = hw  # app.hardware.Hardware
+        self.cause = cause  # why the chip booted: "deepsleep", "poweron", ...
+        self.wake = wake  # what woke it: "timer", "ext0", ...
         self.t0 = t0  # ticks_ms at the start of app.run()
         self.rtc = machine.RTC()
-        self.readings = 0
-        self.uplink = "-"
-        self.session = None
+        self.clk = None  # the node's stores (app.stores), made by run()
         self.ob = None
-        self.chains = []
+        self.counter = None
+        self.sched = None  # app.schedule.Schedule: the next slot of the grid
+        self.chains = [c.chain for c in cfg.channels]  # built once, by config.check
+        self.readings = 0  # readings kept this wake
+        self.uplink = "-"  # what the uplink did: "-", "ok", "partial", "backoff", a failure
 
     # ------------------------------------------------------------ pieces
-    def _open_store(self):
-        cfg = self.cfg
-        try:
-            os.mkdir(DATA)
-        except OSError:
-            pass  # there already
-        self.clk = _clock.Clock(version.BUILD_UNIX, rtcmem.Region(self.rtc, *_state.CLOCK),
-                                CLOCK_PATH)
-        self.ob = _outbox.Outbox(OUTBOX_PATH, rtc=rtcmem.Region(self.rtc, *_state.OUTBOX))
+    def _open_stores(self):
+        node = stores.make(self.rtc)
+        self.clk, self.counter, self.ob = node.clk, node.counter, node.ob
         if self.ob.rtc_lost:
-            self.st.lost_rtc = min(self.st.lost_rtc + 1, 65535)
-        clk = self.clk
-        self.counter = seqcounter.SeqCounter(
-            SEQ_PATH, rtcmem.Region(self.rtc, *_state.SEQ), k=64,
-            floor=lambda: max(1, clk.unix() - version.BUILD_UNIX) if clk.known() else 1)
-        self.channels = [(c["name"], c["unit"], c["scale"]) for c in cfg.channels]
+            self.st.bump("lost_rtc")
 
-    def _chains(self):
-        """The channels' filter chains, with their state from the last wake
-        (kept only for the same channel configuration)."""
-        cfg = self.cfg
-        self.chains = [filters.build_chain(c["name"], {"scale": c["scale"], "filters": c["filters"]})
-                       for c in cfg.channels]
-        self.fcrc = crc32(repr(cfg.channels).encode()) & 0xFFFFFFFF
-        data, _ = rtcmem.Region(self.rtc, *_state.FILTERS).load()
-        if data is None or len(data) < 4 or struct.unpack("<I", data[:4])[0] != self.fcrc:
+    def _restore_chains(self):
+        """The chains' state from the last wake, kept only for the same
+        channel configuration."""
+        data, _ = rtcmem.Region(self.rtc, *state.FILTERS).load()
+        if data is None or len(data) < 4 or struct.unpack("<I", data[:4])[0] != self.cfg.channels_crc:
             return
         i = 4
         for ch in self.chains:
@@ -111,12 +72,12 @@ class Wake:
             i += 1 + n
 
     def _keep_chains(self):
-        out = bytearray(struct.pack("<I", self.fcrc))
+        out = bytearray(struct.pack("<I", self.cfg.channels_crc))
         for ch in self.chains:
             snap = ch.snapshot()
             out.append(len(snap))
             out += snap
-        region = rtcmem.Region(self.rtc, *_state.FILTERS)
+        region = rtcmem.Region(self.rtc, *state.FILTERS)
         if len(out) + rtcmem.OVERHEAD > region.size:
             log.warn("filter", "states need %d bytes, RTC has %d: not kept", len(out), region.size)
             return
@@ -133,15 +94,13 @@ class Wake:
         if mv is None:
             return 0
         self.st.batt_mv = mv
-        return 2 if mv < p["critical_mv"] else 1 if mv < p["low_mv"] else 0
+        return 2 if mv < p.critical_mv else 1 if mv < p.low_mv else 0
 
-    def sample(self):
-        """Read every wired sensor once, run each channel's chain, keep what it
-        emits. -> whether an alarm changed state."""
-        cfg = self.cfg
+    def _read_sensors(self):
+        """Every wired sensor once, rail on only while reading. -> {quantity: raw}"""
         needed = []
-        for c in cfg.channels:
-            s = c["sensor"].split(".")[0]
+        for c in self.cfg.channels:
+            s = c.sensor.split(".")[0]
             if s not in needed:
                 needed.append(s)
         values = {}
@@ -150,16 +109,19 @@ class Wake:
             for s in needed:
                 try:
                     values.update(self.hw.read(s))
-                except Exception as e:  # counted per channel as "nan" below
+                except Exception as e:  # counted per channel as "nan" by its chain
                     log.warn("sensor", "%s failed: %s: %s", s, type(e).__name__, e)
         finally:
             self.hw.rails(False)
-        now = _now_ms()
+        return values
+
+    def _stamp(self):
+        """This wake's timestamp: Unix seconds, or seconds since power-on."""
         stamp = self.clk.stamp()
         if self.clk.known():
             # the RTC drifts between syncs (hours, in an outage): stamp with the
             # drift-corrected time, so readings keep their order across a sync
-            stamp = self.sched.true_ms(unix_ms()) // 1000
+            stamp = self.sched.true_ms(clock.unix_ms()) // 1000
             # and never at or before the last wake's: a sync that steps the
             # clock back further than an interval (a drift not yet learnt)
             # would otherwise give two wakes one timestamp, and consumers keep
@@ -167,17 +129,24 @@ class Wake:
             if stamp <= self.st.last_stamp:
                 stamp = self.st.last_stamp + 1
             self.st.last_stamp = stamp
+        return stamp
+
+    def sample(self):
+        """Read every wired sensor once, run each channel's chain, keep what it
+        emits. -> whether an alarm changed state."""
+        values = self._read_sensors()
+        now = _now_ms()
+        stamp = self._stamp()
         alarm = False
         shown = []
-        from app.hardware import quantity
-
-        for i in range(len(cfg.channels)):
-            c = cfg.channels[i]
-            raw = values.get(c["sensor"])
+        channels = self.cfg.channels
+        for i in range(len(channels)):
+            c = channels[i]
+            raw = values.get(c.sensor)
             v = None
             if raw is not None:
-                native = quantity(c["sensor"])[0]
-                v = (raw * c["scale"] * 2 + native) // (2 * native)  # rounded to the channel's unit
+                native = quantity(c.sensor)[0]
+                v = (raw * c.scale * 2 + native) // (2 * native)  # rounded to the channel's unit
             ch = self.chains[i]
             out = ch.push(v, now)
             if out is None:
@@ -187,41 +156,41 @@ class Wake:
                     self.ob.append(uplink.pack_reading(i, out, ch.flags), stamp)
                     self.readings += 1
                 except OSError as e:  # the flash refused: this one is lost, counted, not the wake
-                    self.st.refused = min(self.st.refused + 1, 65535)
-                    log.error("outbox", "reading refused channel=%s: %s", c["name"], e)
-            shown.append("%s=%s" % (c["name"], "-" if v is None else v))
+                    self.st.bump("refused")
+                    log.error("outbox", "reading refused channel=%s: %s", c.name, e)
+            shown.append("%s=%s" % (c.name, "-" if v is None else v))
             if v is not None:
-                alarm = self._alarms(c["name"], v, c["scale"]) or alarm
+                alarm = self._alarms(c, v) or alarm
         log.info("sample", "%s at=%d", " ".join(shown), stamp)  # at: unix s, or s since power-on
-        self.st.samples = min(self.st.samples + 1, 65535)
+        self.st.bump("samples")
         return alarm
 
-    def _alarms(self, name, v, scale):
-        """Raise or clear this channel's alarms; True when one changed."""
+    def _alarms(self, c, v):
+        """Raise or clear channel c's alarms for its value v; True when one changed."""
         changed = False
         alarms = self.cfg.alarms
         for i in range(len(alarms)):
             a = alarms[i]
-            if a["channel"] != name:
+            if a.channel != c.name:
                 continue
             bit = 1 << i
             raised = self.st.alarms & bit
-            h = a["hysteresis"] * scale
-            hi = a["above"] is not None and v > a["above"] * scale - (h if raised else 0)
-            lo = a["below"] is not None and v < a["below"] * scale + (h if raised else 0)
+            h = a.hysteresis * c.scale
+            hi = a.above is not None and v > a.above * c.scale - (h if raised else 0)
+            lo = a.below is not None and v < a.below * c.scale + (h if raised else 0)
             now = hi or lo
             if now and not raised:
                 self.st.alarms |= bit
-                log.warn("alarm", "raised channel=%s value=%d", name, v)
+                log.warn("alarm", "raised channel=%s value=%d", c.name, v)
                 changed = True
             elif raised and not now:
                 self.st.alarms &= ~bit
-                log.info("alarm", "cleared channel=%s value=%d", name, v)
+                log.info("alarm", "cleared channel=%s value=%d", c.name, v)
                 changed = True
         return changed
 
     def send(self, alarm):
-        """Uplink if due; the outcome in self.uplink."""
+        """Uplink if due: one session, driven step by step; the outcome in self.uplink."""
         st, cfg = self.st, self.cfg
         rtc_s = time.time()
         if not session.due(st, cfg, rtc_s, alarm, self.cause == "poweron"):
@@ -234,21 +203,30 @@ class Wake:
             log.error("uplink", "%s: nothing can be sent", e)
             self.uplink = "no-key"
             return
-        enc = uplink.encoder(cfg.device_id, self.channels, key, self.counter, self.clk)
-        kid = cfg.device_id.encode()
-
-        def health_msg(s):
-            self.st.rejected = min(self.st.rejected + enc.rejected, 65535)
-            enc.rejected = 0
-            return health.message(health.record(self.st, self.ob.stats(), self.cause, s, self._fdrops(),
-                                                self.wake),
-                                  key, kid, self.counter)
-
-        self.session = session.Session(cfg, st, session.Budget(cfg.network_budget_ms))
-        self.session.run(self.ob, self.clk, self.counter, enc, health_msg, self.sched, self.rtc)
-        self.uplink = self.session.result
-        if self.session.rssi is not None:
-            st.rssi = max(-128, min(127, self.session.rssi))
+        channels = [(c.name, c.unit, c.scale) for c in cfg.channels]
+        enc = uplink.encoder(cfg.device_id, channels, key, self.counter, self.clk)
+        s = session.Session(cfg, self.rtc)
+        try:
+            if s.open():
+                synced = s.sync_clock(self.clk)
+                if synced is not None:
+                    step = self.sched.synced(synced[0], synced[1])
+                    if step is not None:
+                        log.info("schedule", "step_ms=%d ppm=%d", step, self.sched.state["ppm"])
+                if s.connect():
+                    s.drain(self.ob, enc, uplink.time_kind(self.clk))
+                    st.bump("rejected", enc.rejected)
+                    rec = health.record(st, self.ob.stats(), self.cause, s.rssi, s.wifi_ms,
+                                        self._filter_drops(), self.wake)
+                    s.publish(cfg.topic + "/health", health.message(rec, key, cfg.device_id.encode(),
+                                                                    self.counter))
+        finally:
+            s.close()
+        self.uplink = s.result
+        if s.auth_refused:
+            st.bump("auth_fails")
+        if s.rssi is not None:
+            st.rssi = max(-128, min(127, s.rssi))
         if self.uplink in ("ok", "partial"):
             st.up_fails = 0
             st.up_next = 0
@@ -256,7 +234,7 @@ class Wake:
         else:
             session.failed(st, time.time(), self.uplink)
 
-    def _fdrops(self):
+    def _filter_drops(self):
         n = 0
         for ch in self.chains:
             n += sum(ch.drops) - ch.drops[filters.OK]
@@ -269,17 +247,17 @@ class Wake:
         if power != st.power:
             log.warn("power", "mode=%s batt_mv=%d", POWER_NAMES[power], st.batt_mv)
         st.power = power
-        self._open_store()
-        interval = cfg.sample_s
+        self._open_stores()
         if not st.ppm and not st.synced:
-            st.ppm = load_drift()  # RTC memory lost: the chip's drift is still on flash
+            st.ppm = stores.load_drift()  # RTC memory lost: the chip's drift is still on flash
+        interval = cfg.sample_s if power == 0 else cfg.sample_s * cfg.power.low_stretch
         self.sched = Schedule(interval, st.schedule())
         if power == 2:
             # protect the cells: no sensors, no radio; what RTC memory holds
             # goes to flash, so a battery that dies in its sleep loses nothing
             self._flush()
-            return self.sleep(cfg.power["critical_sleep_s"] * 1000)
-        self._chains()
+            return self.sleep(cfg.power.critical_sleep_s * 1000)
+        self._restore_chains()
         alarm = self.sample()
         self._keep_chains()
         if self.wake in ("ext0", "ext1"):
@@ -290,8 +268,6 @@ class Wake:
         else:
             self.uplink = "low-battery"
             self._flush()
-            interval = cfg.sample_s * cfg.power["low_stretch"]
-            self.sched = Schedule(interval, st.schedule())
         return self.sleep(None)
 
     def _flush(self):
@@ -300,26 +276,14 @@ class Wake:
         except OSError as e:
             log.error("outbox", "flush failed: %s", e)
 
-    def _keep_drift(self):
-        """The learnt drift is the chip's, not the wake's: kept on flash when
-        it moved by more than DRIFT_STEP, so a power cut does not lose it."""
-        ppm = self.sched.state["ppm"]
-        if ppm and abs(ppm - load_drift()) > DRIFT_STEP:
-            try:
-                with open(DRIFT_PATH + ".tmp", "w") as f:
-                    f.write("%d" % ppm)
-                os.rename(DRIFT_PATH + ".tmp", DRIFT_PATH)
-            except OSError as e:
-                log.warn("schedule", "drift not kept: %s", e)
-
     def sleep(self, ms):
         """-> the deep sleep to ask for (None: the next slot of the grid), with
         the wake summary on the log."""
         st = self.st
         if ms is None:
-            ms = self.sched.sleep_ms(unix_ms(), self.clk.known())
+            ms = self.sched.sleep_ms(clock.unix_ms(), self.clk.known())
             st.keep_schedule(self.sched.state)
-            self._keep_drift()
+            stores.keep_drift(self.sched.state["ppm"])
         st.crash_streak = 0
         st.awake_ms = time.ticks_diff(time.ticks_ms(), self.t0)
         depth = len(self.ob) if self.ob is not None else 0
@@ -327,4 +291,3 @@ class Wake:
                  "awake_ms=%d sleep_ms=%d", self.cause, self.wake, st.boots, self.readings, depth,
                  st.batt_mv, self.uplink, st.awake_ms, ms)
         return ms
-

@@ -32,15 +32,16 @@ def free_heap():
         return -1
 
 
-def record(st, ob_stats, cause, session=None, filter_drops=0, wake=""):
-    """ob_stats: Outbox.stats(), or None when the outbox was not opened (safe mode)."""
+def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake=""):
+    """ob_stats: Outbox.stats(), or None when the outbox was not opened (safe
+    mode); rssi, wifi_ms: this session's link (rssi None: not measured)."""
     s = ob_stats or {"depth": -1, "drops": -1}
     return {
         "fw": version.VERSION, "boot": st.boots, "rst": cause, "wake": wake, "heap": free_heap(),
-        "awake": st.awake_ms, "rssi": session.rssi if session and session.rssi is not None else 0,
-        "wifi": session.wifi_ms if session else 0, "q": s["depth"], "drop": s["drops"],
-        "lost": st.lost_rtc, "crash": st.crashes, "safe": st.safe_entries, "wdt": st.wdt_resets,
-        "auth": st.auth_fails, "batt": st.batt_mv, "rej": st.rejected, "refused": st.refused, "fdrop": filter_drops,
+        "awake": st.awake_ms, "rssi": rssi if rssi is not None else 0, "wifi": wifi_ms,
+        "q": s["depth"], "drop": s["drops"], "lost": st.lost_rtc, "crash": st.crashes,
+        "safe": st.safe_entries, "wdt": st.wdt_resets, "auth": st.auth_fails, "batt": st.batt_mv,
+        "rej": st.rejected, "refused": st.refused, "fdrop": filter_drops,
     }
 
 

@@ -1,6 +1,15 @@
-"""One network session within a hard budget: Wi-Fi up, clock checked, MQTT
-over verified TLS (or TLS-PSK), "online", the outbox drained in authenticated
-batches, the health record, "sleeping", radio off.
+"""One network session within a hard budget, as steps the caller takes in order:
+
+    s = Session(cfg, rtc)                 # the budget starts now
+    try:
+        if s.open():                      # Wi-Fi
+            synced = s.sync_clock(clk)    # NTP: (rtc_ms_before, ms_after) or None
+            if s.connect():               # MQTT over verified TLS (or TLS-PSK), "online"
+                s.drain(ob, encode, kind) # the outbox, in authenticated batches
+                s.publish(topic, msg)     # e.g. the health record
+    finally:
+        s.close()                         # "sleeping", DISCONNECT, radio off
+    s.result, s.sent, s.rssi, s.wifi_ms, s.auth_refused
 
 Every step gets what is left of the budget as its deadline; when the budget
 runs out the session ends where it is: confirmed readings are acknowledged,
@@ -12,13 +21,14 @@ gone does not spend its battery knocking on it every wake.
 import os
 import time
 
+import clock
 import eventlog as log
 import mqtt
 import rtcmem
 import uplink
-import wifi as _wifi
+import wifi
 
-from app import state as _state
+from app import state
 
 BACKOFF_BASE_S = 300
 BACKOFF_CAP_S = 3600
@@ -51,23 +61,22 @@ def failed(st, rtc_s, why):
     """Back off: the next attempt at random in 0..min(cap, base * 2**fails)."""
     cap = min(BACKOFF_CAP_S, BACKOFF_BASE_S << min(st.up_fails, 8))
     wait = int.from_bytes(os.urandom(2), "little") % (cap + 1)
-    st.up_fails = min(st.up_fails + 1, 255)
+    st.bump("up_fails")
     st.up_next = rtc_s + wait
     log.warn("uplink", "failed why=%s fails=%d next_in_s=%d", why, st.up_fails, wait)
 
 
 def _tls(cfg):
     b = cfg.broker
-    if b["tls"] == "psk":
-        return mqtt.tls_context(psk_identity=b["psk_identity"],
-                                psk_key=bytes.fromhex(cfg.secret("psk_key")))
-    with open(b["ca"], "rb") as f:
+    if b.tls == "psk":
+        return mqtt.tls_context(psk_identity=b.psk_identity, psk_key=bytes.fromhex(cfg.secret("psk_key")))
+    with open(b.ca, "rb") as f:
         ca = f.read()
     cert = key = None
-    if b["tls"] == "mtls":
-        with open(b["cert"], "rb") as f:
+    if b.tls == "mtls":
+        with open(b.cert, "rb") as f:
             cert = f.read()
-        with open(b["key"], "rb") as f:
+        with open(b.key, "rb") as f:
             key = f.read()
     return mqtt.tls_context(ca=ca, cert=cert, key=key)
 
@@ -79,71 +88,80 @@ def _auth_refusal(msg):
 
 
 class Session:
-    """self.result: "ok", "partial" (budget ran out, readings left), or the
-    failure ("wifi:<why>", "broker:<why>")."""
+    """result: None until a step ends the session, then "ok", "partial"
+    (budget ran out, readings left), or the failure ("wifi:<why>",
+    "broker:<why>"). A step that fails returns False and the later ones do
+    nothing; close() always leaves the radio off."""
 
-    def __init__(self, cfg, st, budget):
+    def __init__(self, cfg, rtc):
         self.cfg = cfg
-        self.st = st
-        self.budget = budget
-        self.sent = 0
+        self.rtc = rtc
+        self.budget = Budget(cfg.network_budget_ms)
         self.result = None
-        self.rssi = None
-        self.wifi_ms = 0
+        self.sent = 0  # readings the broker confirmed
+        self.pending = 0  # readings left in the outbox after the drain
+        self.rssi = None  # dBm, once the link is up
+        self.wifi_ms = 0  # how long the link took
+        self.auth_refused = False  # TLS or CONNACK refused: maybe not our key
         self.link = None
+        self.client = None
 
-    def run(self, ob, clk, counter, encode, health, sched, rtc):
-        """sched: the Schedule, which learns the drift at the NTP sync."""
-        cfg, st = self.cfg, self.st
-        w = _wifi.Wifi(cfg.wifi["ssid"], cfg.secret("wifi_psk", None),
-                       rtc=rtcmem.Region(rtc, *_state.WIFI), static=True)
-        self.link = w
-        try:
-            # leave a second of the budget for the broker: a link with no time
-            # left to use it is radio time for nothing
-            if not w.connect(max(0, self.budget.left() - 1000)):
-                self.result = "wifi:%s" % w.why
-                return
-            self.wifi_ms, self.rssi = w.ms, w.rssi
-            self._clock(clk, sched)
-            self._mqtt(ob, clk, counter, encode, health)
-        finally:
-            w.off()  # never sleep with the radio on
+    def open(self):
+        """Wi-Fi within the budget, leaving a second of it for the broker (a
+        link with no time left to use it is radio time for nothing)."""
+        cfg = self.cfg
+        self.link = wifi.Wifi(cfg.wifi.ssid, cfg.secret("wifi_psk", None),
+                              rtc=rtcmem.Region(self.rtc, *state.WIFI), static=True)
+        if not self.link.connect(max(0, self.budget.left() - 1000)):
+            self.result = "wifi:%s" % self.link.why
+            return False
+        self.wifi_ms, self.rssi = self.link.ms, self.link.rssi
+        return True
 
-    def _clock(self, clk, sched):
-        """NTP on every session: cheap next to TLS, and each answer measures the
-        sleep clock's drift since the last one (app.schedule)."""
-        if self.budget.left() < 2000:
-            return
+    def sync_clock(self, clk):
+        """NTP on every session: cheap next to TLS, and each answer measures
+        the sleep clock's drift since the last one. -> (RTC Unix ms just
+        before, Unix ms just after) when the clock was set, for
+        Schedule.synced; None otherwise."""
+        if self.link is None or self.result is not None or self.budget.left() < 2000:
+            return None
         import ntptime
 
-        before = time.time_ns() // 1000000 + clock_epoch_ms()
+        before = clock.unix_ms()
         try:
             ok = clk.sync(ntptime.time)
         except OSError as e:
             log.warn("clock", "ntp failed: %s", e)
-            return
-        if ok and sched is not None:
-            after = time.time_ns() // 1000000 + clock_epoch_ms()
-            step = sched.synced(before, after)
-            if step is not None:
-                log.info("schedule", "step_ms=%d ppm=%d", step, sched.state["ppm"])
+            return None
+        return (before, clock.unix_ms()) if ok else None
 
-    def _mqtt(self, ob, clk, counter, encode, health):
-        cfg, st = self.cfg, self.st
-        b = cfg.broker
+    def connect(self, status=b"online"):
+        """MQTT over TLS, then the retained status. -> whether connected."""
+        if self.link is None or self.result is not None:
+            return False
+        cfg, b = self.cfg, self.cfg.broker
         left = self.budget.left()
         if left < 500:
             self.result = "broker:no-budget"
-            return
-        c = None
+            return False
         try:
-            c = mqtt.MQTTClient(cfg.device_id, b["host"], b["port"], ssl_context=_tls(cfg),
-                                keepalive=60, will=uplink.will(cfg.device_id),
-                                timeout_ms=min(5000, left), window=WINDOW)
-            c.connect()
-            uplink.hello(c, cfg.device_id)
-            kind = uplink.time_kind(clk)
+            self.client = mqtt.MQTTClient(cfg.device_id, b.host, b.port, ssl_context=_tls(cfg),
+                                          keepalive=60, will=uplink.will(cfg.device_id),
+                                          timeout_ms=min(5000, left), window=WINDOW)
+            self.client.connect()
+            self.client.publish(uplink.status_topic(cfg.device_id), status, qos=1, retain=True)
+            return True
+        except (mqtt.MQTTError, OSError, ValueError) as e:
+            self._failed(e)
+            return False
+
+    def drain(self, ob, encode, kind=None):
+        """The outbox in batches, each acknowledged in it on its PUBACK, while
+        the budget lasts. -> readings confirmed."""
+        c, cfg = self.client, self.cfg
+        if c is None:
+            return 0
+        try:
             while len(ob):
                 left = self.budget.left()
                 if left < 1000:
@@ -154,22 +172,46 @@ class Session:
                 self.sent += n
                 if n == 0:
                     break
-            if self.budget.left() > 500:
-                c.publish(cfg.topic + "/health", health(self), qos=1)
-            # the last waits (PUBACKs of health and "sleeping") within the budget too
-            c.timeout_ms = max(200, min(5000, self.budget.left()))
-            uplink.goodbye(c, cfg.device_id)
-            self.result = "ok" if not len(ob) else "partial"
         except (mqtt.MQTTError, OSError, ValueError) as e:
-            msg = str(e)
-            if _auth_refusal(msg):
-                st.auth_fails = min(st.auth_fails + 1, 65535)
-            self.result = "broker:%s" % msg[:60]
+            self._failed(e)
+        self.pending = len(ob)
+        return self.sent
+
+    def publish(self, topic, msg):
+        """One QoS 1 message, if the budget still has room for it."""
+        if self.client is None or self.budget.left() <= 500:
+            return False
+        try:
+            self.client.publish(topic, msg, qos=1)
+            return True
+        except (mqtt.MQTTError, OSError, ValueError) as e:
+            self._failed(e)
+            return False
+
+    def close(self, status=b"sleeping"):
+        """The last PUBACKs and the retained status (None: leave the one
+        connect() set) within what is left of the budget, a clean DISCONNECT
+        (no will), and the radio off whatever happened: never sleep with it on."""
+        c = self.client
+        try:
             if c is not None:
-                c.close()
+                c.timeout_ms = max(200, min(5000, self.budget.left()))
+                if status is not None:
+                    c.publish(uplink.status_topic(self.cfg.device_id), status, qos=1, retain=True)
+                c.wait_all()
+                c.disconnect()
+                self.result = "partial" if self.pending else "ok"
+        except (mqtt.MQTTError, OSError, ValueError) as e:
+            self._failed(e)
+        finally:
+            self.client = None
+            if self.link is not None:
+                self.link.off()
 
-
-def clock_epoch_ms():
-    import clock
-
-    return clock.EPOCH_TO_UNIX * 1000
+    def _failed(self, e):
+        msg = str(e)
+        self.auth_refused = _auth_refusal(msg)
+        self.result = "broker:%s" % msg[:60]
+        if self.client is not None:
+            self.client.close()
+            self.client = None

@@ -72,3 +72,12 @@ def test_one_forged_answer_cannot_move_the_clock_for_good():
     assert abs(c.unix() - TRUE_NOW) < 5
     late = [ntp() + 5 * 86400, ntp() + 5 * 86400]  # a consistent liar still needs two answers
     assert c.sync(lambda: late.pop(0))
+
+
+def test_unix_ms_is_the_rtc_in_unix_milliseconds():
+    # 2026-01-01 00:00:00 UTC set on the RTC (the ESP32 counts from 2000)
+    machine.RTC().datetime((2026, 1, 1, 3, 0, 0, 0, 0))
+    time.sleep_ms(1500)
+    ms = clock.unix_ms()
+    assert 1767225600000 + 1500 <= ms < 1767225600000 + 1600
+    assert ms // 1000 == clock.Clock(BUILD).unix()

@@ -1,0 +1,123 @@
+# app.session: one network session as steps the caller takes in order, each
+# bounded by what is left of the budget; the radio is off after close() whatever
+# happened. (Sessions against a real Mosquitto: host_tests/host/test_wake*.py.)
+import json
+import network
+import simstate
+import time
+
+import clock
+import machine
+import rtcmem
+
+from app import config, session
+from ptest import scratch_dir
+
+PSK = "ab" * 32  # the stored 64-hex WPA2 key, as provisioning writes it
+BUILD = 1764000000
+# A CA certificate (DER) whose key was thrown away when it was made
+# (openssl req -x509 -newkey ec P-256, 100 years): nothing can be signed by
+# it, it only lets a certificate TLS context be made.
+CA_DER = bytes.fromhex(
+    "308201a63082014ba003020102021420297d25e76c675dfffa5c1507bce5aa6ed10c00300a06082a8648ce3d04030230"
+    "273125302306035504030c1c50657472656c207465737420434120286e6f206b6579206b657074293020170d32363132"
+    "30323138323230305a180f32313236313130383138323230305a30273125302306035504030c1c50657472656c207465"
+    "737420434120286e6f206b6579206b657074293059301306072a8648ce3d020106082a8648ce3d030107034200048420"
+    "6fb0e0104f6a8e65c5614e9325ace896f1e3778db4e54ce5f1aa1cbab488dfd8621b33bcbcea6ff3c8d26cc1967e1f00"
+    "d3b1503f658c483bbeaca1a8df8ba3533051301d0603551d0e041604142749727ed9bf78415895dcd0e7bcd3d7099f35"
+    "f3301f0603551d230418301680142749727ed9bf78415895dcd0e7bcd3d7099f35f3300f0603551d130101ff04053003"
+    "0101ff300a06082a8648ce3d040302034900304602210087a5d4073412e7fcc8a9c9b678c583a2341e98dbd288036ef7"
+    "8f672c9b0627d5022100d352d3f54d9123225ceb2ab29c5677172945421d488eae2312af3b1c49b2867e"
+)
+
+
+def node_config(port=1, budget_ms=10000):
+    """A provisioned node's configuration, read back by config.load as the node does."""
+    d, _ = scratch_dir()
+    with open(d + "/ca.der", "wb") as f:
+        f.write(CA_DER)
+    with open(d + "/config.json", "w") as f:
+        json.dump({"device_id": "n1", "network_budget_ms": budget_ms, "wifi": {"ssid": "home"},
+                   "broker": {"host": "127.0.0.1", "port": port, "ca": d + "/ca.der"}}, f)
+    with open(d + "/secrets.json", "w") as f:
+        json.dump({"hmac_key": "11" * 32, "psk_key": "22" * 32, "wifi_psk": PSK}, f)
+    cfg = config.load(d + "/config.json", d + "/secrets.json", d + "/config.good.json")
+    assert cfg.source == "config.json"
+    return cfg
+
+
+def home_ap(up=True):
+    simstate.board.aps = [{"ssid": "home", "bssid": "a0b1c2d3e4f5", "channel": 6, "rssi": -61,
+                           "password": PSK, "up": up}]
+
+
+def radio_on():
+    return network.WLAN(network.STA_IF).active()
+
+
+def run_all(s, clk=None):
+    """Every step in order, as the wake cycle takes them."""
+    synced = None
+    try:
+        if s.open():
+            synced = s.sync_clock(clk)
+            if s.connect():
+                s.drain([], None)
+                s.publish("t", b"x")
+    finally:
+        s.close()
+    return synced
+
+
+def test_no_access_point_ends_at_wifi_and_leaves_the_radio_off():
+    cfg = node_config(budget_ms=5000)
+    home_ap(up=False)
+    t0 = time.ticks_ms()
+    s = session.Session(cfg, machine.RTC())
+    assert run_all(s) is None
+    assert s.result.startswith("wifi:") and s.rssi is None and s.sent == 0
+    assert not s.auth_refused  # a missing network is not someone else's key
+    assert not radio_on()
+    assert time.ticks_diff(time.ticks_ms(), t0) <= 5000  # within the budget
+
+
+def test_later_steps_do_nothing_after_a_failed_one():
+    cfg = node_config()
+    home_ap(up=False)
+    s = session.Session(cfg, machine.RTC())
+    assert not s.open()
+    why = s.result
+    assert s.sync_clock(clock.Clock(BUILD)) is None
+    assert not s.connect() and s.drain([1, 2], None) == 0 and not s.publish("t", b"x")
+    s.close()
+    assert s.result == why  # the first failure is the one reported
+    assert not radio_on()
+
+
+def test_broker_not_listening_is_a_link_failure_not_an_auth_refusal():
+    cfg = node_config(port=1)  # nothing listens on 127.0.0.1:1
+    home_ap()
+    clk = clock.Clock(BUILD, rtcmem.Region(machine.RTC(), 1280, 64))
+    assert not clk.known()
+    s = session.Session(cfg, machine.RTC())
+    synced = run_all(s, clk)
+    # the link came up (RSSI and its time measured) and NTP set the clock
+    # before the broker was tried: a broker outage does not stop the clock
+    assert s.rssi == -61 and s.wifi_ms > 0
+    assert clk.known() and synced is not None
+    before, after = synced
+    assert after - before > 365 * 86400 * 1000  # the RTC started at 2000, NTP says 2026
+    assert s.result.startswith("broker:") and not s.auth_refused
+    assert not radio_on()
+
+
+def test_no_budget_left_for_the_broker():
+    cfg = node_config(budget_ms=5000)
+    home_ap()
+    s = session.Session(cfg, machine.RTC())
+    assert s.open()
+    time.sleep_ms(max(0, s.budget.left() - 400))  # the link took (nearly) all of it
+    assert not s.connect()
+    assert s.result == "broker:no-budget"
+    s.close()
+    assert not radio_on()
