@@ -2,7 +2,7 @@
 # If the application cannot even be imported (a bad deploy), sleep anyway:
 # a node left at the REPL on battery is dead in days.
 try:
-    import app
+    from app import ladder
 except Exception as e:  # noqa: BLE001
     import sys
 
@@ -11,4 +11,4 @@ except Exception as e:  # noqa: BLE001
     sys.print_exception(e)
     print("E 000000 main: application not importable, sleeping 1 h")
     machine.deepsleep(3600000)
-app.run()
+ladder.run()

@@ -5,7 +5,7 @@
     -> next wake on the grid -> save state -> deep sleep
 
 Everything here is bounded: the sensors by their drivers' timeouts, the
-network by its budget, the whole wake by the watchdog armed in app.run().
+network by its budget, the whole wake by the watchdog armed in ladder.run().
 """
 
 import struct
@@ -39,7 +39,7 @@ class Wake:
         self.hw = hw  # app.hardware.Hardware
         self.cause = cause  # why the chip booted: "deepsleep", "poweron", ...
         self.wake = wake  # what woke it: "timer", "ext0", ...
-        self.t0 = t0  # ticks_ms at the start of app.run()
+        self.t0 = t0  # ticks_ms at the start of ladder.run()
         self.rtc = machine.RTC()
         self.clk = None  # the node's stores (app.stores), made by run()
         self.ob = None

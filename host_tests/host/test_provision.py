@@ -348,5 +348,5 @@ def test_the_firmware_accepts_what_provision_writes(tmp_path):
                    "--wifi-ssid", "home"])
     assert rc == 0
     c = config.check(json.loads((out / "config.json").read_text()))
-    assert c["broker"]["host"] == "broker.lan" and c["broker"]["ca"] == "/certs/ca.der"
+    assert c.broker.host == "broker.lan" and c.broker.ca == "/certs/ca.der"
     config.check_secrets(json.loads((out / "secrets.json").read_text()))

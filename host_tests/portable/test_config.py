@@ -62,7 +62,7 @@ def test_a_good_configuration_with_defaults_filled_in():
 
 
 def test_safe_mode_defaults_without_any_configuration():
-    sm = config.SafeMode()  # what app.run() falls back on when nothing loaded
+    sm = config.SafeMode()  # what ladder.run() falls back on when nothing loaded
     assert (sm.after_crashes, sm.wakes, sm.sleep_s) == (3, 6, 3600)
     assert config.check({"safe_mode": {"sleep_s": 60}}).safe_mode.sleep_s == 60
     # one configuration does not change the defaults of the next

@@ -1,0 +1,148 @@
+"""The recovery ladder around one wake cycle, then deep sleep. Never stuck awake.
+
+    run():  state from RTC memory -> why we booted -> maintenance pin?
+            -> watchdog armed for the whole wake -> safe mode or the cycle
+            -> deep sleep
+
+The recovery ladder: an exception in the cycle is logged whole, kept in
+/crash.log and counted in RTC memory, and the node sleeps as usual; a wake
+that hangs is ended by the watchdog and counted the same way at the next
+boot. After `safe_mode.after_crashes` crashed wakes in a row the node runs in
+safe mode for `safe_mode.wakes` wakes: no application, only Wi-Fi, a status
+and health message, and a long sleep; then it tries the application again
+(one more crash and it is back in safe mode). A new configuration or firmware
+leaves safe mode at once. A maintenance pin held at boot (board.json) keeps
+the node awake at the REPL, before any watchdog is armed, for a technician.
+"""
+
+import time
+
+import machine
+
+import eventlog as log
+
+from app import config, crashlog, hardware, state, version
+
+CAUSES = {
+    machine.PWRON_RESET: "poweron",
+    machine.HARD_RESET: "hard",
+    machine.WDT_RESET: "watchdog",
+    machine.DEEPSLEEP_RESET: "deepsleep",
+    machine.SOFT_RESET: "reset",
+}
+WAKES = {0: "none", 2: "ext0", 3: "ext1", 4: "timer", 5: "touch", 6: "ulp"}
+WDT_MARGIN_MS = 20000  # sensors, flash and the log, on top of the network budget
+CRASH_SLEEP_MS = 300000  # after a crash with no usable configuration
+
+
+def run():
+    t0 = time.ticks_ms()
+    st = state.State()
+    st.boots = (st.boots + 1) & 0xFFFFFFFF
+    cause = CAUSES.get(machine.reset_cause(), "other")
+    wake = WAKES.get(machine.wake_reason(), "other")
+    log.info("boot", "cause=%s wake=%s boot=%d rtc=%s fw=%s", cause, wake, st.boots, st.why,
+             version.VERSION)
+    if cause == "watchdog":
+        # the last wake hung: as much a crash as an exception
+        st.bump("wdt_resets")
+        _count_crash(st)
+        log.error("boot", "watchdog reset: the last wake hung crash_streak=%d", st.crash_streak)
+    try:
+        hw = hardware.Hardware(hardware.load())
+    except Exception as e:  # noqa: BLE001  a damaged board.json: run without hardware
+        log.error("board", "board.json unusable: %s", e)
+        hw = hardware.Hardware({})
+    try:
+        maintenance = hw.maintenance_held()
+    except Exception:  # noqa: BLE001
+        maintenance = False
+    if maintenance:
+        st.save()
+        log.warn("maintenance", "pin held at boot: staying awake at the REPL, no sleep")
+        return
+    cfg = None
+    wdt = None
+    try:
+        cfg = config.load("config.json", "secrets.json", "config.good.json")
+        if not cfg.channels and hw.desc.get("channels"):
+            # a node provisioned without channels samples what its board carries
+            try:
+                cfg.channels = config.channels(hw.desc["channels"], "board.json")
+                log.info("config", "no channels in config.json: the board's (%s)",
+                         " ".join(c.name for c in cfg.channels))
+            except config.ConfigError as e:
+                log.error("config", "%s", e)
+        wdt = machine.WDT(timeout=cfg.network_budget_ms + WDT_MARGIN_MS)
+        ms = _wake(st, cfg, hw, cause, wake, t0)
+    except Exception as e:  # noqa: BLE001  the ladder: log, keep, count, sleep
+        _count_crash(st)
+        st.cfg_crc = _config_crc()
+        tb = crashlog.keep(e, "boot=%d cause=%s streak=%d" % (st.boots, cause, st.crash_streak))
+        log.error("crash", "streak=%d total=%d\n%s", st.crash_streak, st.crashes, tb.rstrip())
+        sm = cfg.safe_mode if cfg is not None else config.SafeMode()
+        ms = cfg.sample_s * 1000 if cfg is not None else CRASH_SLEEP_MS
+        if st.crash_streak >= sm.after_crashes:
+            ms = sm.sleep_s * 1000  # crashing again and again: no hurry
+    if wdt is not None:
+        wdt.feed()
+    st.save()
+    _before_sleep(hw)
+    machine.deepsleep(ms)
+
+
+def _count_crash(st):
+    st.bump("crash_streak")
+    st.bump("crashes")
+
+
+def _config_crc():
+    from binascii import crc32
+
+    try:
+        with open("config.json", "rb") as f:
+            data = f.read()
+    except OSError:
+        data = b""
+    return crc32(data + version.VERSION.encode()) & 0xFFFFFFFF
+
+
+def _wake(st, cfg, hw, cause, wake, t0):
+    sm = cfg.safe_mode
+    if st.safe_left and st.cfg_crc != _config_crc():
+        log.info("safe", "left: configuration or firmware changed")
+        st.safe_left = 0
+        st.crash_streak = 0
+    if not st.safe_left and st.crash_streak >= sm.after_crashes:
+        st.safe_left = sm.wakes
+        st.bump("safe_entries")
+        st.cfg_crc = _config_crc()
+        log.error("safe", "entered after %d crashed wakes: %d wakes of safe mode",
+                  st.crash_streak, st.safe_left)
+    if st.safe_left:
+        from app import safemode
+
+        st.safe_left -= 1
+        if not st.safe_left:
+            # one more try of the application next time; one crash brings us back
+            st.crash_streak = sm.after_crashes - 1
+            log.info("safe", "last safe wake: the application runs again next wake")
+        return safemode.run(st, cfg, cause)
+    from app import cycle
+
+    return cycle.Wake(st, cfg, hw, cause, wake, t0).run()
+
+
+def _before_sleep(hw):
+    """Radio off (whatever happened), the alarm pin armed."""
+    try:
+        import network
+
+        network.WLAN(network.STA_IF).active(False)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        if not hw.arm_alarm_wake() and hw.desc.get("alarm_pin"):
+            log.warn("alarm", "pin still active: its wake is armed again once it is released")
+    except Exception as e:  # noqa: BLE001
+        log.warn("board", "alarm pin not armed: %s", e)
