@@ -52,7 +52,7 @@ class Receiver:
             if kind == "health":
                 self.health.append(got)
                 continue
-            for name, unit, value, t in got:
+            for name, _unit, value, t in got:
                 ch = name.split("/", 1)[1]
                 self.readings.setdefault(ch, {})[round(t)] = value
         return self
@@ -78,6 +78,16 @@ def accepted(boots, ch):
 
 def true_unix(board, world_us):
     return board.true_unix_at_start + world_us / 1e6
+
+
+def grid_offsets(board, boots, interval_s):
+    """Seconds (true time) from each timer wake's start to the nearest point of
+    the interval grid: 0 for a schedule that lands on it."""
+    out = []
+    for b in boots:
+        if b.wake_reason == simstate.TIMER_WAKE:
+            out.append((true_unix(board, b.start_us) + interval_s / 2) % interval_s - interval_s / 2)
+    return out
 
 
 def awake_limits(boots, budget_ms, wdt_ms):
