@@ -334,7 +334,7 @@ class Outbox:
         damaged = 0
         first = None
         top = last
-        for seq, t, payload, end in decode(data, 4):
+        for seq, t, payload, _end in decode(data, 4):
             if seq is None:
                 damaged += 1
                 continue

@@ -145,11 +145,11 @@ def report(board, sample_s, uplink_s, out=sys.stdout, png=None):
     w("\nwhere a day goes (mAh):\n")
     names = list(rows[0][1])
     w("%-50s " % "" + " ".join("%8s" % n for n in names) + "\n")
-    for sc, d, total, years in rows:
+    for sc, d, _total, _years in rows:
         w("%-50s " % sc.name + " ".join("%8.3f" % d[n] for n in names) + "\n")
     w("\nwhat would move \"%s\" (%.1f years), one change at a time:\n"
       % (rows[-1][0].name, rows[-1][3]))
-    for what, before, after in levers(profile, sample_s, every):
+    for what, _before, after in levers(profile, sample_s, every):
         w("  %-62s %5.1f years\n" % (what, after))
     if png:
         chart(rows, names, png)

@@ -416,7 +416,7 @@ def provision(args, out=print):
             p.rmdir() if p.is_dir() else p.unlink()
 
     out("provisioned %s (TLS mode %s), registered in %s" % (device_id, broker["tls"], args.registry))
-    for name, (data, mode) in sorted(files.items()):
+    for name, (_data, mode) in sorted(files.items()):
         out(("  %-40s secret, mode 0600" if mode == 0o600 else "  %s") % (outdir / name))
     out("  hmac key      %d bytes, key id %s" % (len(hmac_key), key_id(hmac_key)))
     if psk_key:
