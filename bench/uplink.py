@@ -17,8 +17,9 @@ Prints:
   Nagle/delayed-ACK trap of toolchain.md);
 - bytes on the wire per reading for a batch of 12 samples x 3 channels, counted
   by a TCP proxy between the node and the broker (SenML + COSE + MQTT + TLS);
-- the smallest -X heapsize that completes a 60-reading batch over TLS with the
-  client and payload code precompiled by mpy-cross: the client alone (message
+- the smallest -X heapsize that completes a 60-reading batch over TLS with
+  lib/ as deployed (petrel.deploy.build: precompiled by mpy-cross, host-only
+  modules left out; README, "Memory budget"): the client alone (message
   encoded beforehand) and with the node's encoder (uplink.encoder, from outbox
   records) in the same VM, each the smallest size from which every larger
   size tried completes too.
@@ -37,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from petrel import paths  # noqa: E402
+from petrel import deploy, paths  # noqa: E402
 from petrel.broker import Broker  # noqa: E402
 
 # The heap measurement runs this alone, so that the benchmark's own code does
@@ -358,13 +359,10 @@ def main():
         print("smallest -X heapsize for a 60-reading batch over TLS (mpy-cross precompiled;")
         print("the smallest from which every larger size tried completes too):")
         build = Path(tempfile.mkdtemp(prefix="petrel-mpy-"))
-        for mod in ("mqtt", "mqtt_open", "mqtt_rare", "uplink", "cbor", "cborenc", "cbordec", "cose", "cosecheck",
-                    "senml", "clock", "eventlog"):
-            subprocess.run([str(Path(sys.executable).parent / "mpy-cross"), "-o",
-                            str(build / (mod + ".mpy")), str(paths.LIB / (mod + ".py"))], check=True)
+        deploy.build(build, "x64")  # lib/ as `petrel deploy` puts it on a node (the VM's arch)
         msg = build / "batch60.bin"
         run_vm(tls + ["encode", msg])
-        path = ".frozen:%s" % build
+        path = ".frozen:%s" % (build / "lib")
         args = [broker.ports["tls"], ca]
         print("  client alone (message encoded beforehand): %s"
               % smallest_heap(args + [msg], path, HEAP_SCRIPT))

@@ -25,12 +25,14 @@ Small on purpose: loaded from a .mpy, every function, name and string here is
 heap the TLS context (3 KB in one piece), the TLS socket (520 bytes) and the
 packets then cannot have (bench/uplink.py finds the smallest heap that
 completes a batch; what fails there is one of those large pieces, the heap
-being fragmented, not a lack of bytes). Hence packet types as literals, few
-methods, attributes and names (each new name is a qstr for good, and a qstr
-pool that overflows doubles), short messages; the code a session needs once
-before its handshake (TLS context set-up, the CONNECT packet) in mqtt_open,
-which connect() lets go before the handshake; check() (keepalive), messages
-published to us and the insecure warning in mqtt_rare, loaded only when needed.
+being fragmented, not a lack of bytes; README, "Memory budget"). Hence packet
+types as literals, few methods, attributes and names (each new name is a qstr
+for good, and a qstr pool that overflows doubles), short messages; the code a
+session needs once before its handshake (TLS context set-up, the CONNECT
+packet, the insecure warning) in mqtt_setup, which connect() lets go before the
+handshake; check() (keepalive) and messages published to us in mqtt_keepalive,
+loaded only when needed. Neither imports this module back: what they need of
+it is handed to them (_head, _str, MQTTError).
 gc.collect() before the client's long-lived objects and the TLS context are
 made puts them in the holes left by garbage, so the large free runs stay whole.
 """
@@ -60,9 +62,9 @@ def tls_context(ca=None, cert=None, key=None, psk_identity=None, psk_key=None):
         import ssl as tls  # CPython
     # 3 KB in one piece: made first, while the heap has a run that long
     ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    import mqtt_open  # the rest, once a session: connect() lets it go again
+    import mqtt_setup  # the rest, once a session: connect() lets it go again
 
-    return mqtt_open.context(tls, ctx, ca, cert, key, psk_identity, psk_key)
+    return mqtt_setup.context(tls, ctx, ca, cert, key, psk_identity, psk_key)
 
 
 def _str(s):
@@ -97,9 +99,9 @@ class MQTTClient:
         self.window = window
         if max_packet != self.max_packet:  # a class attribute unless changed: one slot less
             self.max_packet = max_packet
-        import mqtt_open  # let go again by connect(), before the handshake
+        import mqtt_setup  # let go again by connect(), before the handshake
 
-        self.conn_pkt = mqtt_open.connect_packet(client_id, keepalive, clean, will, user, password)
+        self.conn_pkt = mqtt_setup.connect_packet(_head, _str, client_id, keepalive, clean, will, user, password)
         self.raw = self.sock = self.ping_sent = None
         self.pid = self.last_send = self.connect_ms = 0
         self.inflight = {}  # packet id -> ticks_ms sent
@@ -114,11 +116,11 @@ class MQTTClient:
         self.acked = []
         self.ping_sent = None
         if self.context is None:  # only with insecure=True: say so at every connect
-            import mqtt_rare
+            import mqtt_setup
 
-            mqtt_rare.insecure(self.addr)
-        # the setup code (mqtt_open) is done with: garbage before the handshake
-        sys.modules.pop("mqtt_open", None)
+            mqtt_setup.insecure(self.addr)
+        # the setup code (mqtt_setup) is done with: garbage before the handshake
+        sys.modules.pop("mqtt_setup", None)
         gc.collect()  # as in __init__: keep big free runs for TLS and the packets
         stage = "tcp: %s"
         try:
@@ -192,9 +194,9 @@ class MQTTClient:
         """Keep the session alive between publishes: handle what the broker
         sent, ping when idle, and fail if a ping went unanswered. In a module
         of its own: a short wake never needs it, and unloaded it costs no heap."""
-        import mqtt_rare
+        import mqtt_keepalive
 
-        mqtt_rare.check(self)
+        mqtt_keepalive.check(self, MQTTError)
 
     # ------------------------------------------------------------ wire
     def _send(self, msg):
@@ -259,9 +261,9 @@ class MQTTClient:
         elif kind == 0xD0 and not body:  # PINGRESP
             self.ping_sent = None
         elif kind == 0x30:  # a PUBLISH to us (a persistent session's): rare, loaded then
-            import mqtt_rare
+            import mqtt_keepalive
 
-            mqtt_rare.incoming(self, first, body)
+            mqtt_keepalive.incoming(self, first, body, MQTTError)
         else:
             self.close()
             raise MQTTError("unexpected packet 0x%02x" % first)

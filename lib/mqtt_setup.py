@@ -1,10 +1,10 @@
 """What an MQTTClient needs once, before its TLS handshake: the TLS context
-set-up and the CONNECT packet. Loaded by mqtt.tls_context() and MQTTClient(), and let
-go by connect() before the handshake, so that this code is no heap the
-handshake and the batch could use (bench/uplink.py measures that heap).
+set-up, the CONNECT packet and the warning of a plain-TCP connect. Loaded by
+mqtt.tls_context() and MQTTClient(), and let go by connect() before the
+handshake, so that this code is no heap the handshake and the batch could use
+(bench/uplink.py measures that heap). It imports nothing of mqtt's: what it
+needs of it comes as arguments.
 """
-
-from mqtt import _head, _str
 
 
 def context(tls, context, ca, cert, key, psk_identity, psk_key):
@@ -33,8 +33,9 @@ def context(tls, context, ca, cert, key, psk_identity, psk_key):
     return context
 
 
-def connect_packet(client_id, keepalive, clean, will, user, password):
-    """CONNECT, the same at every connect of a client."""
+def connect_packet(_head, _str, client_id, keepalive, clean, will, user, password):
+    """CONNECT, the same at every connect of a client. _head, _str: mqtt's,
+    handed in (their names are qstrs already: they cost nothing here)."""
     flags = 2 if clean else 0
     p = _str(client_id)
     if will:  # (topic, message, retain), sent QoS 1
@@ -49,3 +50,9 @@ def connect_packet(client_id, keepalive, clean, will, user, password):
     p = b"\0\4MQTT\4" + bytes((flags,)) + bytes((keepalive >> 8, keepalive & 255)) + p
     return _head(0x10, len(p)) + p
 
+
+def insecure(addr):
+    """Said at every connect with insecure=True: plain TCP, nothing verified."""
+    import eventlog
+
+    eventlog.warn("mqtt", "INSECURE plain TCP to %s:%d", addr[0], addr[1])
