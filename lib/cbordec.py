@@ -1,13 +1,13 @@
 """The strict CBOR (RFC 8949) decoder behind cbor.loads() and cbor.decode(),
 in a module of its own: the node only encodes, so it never loads this.
 
-Maps become dicts, tags cbor.Tag(tag, value), byte strings bytes.
+Maps become dicts, tags cbor.Tag(tag, value) (cbortypes), byte strings bytes.
 Anything malformed raises ValueError with the reason (see cbor's docstring).
 """
 
 import struct
 
-from cbor import MAX_DEPTH, Tag
+from cbortypes import MAX_DEPTH, Tag
 
 try:  # decoding float16 with struct where the port has it
     _HAS_E = struct.unpack(">e", struct.pack(">e", 1.5))[0] == 1.5

@@ -1,8 +1,10 @@
 """cbor.dumps(), loaded on use: the generic encoder of Python values (see cbor's
-docstring), built on cbor.put_*. A node's uplink batch never needs it.
+docstring), built on cborput. A node's uplink batch never needs it; its
+health record does, at the end of a wake.
 """
 
-from cbor import MAX_DEPTH, Map, Tag, put_float, put_head, put_int  # Tag, Map: set by cbor.dumps
+from cborput import put_float, put_head, put_int
+from cbortypes import MAX_DEPTH, Map, Tag
 
 _T = bytearray(9)  # one head or float at a time, copied out
 

@@ -21,14 +21,16 @@ seal() is the node's way: the payload was written into buf after room(kid)
 free bytes, the COSE head goes in front of it and the tag after it (TAIL
 bytes), and the hash is fed the MAC_structure piece by piece, so neither it
 nor the message is ever built by concatenation. verify() and parse() live in
-cosecheck, loaded on use: a node never verifies.
+cosecheck, loaded on use: a node never verifies (`petrel deploy` leaves it
+out). cosecheck imports nothing of this module's: verify() hands it the MAC
+and the comparison.
 
 HMAC is written here on hashlib.sha256: micropython-lib's hmac defaults to MD5.
 """
 
 import hashlib
 
-import cbor
+from cborput import put_head, put_int  # all of CBOR that sealing needs
 
 HMAC_256_64 = 4  # the tag's first 8 bytes
 HMAC_256_256 = 5
@@ -79,9 +81,9 @@ def _tag(key, alg, protected, payload, aad):
     """The tag over ["MAC0", protected, aad, payload]: the payload (a
     memoryview into the message buffer, say) goes to the hash as it is."""
     h = bytearray(15)  # the three byte-string heads
-    a = cbor.put_head(h, 0, 2, len(protected))
-    b = cbor.put_head(h, a, 2, len(aad))
-    c = cbor.put_head(h, b, 2, len(payload))
+    a = put_head(h, 0, 2, len(protected))
+    b = put_head(h, a, 2, len(aad))
+    c = put_head(h, b, 2, len(payload))
     h = memoryview(h)
     return _hmac(key, (b"\x84\x64MAC0", h[:a], protected, h[a:b], aad, h[b:c], payload))[:8 if alg == 4 else 32]
 
@@ -102,24 +104,24 @@ def seal(key, kid, seq, buf, start, end, alg=HMAC_256_256, aad=b""):
     """The tagged COSE_Mac0 of the payload buf[start:end] as bytes; buf needs
     room(kid) bytes before start and TAIL after end, which this overwrites."""
     _check(key, kid, seq, alg)
-    # written with cbor.put_*, not dumps: no Map, no growing bytearrays
+    # written with put_*, not cbor.dumps: no Map, no growing bytearrays
     pre = bytearray(room(kid))
     pre[:11] = b"\xd1\x84\x40\xa2\x01\x00\x3a\x00\x01\x00\x00"  # tag 17, [4], bstr, {1: alg, -65537: seq}
     pre[5] = alg
-    n = cbor.put_int(pre, 11, seq)
+    n = put_int(pre, 11, seq)
     pre[2] = 0x40 + n - 3  # the protected header's length (< 24)
     protected = memoryview(pre)[3:n]
     pre[n:n + 2] = b"\xa1\x04"  # {4: kid}
-    n = cbor.put_head(pre, n + 2, 2, len(kid))
+    n = put_head(pre, n + 2, 2, len(kid))
     pre[n:n + len(kid)] = kid
-    n = cbor.put_head(pre, n + len(kid), 2, end - start)
+    n = put_head(pre, n + len(kid), 2, end - start)
     if n > start:
         raise ValueError("COSE: no room for the head")
     mv = memoryview(buf)
     tag = _tag(key, alg, protected, mv[start:end], aad)
     begin = start - n
     buf[begin:start] = memoryview(pre)[:n]
-    i = cbor.put_head(buf, end, 2, len(tag))
+    i = put_head(buf, end, 2, len(tag))
     buf[i:i + len(tag)] = tag
     return bytes(mv[begin:i + len(tag)])
 
@@ -148,4 +150,6 @@ def verify(key, data, aad=b"", algs=(HMAC_256_256,)):
     Replay (an old seq) is for the caller to refuse."""
     import cosecheck
 
-    return cosecheck.verify(key, data, aad, algs)
+    # the algs this module can compute, and its MAC and comparison: handed in
+    known = [a for a in algs if a in (HMAC_256_64, HMAC_256_256)]
+    return cosecheck.verify(key, data, aad, known, _tag, equal)

@@ -18,8 +18,8 @@ import gc
 import struct
 from array import array
 
-import cbor
 import cose
+from cborput import put_float, put_head, put_int  # all of CBOR a batch needs
 
 RELATIVE = 1 << 28  # SenML times below this are ages (clock.RELATIVE): a constant, not an import
 
@@ -44,7 +44,7 @@ def _text(s, name=False):
         if not (97 <= c <= 122 or 48 <= b[j] <= 57 or j and b[j] in b"-:./_"):
             raise ValueError("SenML name %r: character %r not allowed" % (s, chr(b[j])))
     buf = bytearray(len(b) + 3)
-    i = cbor.put_head(buf, 0, 3, len(b))
+    i = put_head(buf, 0, 3, len(b))
     buf[i:i + len(b)] = b
     return bytes(buf[:i + len(b)])
 
@@ -139,7 +139,7 @@ class encoder:
             return None
         buf = self.buf
         start = i = cose.room(self.kid)
-        i = cbor.put_head(buf, i, 4, m)
+        i = put_head(buf, i, 4, m)
         base = None if relative else t[order[0]]
         unit = None
         prev = -1
@@ -153,11 +153,11 @@ class encoder:
                 raise ValueError("SenML time %d is not Unix time" % t[k])
             if not -RELATIVE < dt < RELATIVE:
                 raise ValueError("SenML relative time %d out of range" % dt)
-            i = cbor.put_head(buf, i, 5, 1 + (dt != 0) + (first and base is not None) + (c != prev)
+            i = put_head(buf, i, 5, 1 + (dt != 0) + (first and base is not None) + (c != prev)
                               + (u != unit))
             if first and base is not None:
                 buf[i] = 0x22  # -3: bt
-                i = cbor.put_int(buf, i + 1, base)
+                i = put_int(buf, i + 1, base)
             first = False
             if c != prev:
                 buf[i] = 0x21  # -2: bn
@@ -172,14 +172,14 @@ class encoder:
             buf[i] = 0x02  # v: an int when the scale divides, else the shortest float
             v = val[k]
             if v % scale == 0:
-                i = cbor.put_int(buf, i + 1, v // scale)
+                i = put_int(buf, i + 1, v // scale)
             else:  # float32 when it reads back within half a unit (senml.value)
                 x = v / scale
                 f = struct.unpack("f", struct.pack("f", x))[0]
-                i = cbor.put_float(buf, i + 1, f if abs(f * scale - v) < 0.5 else x)
+                i = put_float(buf, i + 1, f if abs(f * scale - v) < 0.5 else x)
             if dt:
                 buf[i] = 0x06  # t
-                i = cbor.put_int(buf, i + 1, dt)
+                i = put_int(buf, i + 1, dt)
         return cose.seal(self.key, self.kid, self.counter.next(), buf, start, i, self.tag)
 
 
