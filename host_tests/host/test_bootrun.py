@@ -144,3 +144,30 @@ def test_ticks_near_the_wrap_and_ext0_wake(tmp_path, interp):
     assert "ticks %d 0" % ((1 << 30) - 10) in boots[0].output.replace("\r", "")
     assert boots[1].wake_reason == simstate.EXT0_WAKE
     assert 41900000 <= boots[1].start_us - boots[0].end_us <= 42000000
+
+
+def test_a_cpython_boot_leaves_the_hosts_modules_as_they_were(tmp_path):
+    # A boot imports its flash's lib/ afresh, as a wake does; after it, the
+    # host's modules are the ones it had, and a module the host loads on use
+    # later (cbordec, by cbor.loads) binds to them: one Tag class, not two.
+    import sys
+
+    import cbor
+
+    main = ("import cbor, cose, uplink\n"
+            "print('boot cbor', cbor.__file__)\n"
+            "import machine\nmachine.deepsleep(1000)\n")
+    flash = flash_with_main(tmp_path, main)
+    sys.modules.pop("cbordec", None)
+    before = dict((n, sys.modules.get(n)) for n in ("cbor", "cbortypes", "cborput", "cose", "uplink"))
+    boots = bootrun.BootRunner(flash, "cpython").run(2)
+    assert [b.end for b in boots] == ["halt", "halt"]
+    # the boots did import them, each from its flash
+    assert all("boot cbor %s" % (flash / "lib" / "cbor.py") in b.output for b in boots), boots[0].output
+    assert dict((n, sys.modules.get(n)) for n in before) == before
+    assert sys.modules["cbor"] is cbor
+    tagged = cbor.loads(cbor.dumps(cbor.Tag(17, [1])))  # cbordec loaded now, after the boots
+    assert isinstance(tagged, cbor.Tag) and tagged == cbor.Tag(17, [1])
+    flash_copies = [n for n, m in sys.modules.items()
+                    if str(getattr(m, "__file__", "") or "").startswith(str(flash))]
+    assert flash_copies == []

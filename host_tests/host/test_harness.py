@@ -42,3 +42,24 @@ def test_firmware_side_gets_the_boards_socket_and_tls_host_code_cpythons():
     host = harness._import("socket", {"__file__": __file__})
     assert host is host_socket and hasattr(host, "create_connection")
     assert ssl.SSLContext.__module__ == "ssl"
+
+
+def test_fresh_modules_imports_afresh_and_puts_the_old_copies_back(tmp_path, monkeypatch):
+    import sys
+
+    from petrel import harness
+
+    (tmp_path / "petrel_probe_mod.py").write_text("class Tag:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    import petrel_probe_mod as outside
+
+    try:
+        with harness.fresh_modules([tmp_path]):
+            assert "petrel_probe_mod" not in sys.modules
+            import petrel_probe_mod as inside
+
+            assert inside is not outside and inside.Tag is not outside.Tag
+        assert sys.modules["petrel_probe_mod"] is outside  # the copy made within is gone
+    finally:
+        sys.modules.pop("petrel_probe_mod", None)

@@ -171,11 +171,14 @@ class BootRunner:
 
     # ------------------------------------------------------------------
     def _boot_cpython(self, record):
-        b = self.board
         harness.add_firmware_root(self.flash)
-        # every flash folder's modules, not only this one's: another runner's
-        # `outbox` left in sys.modules would shadow this flash's own
-        harness.forget_modules(harness.flash_roots + [self.flash, paths.LIB, paths.FIRMWARE])
+        # every flash folder's modules, not only this one's, imported afresh as
+        # at a real wake; the host's own copies are put back after the boot
+        with harness.fresh_modules(harness.flash_roots + [self.flash, paths.LIB, paths.FIRMWARE]):
+            self._run_flash(record)
+
+    def _run_flash(self, record):
+        b = self.board
         if self.setup:
             __import__(self.setup).setup(b)
         saved_path = list(sys.path)

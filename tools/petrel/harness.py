@@ -13,6 +13,7 @@ CPython's ssl, boards/sim/simtls.py) are given the same way.
 """
 
 import builtins
+import contextlib
 import importlib.util
 import os
 import select  # noqa: F401  CPython's, loaded before boards/sim goes first on sys.path
@@ -89,10 +90,29 @@ def _load(name, filename):
 
 
 def forget_modules(roots):
-    """Drop modules loaded from these folders, so the next boot imports them
-    afresh, as a real wake does."""
+    """Drop modules loaded from these folders, so the next import loads them
+    afresh, as a real wake does. -> {name: module} of those dropped."""
     roots = [os.path.abspath(str(r)) + os.sep for r in roots]
+    gone = {}
     for name in list(sys.modules):
         f = getattr(sys.modules[name], "__file__", None) or ""
         if any(os.path.abspath(f).startswith(r) for r in roots):
-            del sys.modules[name]
+            gone[name] = sys.modules.pop(name)
+    return gone
+
+
+@contextlib.contextmanager
+def fresh_modules(roots):
+    """Within: modules from these folders (a board's flash, lib, firmware) are
+    imported afresh, as at a real wake. After: the copies made within are
+    dropped and the ones from before are back. So a boot's modules and the
+    host's never mix: code that imported `cbor` before a boot keeps one
+    `cbor`, one `cbortypes`, one `Tag` class, whatever it loads on use after
+    the boot (were the boot's copies left in sys.modules, a module the host
+    loads later would bind to them and see a second Tag class)."""
+    before = forget_modules(roots)
+    try:
+        yield
+    finally:
+        forget_modules(roots)
+        sys.modules.update(before)
