@@ -1,13 +1,15 @@
 """`petrel deploy`: put the firmware on a board with mpremote, changing only what
 changed.
 
-- firmware/ goes to the board's root, lib/ to /lib; every module except boot.py
+- firmware/ goes to the board's root, lib/ to /lib, except the host-only
+  modules (HOST_ONLY: a node never imports them); every module except boot.py
   and main.py is precompiled by mpy-cross for the board's arch (board profile
   mpy_arch: xtensawin for the ESP32, x64 for the virtual board), so the node
   neither compiles at boot nor keeps source it does not need.
 - The board's files are hashed on the board (SHA-256) and only those whose
   content differs are copied; folders are made first; a stale .py beside its
-  new .mpy is removed (MicroPython would import the .py).
+  new .mpy is removed (MicroPython would import the .py), and so is a
+  host-only module an older deploy put there.
 - --config DIR installs the node's configuration and secrets (the output of
   `petrel provision`) at the root.
 - --dry-run lists what would change and touches nothing.
@@ -24,6 +26,19 @@ from pathlib import Path
 from . import boards, paths
 
 KEEP_SOURCE = ("boot.py", "main.py")  # MicroPython runs these by name
+
+# lib/ modules a node never imports, left off its flash (host_tests/host/
+# test_lib_imports.py checks that nothing in firmware/ reaches them):
+HOST_ONLY = {
+    "senml": "the generic SenML pack and its decoder: a node writes its batch with uplink.encoder",
+    "cbordec": "the CBOR decoder: a node only encodes",
+    "cosecheck": "COSE_Mac0 parsing and verification: the collector's side",
+}
+
+
+def host_only(rel):
+    """Whether a board path (lib/senml.mpy, lib/senml.py) is a HOST_ONLY module's."""
+    return rel.startswith("lib/") and rel[4:].rsplit(".", 1)[0] in HOST_ONLY
 
 
 class DeployError(RuntimeError):
@@ -50,6 +65,8 @@ def build(out, arch, firmware=paths.FIRMWARE, lib=paths.LIB, config=None, hardwa
             if "__pycache__" in src.parts:
                 continue
             rel = src.relative_to(src_root).as_posix()
+            if host_only(dest + rel):
+                continue
             if dest == "" and rel in KEEP_SOURCE:
                 target = out / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +146,8 @@ def plan(local, remote):
     for rel in sorted(remote):
         if rel.endswith(".py") and rel[:-3] + ".mpy" in local and rel not in local:
             remove.append(rel)  # a .py beside its .mpy wins at import: it must go
+        elif host_only(rel) and rel not in local:
+            remove.append(rel)  # an older deploy's copy: flash the node never reads
     have = set()
     for rel in remote:
         parts = rel.split("/")[:-1]
@@ -156,7 +175,7 @@ def deploy(port, board="esp32-devkitc", config=None, dry_run=False, reset=False,
         for rel in copy:
             say("copy   :%s" % rel)
         for rel in remove:
-            say("remove :%s (stale source beside its .mpy)" % rel)
+            say("remove :%s (%s)" % (rel, "host-only" if host_only(rel) else "stale source beside its .mpy"))
         if not (folders or copy or remove):
             say("up to date: %d files" % len(local))
         if dry_run or not (folders or copy or remove or reset):
@@ -194,7 +213,8 @@ def _cmd(args):
 def register(sub):
     p = sub.add_parser(
         "deploy", help="copy the firmware to a board (only what changed)",
-        description="Precompiles firmware/ and lib/ with mpy-cross for the board's arch and copies "
+        description="Precompiles firmware/ and lib/ (less the modules only the host uses) with "
+                    "mpy-cross for the board's arch and copies "
                     "to the board through mpremote only the files whose SHA-256 differs, making "
                     "folders first and removing a stale .py beside its .mpy. Example: "
                     "petrel deploy --port /dev/ttyUSB0 --config provisioned/p-a1b2c3 --reset")
