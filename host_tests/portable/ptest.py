@@ -64,3 +64,21 @@ def remount(path, flash):
         pass
     flash.revive()
     vfs.mount(vfs.VfsLfs2(flash.block_device()), path)
+
+
+HOME = {"ssid": "home", "bssid": "a0b1c2d3e4f5", "password": "correct horse"}
+
+
+def station(connect=True):
+    """The station of a fresh board, connected to the scripted AP 'home'."""
+    import network
+    import time
+
+    simstate.board.aps = [dict(HOME)]
+    w = network.WLAN(network.STA_IF)
+    w.active(True)
+    if connect:
+        w.connect("home", "correct horse")
+        while not w.isconnected():
+            time.sleep_ms(10)
+    return w

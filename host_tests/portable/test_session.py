@@ -121,3 +121,35 @@ def test_no_budget_left_for_the_broker():
     assert s.result == "broker:no-budget"
     s.close()
     assert not radio_on()
+
+
+# app.session.due / failed: whether a wake tries the uplink, and the backoff
+# (full jitter, capped) after a failed one.
+from app import state  # noqa: E402
+
+
+def uplink_config():
+    return config.check({"wifi": {"ssid": "s"}, "broker": {"host": "b", "ca": "/certs/ca.der"}})
+
+
+def test_uplink_due_on_a_full_batch_or_an_alarm_and_never_inside_the_backoff():
+    st = state.State()
+    cfg = uplink_config()
+    st.samples = 11
+    assert not session.due(st, cfg, 1000, False)
+    assert session.due(st, cfg, 1000, True)
+    st.samples = 12
+    assert session.due(st, cfg, 1000, False)
+    waits = []
+    for _ in range(12):
+        session.failed(st, 1000, "test")
+        waits.append(st.up_next - 1000)
+        assert not session.due(st, cfg, 1000, True) or st.up_next == 1000
+    assert st.up_fails == 12
+    assert max(waits) <= session.BACKOFF_CAP_S
+    assert session.due(st, cfg, st.up_next, False)  # the wait is over
+    # an RTC that went back (power cut) does not leave the node waiting an age
+    st.up_next = 10 ** 6
+    assert session.due(st, cfg, 0, False)
+    cfg.broker = None
+    assert not session.due(st, cfg, st.up_next, True)

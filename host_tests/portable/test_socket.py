@@ -1,31 +1,15 @@
-# The simulated board's sockets (boards/sim/socket.py) and its phase ledger:
-# no traffic without the simulated link, link loss seen by firmware, radio and
-# TLS time from the board's figures, every microsecond booked to one phase.
+# boards/sim/socket: no traffic without the simulated link, link loss seen by
+# firmware, radio time (round trips, airtime) and TLS handshake time from the
+# board's figures, never host time. (The ledger itself: test_simledger.py.)
 import errno
-import json
 import sys
 
-import machine
-import network
 import simstate
 import socket
 import time
-from ptest import raises, sleep_and_wake
+from ptest import raises, station
 
 MP = sys.implementation.name == "micropython"
-HOME = {"ssid": "home", "bssid": "a0b1c2d3e4f5", "password": "correct horse"}
-
-
-def station(connect=True):
-    """The station of a fresh board, connected to the scripted AP 'home'."""
-    simstate.board.aps = [dict(HOME)]
-    w = network.WLAN(network.STA_IF)
-    w.active(True)
-    if connect:
-        w.connect("home", "correct horse")
-        while not w.isconnected():
-            time.sleep_ms(10)
-    return w
 
 
 def peer():
@@ -122,7 +106,7 @@ def test_disconnect_or_radio_off_aborts_sessions():
 def test_traffic_costs_round_trips_and_airtime_never_host_time():
     b = simstate.board
     b.radio_kbps = 1000  # 8 us a byte
-    w = station()
+    station()
     srv, addr = peer()
     before = b.phases()
     c = socket.socket()
@@ -247,34 +231,3 @@ def test_the_interpreters_own_tls_client_hello_is_booked():
         assert b.phases()["tls"] - before == charge, kind
         for x in (c, s, srv):
             x.close()
-
-
-def test_ledger_books_boot_cpu_radio_and_sleep_and_sums_to_the_clock():
-    b = simstate.reset_world(power=False)
-    b.boot_us = 300000
-    b.power_on()
-    assert b.phases()["boot"] == 300000
-    time.sleep_ms(60)  # sampling, radio off
-    w = station()
-    w.active(False)
-    sleep_and_wake(machine.deepsleep, 10000)
-    p = b.phases()
-    assert p["cpu"] >= 60000 and p["radio"] >= 1740000  # association and DHCP
-    assert p["sleep"] == 10000000 and p["boot"] == 600000
-    assert total(b) == b.world_us
-    mark = b.boot_mark["ledger"]  # the second boot began after the sleep
-    assert mark["sleep"] == 10000000 and mark["boot"] == 300000
-
-
-def test_snapshot_and_restore_keep_the_ledger_and_the_radio_figures():
-    b = simstate.board
-    b.tls_cert_us = 123000
-    b.net_timing = {"dhcp": 100}
-    w = station()
-    time.sleep_ms(5)
-    snap = json.loads(json.dumps(b.snapshot()))
-    other = simstate.Board()
-    other.restore(snap)
-    assert other.phases() == b.phases() and other.world_us == b.world_us
-    assert other.tls_cert_us == 123000 and other.boot_mark == b.boot_mark
-    assert b.phases()["radio"] == (100 + 60 + 600 + 80 + 100 + 5) * 1000  # profile's DHCP time
