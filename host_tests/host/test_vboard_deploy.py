@@ -73,11 +73,15 @@ def test_deploy_then_the_firmware_boots_and_runs_its_wake_cycle(vboard):
     assert "lib" in folders and "lib/outbox.mpy" in copy and "main.py" in copy
     assert (vboard.flash / "lib" / "filters.mpy").exists() and (vboard.flash / "boot.py").exists()
     assert not list((vboard.flash / "lib").glob("*.py"))  # precompiled, no source on the board
-    # nothing changed: nothing copied; a stale source beside its .mpy is removed
+    assert not [m for m in deploy.HOST_ONLY if (vboard.flash / "lib" / (m + ".mpy")).exists()]
+    # nothing changed: nothing copied; a stale source beside its .mpy is removed,
+    # and so is a host-only module an older deploy left
     (vboard.flash / "lib" / "rtcmem.py").write_text("raise ImportError('stale')\n")
+    (vboard.flash / "lib" / "senml.mpy").write_bytes(b"old")
     folders, copy, remove = deploy.deploy(vboard.path, "sim", say=lines.append)
-    assert copy == [] and remove == ["lib/rtcmem.py"]
-    assert not (vboard.flash / "lib" / "rtcmem.py").exists()
+    assert copy == [] and remove == ["lib/rtcmem.py", "lib/senml.mpy"]
+    assert "remove :lib/senml.mpy (host-only)" in lines
+    assert not (vboard.flash / "lib" / "rtcmem.py").exists() and not (vboard.flash / "lib" / "senml.mpy").exists()
     # change one module: only it goes
     (vboard.flash / "lib" / "cose.mpy").write_bytes(b"old")
     folders, copy, remove = deploy.deploy(vboard.path, "sim", dry_run=True, say=lines.append)
@@ -119,3 +123,15 @@ def test_deploy_installs_the_nodes_configuration_and_secrets(vboard, tmp_path):
     assert "certs" in folders and "config.json" in copy and "certs/ca.der" in copy
     assert (vboard.flash / "secrets.json").read_text() == '{"hmac_key": "..."}'
     assert (vboard.flash / "certs" / "ca.der").read_bytes() == b"\x30\x82der"
+
+
+def test_deploy_builds_lib_without_the_host_only_modules(tmp_path):
+    files = deploy.build(tmp_path, "x64")
+    lib = sorted(rel for rel in files if rel.startswith("lib/"))
+    assert "lib/mqtt.mpy" in lib and "lib/cbor.mpy" in lib and "lib/cborput.mpy" in lib
+    assert sorted(deploy.HOST_ONLY) == ["cbordec", "cosecheck", "senml"]
+    assert [rel for rel in lib if deploy.host_only(rel)] == []
+    assert len(lib) == len(list(deploy.paths.LIB.glob("*.py"))) - len(deploy.HOST_ONLY)
+    # a board's old copy of one goes, whatever its form; the node's own stay
+    folders, copy, remove = deploy.plan({}, {"lib/senml.mpy": "x", "lib/cbordec.py": "x", "lib/cbor.mpy": "x"})
+    assert remove == ["lib/cbordec.py", "lib/senml.mpy"]
