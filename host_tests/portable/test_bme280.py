@@ -237,7 +237,7 @@ def test_corrupted_data_is_detected():
 def test_bus_stuck_high_or_low():
     model, bme = wired()
     for byte in (0x00, 0xFF):
-        model.corrupt = lambda data: bytes((byte,)) * len(data)
+        model.corrupt = lambda data, byte=byte: bytes((byte,)) * len(data)
         assert "all 0x%02x" % byte in str(raises(ImpossibleValue, bme.read))
 
 

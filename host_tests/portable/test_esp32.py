@@ -1,6 +1,4 @@
 # The fake `esp32`: NVS keeps committed values through power loss; flash is NOR.
-import errno
-
 import esp32
 import machine
 import simstate

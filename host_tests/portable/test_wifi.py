@@ -1,6 +1,5 @@
 # lib/wifi: fast connect from deep sleep on the simulated WLAN, in virtual time.
 import machine
-import network
 import simstate
 import time
 
@@ -242,7 +241,7 @@ def test_link_lost_mid_session():
     assert w.up()
     time.sleep_ms(200)
     assert not w.up() and not w.up()
-    lost = [l for l in log.lines if " wifi: lost " in l]
+    lost = [line for line in log.lines if " wifi: lost " in line]
     assert len(lost) == 1 and lost[0][0] == "W"  # said once
     w.off()
     assert not w.wlan.active()
