@@ -18,7 +18,6 @@ the device key, the same never-repeating sequence):
 
 import gc
 
-import cbor
 import cose
 
 from app import version
@@ -46,4 +45,8 @@ def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake=""):
 
 
 def message(rec, key, kid, counter):
+    # cbor (the generic encoder) loads here, after the drain: a batch needs
+    # only cborput, and the drain is where the heap is tightest
+    import cbor
+
     return cose.mac0(key, kid, counter.next(), cbor.dumps(rec))
