@@ -1,9 +1,7 @@
-"""lib/'s imports, read with `ast`: no import cycle among its modules, and
-what `petrel deploy` leaves out (deploy.HOST_ONLY) is never imported on a node.
-
-An import inside a function counts like one at the top: loaded on use is
-still loaded, and a satellite that imports its main module back is a cycle
-whenever it runs (the main module may be half made, or another copy of it).
+"""What `petrel deploy` leaves out (deploy.HOST_ONLY) is never imported on a
+node: lib/'s imports read with `ast`, an import inside a function counting
+like one at the top (loaded on use is still loaded). Import cycles in lib/:
+test_import_graph.py.
 """
 
 import ast
@@ -29,45 +27,6 @@ def _imports(tree):
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
             out.add(node.module.split(".")[0])
     return out
-
-
-def graph(folder):
-    """{module: the modules of the same folder it imports} for folder/*.py."""
-    mods = dict((f.stem, f) for f in sorted(folder.glob("*.py")))
-    return dict((name, sorted(imports(f) & set(mods) - {name})) for name, f in mods.items())
-
-
-def cycles(g):
-    """Every import cycle, each as [a, b, ..., a] from its smallest module."""
-    found = []
-
-    def walk(path):
-        for dep in g[path[-1]]:
-            if dep == path[0]:
-                found.append(path + [dep])
-            elif dep > path[0] and dep not in path:  # each cycle once, from its smallest
-                walk(path + [dep])
-
-    for start in sorted(g):
-        walk([start])
-    return found
-
-
-def test_no_import_cycle_in_lib():
-    g = graph(paths.LIB)
-    assert "cborput" in g["uplink"] and "cbordec" in g["cbor"]  # the reader sees late imports too
-    assert cycles(g) == []
-
-
-def test_a_satellite_importing_its_main_module_back_is_a_cycle(tmp_path):
-    (tmp_path / "main.py").write_text("import base\n\ndef rare():\n    import sat\n    return sat.f()\n")
-    (tmp_path / "base.py").write_text("X = 1\n")
-    (tmp_path / "sat.py").write_text("from base import X\n\ndef f():\n    return X\n")
-    assert cycles(graph(tmp_path)) == []
-    (tmp_path / "sat.py").write_text("from main import base\n")
-    assert cycles(graph(tmp_path)) == [["main", "sat", "main"]]
-    (tmp_path / "base.py").write_text("def g():\n    import sat\n")
-    assert sorted(cycles(graph(tmp_path))) == [["base", "sat", "main", "base"], ["main", "sat", "main"]]
 
 
 def gates(path, modules):
@@ -125,7 +84,7 @@ def node_reach():
 
 
 def test_what_deploy_leaves_out_is_never_imported_on_a_node():
-    assert set(deploy.HOST_ONLY) <= set(graph(paths.LIB))  # each names a module that exists
+    assert set(deploy.HOST_ONLY) <= set(f.stem for f in paths.LIB.glob("*.py"))  # each names a module that exists
     loaded, entry_points_called = node_reach()
     assert {"mqtt", "uplink", "cose", "cborput", "outbox"} <= loaded  # the walk does reach lib/
     assert sorted(loaded & set(deploy.HOST_ONLY)) == []

@@ -78,7 +78,6 @@ def test_a_record_that_cannot_be_encoded_does_not_block_the_queue():
 
 
 # ---------------------------------------------------------------- the streaming encoder
-import cbor  # noqa: E402
 import cose  # noqa: E402
 import senml  # noqa: E402
 

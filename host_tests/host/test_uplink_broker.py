@@ -75,7 +75,7 @@ def test_batches_arrive_authenticated_and_complete(broker):
     assert len(msgs) == 2
     v = Verifier({DEVICE: KEY})
     readings = []
-    for topic, payload, retain in msgs:
+    for _topic, payload, _retain in msgs:
         # independent check of the COSE_Mac0 with pycose too
         from pycose.keys import SymmetricKey
         from pycose.messages import Mac0Message
