@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PETREL := $(VENV)/bin/petrel
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test test-cpython test-vm test-host test-powercut soak bench bench-outbox bench-filters bench-uplink sim clean
+.PHONY: all venv lint test test-cpython test-vm test-host test-powercut soak bench bench-outbox bench-filters bench-uplink sim clean
 
 all: test
 
@@ -30,7 +30,13 @@ $(STAMP): requirements.txt pyproject.toml | $(MOSQUITTO)
 
 venv: $(STAMP)
 
-test: test-cpython test-vm test-host
+test: lint test-cpython test-vm test-host
+
+# ruff over the whole tree (rules in pyproject.toml: pyflakes, pycodestyle's
+# errors, bugbear, with MicroPython's two exceptions)
+lint: $(STAMP)
+	@echo "== lint (ruff)"
+	$(VENV)/bin/ruff check .
 
 test-cpython: $(STAMP)
 	@echo "== portable tests on CPython"
