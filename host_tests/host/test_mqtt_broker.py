@@ -60,6 +60,25 @@ def connected_clients(broker, client_id):
     return broker.log().count("as %s " % client_id)
 
 
+def run_vm_against_a_frozen_broker(broker, script, args, freeze_after_s, timeout_s):
+    """Run script on the VM and freeze the broker (SIGSTOP) freeze_after_s
+    into it, until the script ends (at most timeout_s) -> its output."""
+    result = {}
+
+    def run():
+        result["out"] = run_vm(script, args, timeout=timeout_s)[1]
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(freeze_after_s)
+    broker.pause()
+    try:
+        t.join(timeout_s - 5)
+    finally:
+        broker.resume()
+    return result.get("out", "")
+
+
 def test_tls_happy_path_delivers_every_qos1_message(broker):
     sub = Subscriber(broker, "petrel/vm/up")
     rc, out = client(broker, "tls")
@@ -145,20 +164,7 @@ try:
 except mqtt.MQTTError as e:
     print("GAVE UP", time.ticks_diff(time.ticks_ms(), t0), e)
 """
-    result = {}
-
-    def run():
-        result["out"] = run_vm(script, [broker.ports["plain"]], timeout=30)[1]
-
-    t = threading.Thread(target=run)
-    t.start()
-    time.sleep(0.7)
-    broker.pause()
-    try:
-        t.join(25)
-    finally:
-        broker.resume()
-    out = result.get("out", "")
+    out = run_vm_against_a_frozen_broker(broker, script, [broker.ports["plain"]], 0.7, 30)
     assert "GAVE UP" in out, out
     ms = int(out.split("GAVE UP")[1].split()[0])
     assert 1900 <= ms <= 6000  # the 2 s read deadline (plus a busy machine), not a hang
@@ -266,20 +272,7 @@ def test_keepalive_pings_an_idle_session(broker):
 
 
 def test_keepalive_notices_a_frozen_broker(broker):
-    result = {}
-
-    def run():
-        result["out"] = run_vm(KEEPALIVE, [broker.ports["plain"], 20000], timeout=40)[1]
-
-    t = threading.Thread(target=run)
-    t.start()
-    time.sleep(1.0)
-    broker.pause()
-    try:
-        t.join(30)
-    finally:
-        broker.resume()
-    out = result.get("out", "")
+    out = run_vm_against_a_frozen_broker(broker, KEEPALIVE, [broker.ports["plain"], 20000], 1.0, 40)
     assert "GAVE UP" in out and "ping" in out, out
     ms = int(out.split("after ")[1].split()[0])
     assert ms < 6000  # frozen at ~1 s; noticed within keepalive + timeout (+ a busy machine), not a hang

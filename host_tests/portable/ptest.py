@@ -82,3 +82,20 @@ def station(connect=True):
         while not w.isconnected():
             time.sleep_ms(10)
     return w
+
+
+def chain(items, scale=1):
+    """A filter chain of channel "temp" built from configuration items."""
+    import filterconf
+
+    return filterconf.build_chain("temp", {"scale": scale, "filters": items})
+
+
+def feed(c, values, step_ms=1000, start=0):
+    """Push values one step_ms apart -> what the chain gave for each."""
+    out = []
+    now = start
+    for v in values:
+        out.append(c.push(v, now))
+        now += step_ms
+    return out

@@ -3,20 +3,7 @@
 # channel, the filter and the key. (The filters themselves: test_filters.py.)
 import filterconf
 import filters
-from ptest import raises
-
-
-def chain(items, scale=1):
-    return filterconf.build_chain("temp", {"scale": scale, "filters": items})
-
-
-def feed(c, values, step_ms=1000, start=0):
-    out = []
-    now = start
-    for v in values:
-        out.append(c.push(v, now))
-        now += step_ms
-    return out
+from ptest import chain, feed, raises
 
 
 def test_configuration_errors_name_channel_filter_and_key():

@@ -1,21 +1,7 @@
 # lib/filters: every filter's semantics, the chain and its snapshot (chains
 # built through filterconf; its table and errors: test_filterconf.py).
-import filterconf
 import filters
-from ptest import raises
-
-
-def chain(items, scale=1):
-    return filterconf.build_chain("temp", {"scale": scale, "filters": items})
-
-
-def feed(c, values, step_ms=1000, start=0):
-    out = []
-    now = start
-    for v in values:
-        out.append(c.push(v, now))
-        now += step_ms
-    return out
+from ptest import chain, feed, raises
 
 
 def test_offset_multiply_in_channel_units():
