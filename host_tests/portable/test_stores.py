@@ -1,0 +1,69 @@
+# app.stores: the node's clock, sequence counter and outbox, made in one place
+# for the wake cycle and safe mode; the sleep clock's drift kept on flash.
+import os
+
+import machine
+import simstate
+
+from app import stores, version
+from ptest import remount, scratch_dir, sleep_and_wake
+
+
+def in_node_folder(fn):
+    """fn() with the current folder a fresh flash root (the stores' paths are
+    relative to it, as on the board)."""
+    d, _ = scratch_dir()
+    here = os.getcwd()
+    os.chdir(d)
+    try:
+        return fn()
+    finally:
+        os.chdir(here)
+
+
+def test_safe_mode_and_the_cycle_draw_from_one_sequence():
+    d, flash = scratch_dir()
+    here = os.getcwd()
+    os.chdir(d)
+    try:
+        wake = stores.make(machine.RTC())
+        used = [wake.counter.next() for _ in range(5)]
+        safe = stores.make(machine.RTC(), with_outbox=False)
+        assert safe.ob is None  # safe mode leaves the outbox alone
+        after = [safe.counter.next() for _ in range(100)][-1]  # past a reserved block (k=64)
+        b = simstate.board
+        b.schedule(b.world_us + 1000, "power_cut")  # RTC memory goes: the flash reservation stays
+        sleep_and_wake(machine.deepsleep, 10000)
+        assert machine.reset_cause() == machine.PWRON_RESET
+        remount(d, flash)
+        again = stores.make(machine.RTC()).counter.next()
+    finally:
+        os.chdir(here)
+    assert after > used[-1] and again > after, (used, after, again)  # never a number twice, whoever sends
+
+
+def test_a_new_counter_starts_above_the_seconds_since_the_build_once_the_clock_is_known():
+    def run():
+        machine.RTC().datetime((2027, 6, 1, 1, 12, 0, 0, 0))  # well after the build
+        node = stores.make(machine.RTC())
+        assert node.clk.known()
+        return node.clk.unix(), node.counter.next()
+
+    now, n = in_node_folder(run)
+    assert now - version.BUILD_UNIX - 5 <= n <= now - version.BUILD_UNIX + 5
+
+
+def test_the_drift_is_rewritten_only_when_it_moved_by_more_than_a_step():
+    def run():
+        stores.make(machine.RTC())  # the data folder, as every wake makes it
+        got = [stores.load_drift()]  # nothing kept: 0
+        for ppm in (5000, 5000 + stores.DRIFT_STEP, 5000 + stores.DRIFT_STEP + 1, 0):
+            stores.keep_drift(ppm)
+            got.append(stores.load_drift())
+        with open(stores.DRIFT_PATH, "w") as f:
+            f.write("garbage")
+        got.append(stores.load_drift())
+        return got
+
+    assert in_node_folder(run) == [0, 5000, 5000, 5000 + stores.DRIFT_STEP + 1,
+                                   5000 + stores.DRIFT_STEP + 1, 0]
