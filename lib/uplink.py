@@ -197,14 +197,16 @@ def will(device_id):
     return (status_topic(device_id), b"lost", True)
 
 
-def hello(client, device_id):
-    """Retained "online" once connected."""
-    client.publish(status_topic(device_id), b"online", qos=1, retain=True)
+def hello(client, device_id, status=b"online"):
+    """The retained status once connected ("online"; "safe" in safe mode)."""
+    client.publish(status_topic(device_id), status, qos=1, retain=True)
 
 
-def goodbye(client, device_id):
-    """Retained "sleeping", then a clean DISCONNECT (the will is not sent)."""
-    client.publish(status_topic(device_id), b"sleeping", qos=1, retain=True)
+def goodbye(client, device_id, status=b"sleeping"):
+    """The retained status (None: leave hello's), the last PUBACKs, then a
+    clean DISCONNECT (the will is not sent)."""
+    if status is not None:
+        client.publish(status_topic(device_id), status, qos=1, retain=True)
     client.wait_all()
     client.disconnect()
 

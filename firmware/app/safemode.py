@@ -28,15 +28,17 @@ def _report(st, cfg, cause):
     rtc = machine.RTC()
     node = stores.make(rtc, with_outbox=False)
     s = session.Session(cfg, rtc)
+    sent = False
     try:
         if s.open() and s.connect(status=b"safe"):
             rec = health.record(st, None, cause, s.rssi, s.wifi_ms)
-            s.publish(cfg.topic + "/health", health.message(rec, key, cfg.device_id.encode(), node.counter))
+            sent = s.publish(cfg.topic + "/health", health.message(rec, key, cfg.device_id.encode(),
+                                                                   node.counter))
     finally:
         s.close(status=None)  # "safe" stays the retained status
     if s.auth_refused:
         st.bump("auth_fails")
-    if s.result == "ok":
+    if sent and s.result == "ok":  # the health record's PUBACK came with close()'s wait
         log.info("safe", "reported")
     else:
         log.warn("safe", "report failed: %s", s.result)

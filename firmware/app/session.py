@@ -149,7 +149,7 @@ class Session:
                                           keepalive=60, will=uplink.will(cfg.device_id),
                                           timeout_ms=min(5000, left), window=WINDOW)
             self.client.connect()
-            self.client.publish(uplink.status_topic(cfg.device_id), status, qos=1, retain=True)
+            uplink.hello(self.client, cfg.device_id, status)
             return True
         except (mqtt.MQTTError, OSError, ValueError) as e:
             self._failed(e)
@@ -196,10 +196,7 @@ class Session:
         try:
             if c is not None:
                 c.timeout_ms = max(200, min(5000, self.budget.left()))
-                if status is not None:
-                    c.publish(uplink.status_topic(self.cfg.device_id), status, qos=1, retain=True)
-                c.wait_all()
-                c.disconnect()
+                uplink.goodbye(c, self.cfg.device_id, status)
                 self.result = "partial" if self.pending else "ok"
         except (mqtt.MQTTError, OSError, ValueError) as e:
             self._failed(e)

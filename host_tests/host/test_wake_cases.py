@@ -35,6 +35,8 @@ def test_crash_loop_enters_safe_mode_and_a_fix_leaves_it(tmp_path, broker, inter
     for x in safe:
         assert events(x, "safe") and not events(x, "sample"), x.output
         assert x.sleep_ms == 3600000  # safe mode sleeps long
+        # and says so through the cycle's own session: retained "safe", a health record
+        assert "safe: reported" in x.output, x.output
     # still broken when safe mode ends: one try, one crash, safe mode again
     again = node.run(2)
     assert events(again[0], "crash") and "entered after" in again[1].output
