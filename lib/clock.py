@@ -1,21 +1,45 @@
-"""Wall-clock time a node can trust.
+"""Wall-clock time a node can trust, and for every reading a date that is
+right or none at all.
 
 After a power loss the ESP32's RTC restarts at 2000-01-01, and NTP is not
 authenticated: a time below the firmware's build time, or below the last
 known-good time, is never believed. Until the clock is known, readings are
-stamped with the RTC's seconds since power-on, below 2**28, which SenML reads
-as relative time; once NTP sets the clock, the offset measured at that moment
-turns those stamps into wall-clock time.
+stamped with the RTC's seconds since power-on (below RELATIVE = 2**28).
 
-    clk = Clock(build_unix=1764000000, store=rtcmem.Region(rtc, 1280, 64))
+Such a stamp means something only on the RTC timeline of its own power-on.
+So the node keeps on flash (with the last known-good time) a short history
+of its power-ons, the last HISTORY: for each, the outbox sequence number of
+its first reading (begin(), at the first wake of a power-on whose clock is
+unknown: one small write) and, once NTP set the clock in that power-on, its
+offset unix - RTC (one more write, at that sync). senml_time(stamp, seq)
+then gives a reading (seq: its outbox sequence number, None: this power-on):
+
+  - a stamp taken while the clock was known: that Unix time;
+  - a relative stamp of this power-on, the clock now known: dated on the node
+    with this power-on's offset (readings stamped before the sync included);
+  - a relative stamp of this power-on, the clock still unknown: minus its age
+    in seconds (<= 0, SenML relative time: a reader adds its receive time,
+    off by the delivery delay);
+  - a relative stamp of an earlier power-on that learnt its offset: dated
+    with that offset;
+  - anything else (an earlier power-on that never learnt the wall clock, one
+    older than the history, a stamp that cannot be of this timeline): None,
+    undated. Never a date made with another power-on's offset.
+
+A date made from an offset is as good as the RTC between the stamp and the
+sync (the sleep clock's drift over that time).
+
+    clk = Clock(build_unix=1764000000, store=rtcmem.Region(rtc, 1280, 64), path="data/clock")
+    clk.begin(outbox.next_seq)      # every wake, once the outbox is open
     t = clk.stamp()                 # for the outbox: unix seconds, or relative
-    clk.sync(ntptime.time)          # when the link is up and the clock is unknown
-    clk.senml_time(t)               # unix seconds, or negative seconds before now
+    clk.sync(ntptime.time)          # when the link is up
+    clk.senml_time(t, seq)          # unix seconds, -age, or None (undated)
     unix_ms()                       # the RTC's time now, in Unix milliseconds
 """
 
 import struct
 import time
+from binascii import crc32
 
 import eventlog as log
 
@@ -25,6 +49,8 @@ RELATIVE = 1 << 28  # SenML: times below this are relative to "now"
 MAX_AHEAD = 30 * 365 * 86400  # beyond build time + 30 years: a broken or forged answer
 BIG_STEP = 86400  # a step larger than this needs a second, agreeing answer
 AGREE = 5  # seconds two answers may differ
+HISTORY = 4  # power-ons kept on flash: older relative stamps are undated
+_RTC = "<IiBIB"  # floor, offset, has offset, first seq of this power-on (0: none), on flash
 
 
 def unix_ms():
@@ -32,30 +58,52 @@ def unix_ms():
     return time.time_ns() // 1000000 + EPOCH_TO_UNIX * 1000
 
 
+def _load(path):
+    """The flash file -> (last known-good time, [[first seq, offset or None]]
+    oldest first); (0, []) when absent or damaged."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0, []
+    if len(raw) == 8:  # the format before the history: the time alone
+        good = struct.unpack("<I", raw[:4])[0]
+        return (good, []) if struct.unpack("<I", raw[4:])[0] == good ^ 0x5A5A5A5A else (0, [])
+    if len(raw) < 9 or struct.unpack("<I", raw[-4:])[0] != crc32(raw[:-4]) & 0xFFFFFFFF:
+        return 0, []
+    good, n = struct.unpack("<IB", raw[:5])
+    if len(raw) != 9 + 9 * n:
+        return 0, []
+    ons = []
+    for i in range(n):
+        first, off, has = struct.unpack("<IiB", raw[5 + 9 * i:14 + 9 * i])
+        ons.append([first, off if has else None])
+    return good, ons
+
+
 class Clock:
     def __init__(self, build_unix, store=None, path=None):
         self.build = build_unix
         self.floor = build_unix  # never believe a time below this
-        self.store = store  # rtcmem.Region: last known-good time and sync offset
-        self.path = path  # file keeping the last known-good time through power loss
-        self.offset = None  # unix - RTC seconds, measured at the last sync this power-on
+        self.store = store  # rtcmem.Region: this power-on's part
+        self.path = path  # file keeping the known-good time and power-ons through power loss
+        self.offset = None  # unix - RTC seconds, measured when this power-on's clock became known
+        self.first = 0  # outbox seq of this power-on's first reading (0: not recorded)
+        self.kept = True  # this power-on's first seq and offset are on flash
         self.saved = 0
+        self.earlier = []  # earlier power-ons from flash: [[first seq, offset or None]], oldest first
         if path is not None:
-            try:
-                with open(path, "rb") as f:
-                    raw = f.read()
-                if len(raw) == 8 and struct.unpack("<I", raw[4:])[0] == (struct.unpack("<I", raw[:4])[0] ^ 0x5A5A5A5A):
-                    self.saved = struct.unpack("<I", raw[:4])[0]
-                    self.floor = max(self.floor, self.saved)
-            except OSError:
-                pass
+            self.saved, self.earlier = _load(path)
+            self.floor = max(self.floor, self.saved)
         if store is not None:
             payload, _ = store.load()
-            if payload is not None and len(payload) == 9:
-                good, off, has_off = struct.unpack("<IiB", payload)
+            if payload is not None and len(payload) == struct.calcsize(_RTC):
+                good, off, has_off, self.first, kept = struct.unpack(_RTC, payload)
                 self.floor = max(self.floor, good)
-                if has_off:
-                    self.offset = off
+                self.offset = off if has_off else None
+                self.kept = bool(kept)
+        if self.first:  # this power-on's own entry is not an earlier one
+            self.earlier = [p for p in self.earlier if p[0] < self.first]
 
     def unix(self):
         return time.time() + EPOCH_TO_UNIX
@@ -69,6 +117,21 @@ class Clock:
         if self.known():
             return self.unix()
         return min(time.time(), RELATIVE - 1)
+
+    def begin(self, next_seq):
+        """Every wake, before a reading is stamped: in a power-on whose clock
+        is unknown, its readings start at next_seq (the outbox's next
+        sequence number), recorded on flash once. A write that failed is
+        tried again at the next wake."""
+        if not self.first and not self.known():
+            self.first = next_seq
+            self.offset = None
+            # numbers at or above next_seq are this power-on's (an outbox
+            # that started again reuses none of an old entry's)
+            self.earlier = [p for p in self.earlier if p[0] < next_seq][1 - HISTORY:]
+            self.kept = False
+        if not self.kept:
+            self._save()
 
     def sync(self, ntp_time):
         """Set the RTC from ntp_time() (seconds in the port's epoch, as ntptime.time
@@ -96,29 +159,50 @@ class Clock:
         tm = time.gmtime(t - EPOCH_TO_UNIX)
         machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], 0))
         if before + EPOCH_TO_UNIX < self.floor:
-            self.offset = t - before  # turns earlier relative stamps into unix time
+            self.offset = t - before  # dates this power-on's relative stamps
+            self.kept = not self.first  # and goes to flash with its first seq
         self.floor = t
         self._save()
         log.info("clock", "set unix=%d", t)
         return True
 
-    def senml_time(self, stamp):
-        """A stored stamp as SenML time: unix seconds, or negative seconds
-        relative to now when it was taken before the clock was known."""
+    def senml_time(self, stamp, seq=None):
+        """A stored stamp as SenML time: Unix seconds, minus the age in
+        seconds (<= 0, relative to now), or None when it cannot be dated
+        (the cases in the module's docstring). seq: the reading's outbox
+        sequence number; None: taken in this power-on."""
         if stamp >= RELATIVE:
             return stamp
-        if self.offset is not None:
-            return stamp + self.offset
-        return stamp - time.time()
+        if seq is None or self.first and seq >= self.first:
+            if self.offset is not None:
+                return stamp + self.offset
+            age = time.time() - stamp
+            return -age if age >= 0 and not self.known() else None
+        off = None
+        for first, o in self.earlier:  # the last power-on that began at or before seq
+            if first <= seq:
+                off = o
+        return None if off is None else stamp + off
 
     def _save(self):
-        if self.path is not None and self.floor - self.saved >= 86400:  # flash: once a day at most
-            with open(self.path + ".tmp", "wb") as f:
-                f.write(struct.pack("<II", self.floor, self.floor ^ 0x5A5A5A5A))
-            import os
+        """RTC memory always; the flash file when this power-on's entry
+        changed or the known-good time moved by a day (flash: rarely)."""
+        if self.path is not None and (not self.kept or self.floor - self.saved >= 86400):
+            ons = self.earlier + [[self.first, self.offset]] if self.first else self.earlier
+            body = struct.pack("<IB", self.floor, len(ons))
+            for first, off in ons:
+                body += struct.pack("<IiB", first, off or 0, 0 if off is None else 1)
+            try:
+                with open(self.path + ".tmp", "wb") as f:
+                    f.write(body + struct.pack("<I", crc32(body) & 0xFFFFFFFF))
+                import os
 
-            os.rename(self.path + ".tmp", self.path)
-            self.saved = self.floor
+                os.rename(self.path + ".tmp", self.path)
+                self.saved = self.floor
+                self.kept = True
+            except OSError as e:  # tried again at the next wake (begin)
+                log.error("clock", "%s not written: %s", self.path, e)
         if self.store is not None:
             has = self.offset is not None
-            self.store.save(struct.pack("<IiB", self.floor, self.offset if has else 0, 1 if has else 0))
+            self.store.save(struct.pack(_RTC, self.floor, self.offset if has else 0, 1 if has else 0,
+                                        self.first, 1 if self.kept else 0))

@@ -3,6 +3,9 @@
     node = stores.make(rtc)                     # clock, sequence counter, outbox
     node = stores.make(rtc, with_outbox=False)  # safe mode: the outbox may be what crashes
 
+The clock is told the outbox's next sequence number (Clock.begin) so that a
+reading's number says which power-on its relative stamp belongs to.
+
 Each keeps its fast part in RTC memory (app.state's layout) and what must
 survive a power cut on flash, in one folder: a folder named like a module at
 the root would shadow the module (/ is on sys.path).
@@ -47,6 +50,9 @@ def make(rtc, with_outbox=True):
     ob = None
     if with_outbox:
         ob = outbox.Outbox(OUTBOX_PATH, rtc=rtcmem.Region(rtc, *state.OUTBOX))
+        # which power-on the relative stamps from here on belong to (on flash
+        # at a power-on's first wake only): clock.senml_time dates by it
+        clk.begin(ob.next_seq)
     return Stores(clk, counter, ob)
 
 

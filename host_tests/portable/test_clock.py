@@ -1,4 +1,5 @@
-# lib/clock: NTP with a floor, relative stamps before the clock is known.
+# lib/clock: NTP with a floor, relative stamps before the clock is known, and
+# every reading dated right or undated across power cuts.
 import machine
 import simstate
 import time
@@ -81,3 +82,160 @@ def test_unix_ms_is_the_rtc_in_unix_milliseconds():
     ms = clock.unix_ms()
     assert 1767225600000 + 1500 <= ms < 1767225600000 + 1600
     assert ms // 1000 == clock.Clock(BUILD).unix()
+
+
+def true_unix():
+    return ntp() + clock.EPOCH_TO_UNIX
+
+
+def power_cut(path):
+    """The battery out and back: RTC time and memory gone, flash kept ->
+    the clock a boot makes then."""
+    simstate.board.power_on()
+    return clock.Clock(BUILD, region(), path + "/clock")
+
+
+def writes():
+    """Count the files the clock opens for writing (its flash writes)."""
+    n = [0]
+
+    def counting(name, mode="r"):
+        if "w" in mode:
+            n[0] += 1
+        return open(name, mode)
+
+    clock.open = counting
+    return n
+
+
+def test_a_power_cut_before_the_sync_leaves_the_earlier_readings_undated():
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    c.begin(1)
+    time.sleep(5000)
+    old = c.stamp()  # RTC 5000 s after the first power-on
+    c = power_cut(path)
+    c.begin(40)  # the outbox's next number after the cut
+    time.sleep(100)
+    new = c.stamp()
+    time.sleep(10)
+    # not t = +4900 (the future), not 5000 s late after the sync: undated
+    assert c.senml_time(old, 1) is None and c.senml_time(old, 39) is None
+    assert c.senml_time(new, 40) == -10  # this power-on, clock unknown: relative
+    assert c.senml_time(new) == -10  # no number: this power-on
+    assert c.sync(ntp)
+    assert abs(c.senml_time(new, 40) - (true_unix() - 10)) <= 1  # dated on the node
+    assert c.senml_time(old, 1) is None
+    c = power_cut(path)  # and still after one more power-on
+    c.begin(60)
+    assert c.senml_time(old, 1) is None
+    assert c.senml_time(new, 40) is not None
+
+
+def test_an_earlier_power_on_that_learnt_its_offset_still_dates_its_readings():
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    c.begin(7)
+    time.sleep(600)
+    early = c.stamp()  # before the sync
+    taken = true_unix()
+    time.sleep(600)
+    assert c.sync(ntp)
+    later = c.stamp()  # after it: Unix time already
+    c = power_cut(path)
+    c.begin(20)
+    assert not c.known()
+    assert abs(c.senml_time(early, 7) - taken) <= 1  # the old power-on's offset, from flash
+    assert c.senml_time(later, 8) == later
+    assert c.senml_time(early, 6) is None  # a number before the history: no power-on known
+    time.sleep(30)
+    assert c.senml_time(c.stamp(), 20) == 0  # this power-on's: relative, taken now
+
+
+def test_a_stamp_that_cannot_be_of_this_power_on_is_undated_not_misdated():
+    c = clock.Clock(BUILD, region())
+    c.begin(1)
+    time.sleep(100)
+    assert c.senml_time(5000, 3) is None  # 4900 s in this RTC's future
+    assert c.senml_time(50, 3) == -50
+
+
+def test_the_history_keeps_the_last_power_ons_only():
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    stamps = []
+    for k in range(clock.HISTORY):  # power-ons that each learnt the clock
+        c.begin(100 * k + 1)
+        time.sleep(60)
+        stamps.append((c.stamp(), 100 * k + 1, true_unix()))
+        time.sleep(60)
+        assert c.sync(ntp)
+        c = power_cut(path)
+    c.begin(100 * clock.HISTORY + 1)  # this one makes HISTORY: the first is forgotten
+    dated = [c.senml_time(s, seq) for s, seq, _ in stamps]
+    assert dated[0] is None, dated
+    for k in range(1, clock.HISTORY):
+        assert abs(dated[k] - stamps[k][2]) <= 1, (k, dated)
+
+
+def test_flash_is_written_at_a_power_on_and_at_its_sync_not_at_every_wake():
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    n = writes()
+    try:
+        c.begin(1)
+        assert n[0] == 1  # the power-on's first number
+        for _ in range(5):  # wakes of the same power-on, clock unknown
+            time.sleep(300)
+            c = clock.Clock(BUILD, region(), path + "/clock")
+            c.begin(2)
+            c.stamp()
+        assert n[0] == 1
+        assert c.sync(ntp)
+        assert n[0] == 2  # its offset (and the known-good time)
+        for _ in range(5):  # wakes, each with a sync: RTC memory only
+            time.sleep(300)
+            c = clock.Clock(BUILD, region(), path + "/clock")
+            c.begin(3)
+            assert c.sync(ntp)
+        assert n[0] == 2
+    finally:
+        del clock.open
+
+
+def test_a_failed_write_is_tried_again_at_the_next_wake():
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/nowhere/clock")  # no such folder: writes fail
+    c.begin(1)
+    assert not c.kept and c.first == 1
+    c = clock.Clock(BUILD, region(), path + "/nowhere/clock")
+    assert c.first == 1 and not c.kept  # RTC memory remembers it is owed
+    import os
+
+    os.mkdir(path + "/nowhere")
+    c.begin(5)
+    assert c.kept and c.first == 1
+    c = power_cut(path + "/nowhere")
+    c.begin(9)
+    assert [p[0] for p in c.earlier] == [1]
+
+
+def test_a_damaged_or_old_file_gives_what_it_can():
+    path, flash = scratch_dir()
+    import struct
+
+    with open(path + "/clock", "wb") as f:  # the format before the history: the time alone
+        f.write(struct.pack("<II", TRUE_NOW, TRUE_NOW ^ 0x5A5A5A5A))
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    assert c.floor == TRUE_NOW and c.earlier == []
+    c.begin(1)
+    assert c.sync(ntp)
+    with open(path + "/clock", "rb") as f:
+        raw = bytearray(f.read())
+    raw[6] ^= 1  # a flipped bit: the CRC refuses the file
+    with open(path + "/clock", "wb") as f:
+        f.write(raw)
+    c = power_cut(path)
+    assert c.floor == BUILD and c.earlier == []
+    c.begin(2)
+    assert c.senml_time(100, 1) is None  # no history: undated

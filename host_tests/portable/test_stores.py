@@ -1,5 +1,6 @@
 # app.stores: the node's clock, sequence counter and outbox, made in one place
-# for the wake cycle and safe mode; the sleep clock's drift kept on flash.
+# for the wake cycle and safe mode; the sleep clock's drift kept on flash; the
+# clock told which power-on each outbox number belongs to.
 import os
 
 import machine
@@ -68,3 +69,49 @@ def test_the_drift_is_rewritten_only_when_it_moved_by_more_than_a_step():
 
     assert in_node_folder(run) == [0, 5000, 5000, 5000 + stores.DRIFT_STEP + 1,
                                    5000 + stores.DRIFT_STEP + 1, 0]
+
+
+def test_a_readings_number_tells_its_power_on_so_none_is_misdated_after_a_power_cut():
+    import time
+
+    import clock
+
+    d, flash = scratch_dir()
+    here = os.getcwd()
+    os.chdir(d)
+    b = simstate.board
+
+    def ntp():
+        return b.true_rtc_us() // 1000000
+
+    def cut():
+        b.schedule(b.world_us + 1000, "power_cut")
+        sleep_and_wake(machine.deepsleep, 10000)
+        remount(d, flash)
+        os.chdir(d)
+        return stores.make(machine.RTC())
+
+    try:
+        node = stores.make(machine.RTC())
+        time.sleep(3000)
+        a = node.ob.append(b"a", node.clk.stamp())  # never dated: its power-on never learnt the time
+        node.ob.flush()  # on flash: it outlives the cut
+        node = cut()
+        time.sleep(600)
+        b_seq = node.ob.append(b"b", node.clk.stamp())
+        b_true = ntp() + clock.EPOCH_TO_UNIX
+        time.sleep(600)
+        assert node.clk.sync(ntp)  # this power-on learns the time, then loses the link
+        c_seq = node.ob.append(b"c", node.clk.stamp())
+        node.ob.flush()
+        node = cut()
+        time.sleep(60)
+        d_seq = node.ob.append(b"d", node.clk.stamp())
+        got = dict((seq, node.clk.senml_time(t, seq)) for seq, t, _ in node.ob.peek(10))
+    finally:
+        os.chdir(here)
+    assert sorted(got) == [a, b_seq, c_seq, d_seq], got
+    assert got[a] is None  # not +2400 s, not dated with a later power-on's offset
+    assert abs(got[b_seq] - b_true) <= 1  # its power-on's offset, kept on flash
+    assert got[c_seq] >= clock.RELATIVE  # taken with the clock known
+    assert got[d_seq] == 0  # this power-on, clock unknown: relative
