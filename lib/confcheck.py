@@ -82,6 +82,21 @@ class Check:
             self.must(key, "a string of 1..%d characters" % maxlen, v)
         return v
 
+    def name(self, key, maxlen, punct, why, default=None, required=False):
+        """A text value of letters, digits and the characters in punct,
+        starting with a letter or digit (SenML names, RFC 8428 section
+        4.5.1, and MQTT topic levels are made of these); why says what the
+        value becomes."""
+        v = self.text(key, default, required, maxlen)
+        if v is None:
+            return None
+        for i in range(len(v)):
+            c = v[i]
+            if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or i and c in punct):
+                self.must(key, "1..%d letters, digits or %s, starting with a letter or digit (%s)"
+                          % (maxlen, " ".join(punct), why), v)
+        return v
+
     def obj(self, key, required=False):
         """The object under key as a Check of its own, None when absent."""
         v = self.get(key)

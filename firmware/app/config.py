@@ -6,6 +6,12 @@ keys), as `petrel provision` writes them, checked before anything uses them.
 
 Every error names the file, the key and the form expected:
     config.json: key 'sample_s' must be an integer in 10..86400, got '5m'
+What the uplink's SenML could not carry is refused here, not by the encoder
+later: a device_id or channel name that cannot make a SenML name (RFC 8428
+section 4.5.1; the device_id is also the MQTT client id and a topic level), a
+unit outside the SenML units registry (lib/senmlunits), a scale that is not
+2^a x 5^b (a value / scale must be an exact decimal). senml_layout: "compact"
+(default) or "named" (the channel's name in every record, uplink.encoder).
 A file that does not parse or check is not used: the last configuration that
 did (kept as /config.good.json) is, and the log says so; with none, safe
 defaults (no uplink) and an error on the log. Secrets are checked for form
@@ -24,7 +30,8 @@ from confcheck import Check, ConfigError, mapping  # config.ConfigError: the nod
 from app import hardware
 
 KEYS = ("format", "device_id", "sample_s", "uplink_every", "batch", "network_budget_ms", "alarms",
-        "channels", "wifi", "broker", "topic", "power", "safe_mode")
+        "channels", "wifi", "broker", "topic", "power", "safe_mode", "senml_layout")
+LAYOUTS = ("compact", "named")  # uplink.encoder's: n in every record for readers that need it
 
 
 class Wifi:
@@ -91,6 +98,7 @@ class Config:
     batch = 36  # readings per message
     network_budget_ms = 10000
     topic = None  # "petrel/<device_id>" when absent
+    senml_layout = "compact"  # or "named": the channel's name in every record (LAYOUTS)
     wifi = None  # a Wifi, None: no uplink
     broker = None  # a Broker, None: no uplink
     power = Power()
@@ -134,12 +142,17 @@ def check(data, name="config.json"):
             c.must(k, "one of: " + ", ".join(sorted(KEYS)), "an unknown key")
     c.integer("format", 1, 1, 1)
     cfg = Config()
-    cfg.device_id = c.text("device_id", maxlen=23) or default_device_id()
+    # the MQTT client id, a topic level and the first part of every SenML name
+    cfg.device_id = c.name("device_id", 23, "-_", "the MQTT client id and SenML names start with it") \
+        or default_device_id()
     cfg.sample_s = c.integer("sample_s", 10, 86400, Config.sample_s)
     cfg.uplink_every = c.integer("uplink_every", 1, 1000, Config.uplink_every)
     cfg.batch = c.integer("batch", 1, 120, Config.batch)
     cfg.network_budget_ms = c.integer("network_budget_ms", 1000, 60000, Config.network_budget_ms)
     cfg.topic = c.text("topic", maxlen=96) or "petrel/" + cfg.device_id
+    cfg.senml_layout = c.get("senml_layout", Config.senml_layout)
+    if cfg.senml_layout not in LAYOUTS:
+        c.must("senml_layout", " or ".join(LAYOUTS), cfg.senml_layout)
     wifi = c.obj("wifi")
     if wifi is not None:
         cfg.wifi = Wifi()
@@ -191,6 +204,7 @@ def channels(items, name="board.json"):
 
 def _channels(c, name):
     import filterconf  # let go by load(): a wake runs the chains, not their parser
+    import senmlunits  # the same
 
     items = c.get("channels", [])
     if not isinstance(items, list) or len(items) > 16:
@@ -199,7 +213,8 @@ def _channels(c, name):
     seen = []
     for i in range(len(items)):
         ch = mapping("%s: channels[%d]" % (name, i), items[i])
-        cname = ch.text("name", required=True, maxlen=8)
+        # "<device_id>/<name>" is the SenML name; no "/": one level, apart from "<device_id>/health/"
+        cname = ch.name("name", 8, "-_:.", "a SenML name part", required=True)
         if cname in seen:
             ch.must("name", "unique among the channels", cname)
         seen.append(cname)
@@ -210,13 +225,28 @@ def _channels(c, name):
             ch.must("sensor", "one of: " + ", ".join(sorted(hardware.QUANTITIES)) + ", ds18b20.N.t",
                     sensor)
         scale = ch.integer("scale", 1, 1000000, 1)
+        if not decimal_scale(scale):  # value / scale must be a finite decimal fraction
+            ch.must("scale", "2^a x 5^b (1, 2, 4, 5, 8, 10, 16, 20, 25, 100, 1000, ...: every value "
+                    "an exact decimal)", scale)
         flist = ch.get("filters", [])
         try:
             chain = filterconf.build_chain(cname, {"scale": scale, "filters": flist})
         except ValueError as e:
             raise ConfigError("%s: channels[%d]: %s" % (name, i, e))
-        out.append(Channel(cname, sensor, ch.text("unit", maxlen=8) or native_unit, scale, flist, chain))
+        unit = ch.text("unit", maxlen=8) or native_unit
+        if not senmlunits.known(unit):
+            ch.must("unit", "a SenML unit (RFC 8428 12.1, RFC 8798) such as Cel, %RH, Pa, V, A, W, lx; "
+                    "millivolts are V at scale 1000", unit)
+        out.append(Channel(cname, sensor, unit, scale, flist, chain))
     return out
+
+
+def decimal_scale(n):
+    """Whether n is 2^a x 5^b: then every value / n is a finite decimal."""
+    for p in (2, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
 
 
 def _alarms(c, name, names):
@@ -282,6 +312,7 @@ def load(path="/config.json", secrets_path="/secrets.json", good_path="/config.g
     """The configuration to run with; never raises for a bad or missing file."""
     cfg = _load(path, secrets_path, good_path)
     sys.modules.pop("filterconf", None)  # the chains are built: its heap is the wake's
+    sys.modules.pop("senmlunits", None)
     return cfg
 
 

@@ -207,3 +207,48 @@ def test_secrets_are_checked_for_form_and_never_echoed():
     write(d + "/config.json", GOOD)
     c = config.load(d + "/config.json", d + "/secrets.json", d + "/good.json")
     raises(config.ConfigError, c.secret, "hmac_key")  # refused file: no secrets at all
+
+
+def test_names_units_and_scales_that_cannot_make_senml_are_refused():
+    # every one of these was accepted, and the encoder then refused every batch
+    e = err(dict(GOOD, device_id="node 1"))
+    assert e.startswith("config.json:") and "'device_id'" in e and "'node 1'" in e and "letters, digits" in e
+    for bad in ("-node", "node/1", "node+1", "n#", "p.1", "nöde"):  # "/", "+", "#": topic levels
+        assert "'device_id'" in err(dict(GOOD, device_id=bad)), bad
+    for good in ("p-a1b2c3", "Node_1", "7"):
+        assert config.check(dict(GOOD, device_id=good)).device_id == good
+    ch = GOOD["channels"][0]
+    base = dict(GOOD, alarms=[])  # the alarm names channel t
+    for bad in ("t 1", "_t", "t/x", "t=1", ""):
+        e = err(dict(base, channels=[dict(ch, name=bad)]))
+        assert "channels[0]" in e and "'name'" in e, (bad, e)
+    assert config.check(dict(base, channels=[dict(ch, name="t-1.a:b")])).channels[0].name == "t-1.a:b"
+    for bad in ("degC", "mV", "cel", "hPa", "%RH "):
+        e = err(dict(base, channels=[dict(ch, unit=bad)]))
+        assert "channels[0]" in e and "'unit'" in e and "SenML unit" in e and repr(bad) in e, (bad, e)
+    for good in ("Cel", "K", "%RH", "%", "/", "beat/min", "m/s2", "deg", "kg/m3", "VAs"):
+        assert config.check(dict(base, channels=[dict(ch, unit=good)])).channels[0].unit == good
+    for bad in (3, 6, 7, 12, 30, 1024 * 3, 999):
+        e = err(dict(base, channels=[dict(ch, scale=bad)]))
+        assert "channels[0]" in e and "'scale'" in e and "2^a x 5^b" in e, (bad, e)
+    for good in (1, 2, 4, 5, 8, 10, 16, 20, 25, 100, 256, 1000, 1024, 3125, 1000000):
+        assert config.check(dict(base, channels=[dict(ch, scale=good)])).channels[0].scale == good
+    # the board's own channels go through the same checks
+    e = str(raises(config.ConfigError, config.channels, [{"name": "t", "sensor": "sht4x.t", "unit": "degC"}]))
+    assert e.startswith("board.json:") and "'unit'" in e
+
+
+def test_the_senml_layout_is_compact_unless_named():
+    assert config.check(GOOD).senml_layout == "compact"
+    assert config.check(dict(GOOD, senml_layout="named")).senml_layout == "named"
+    e = err(dict(GOOD, senml_layout="full"))
+    assert "'senml_layout'" in e and "compact or named" in e
+
+
+def test_the_units_table_is_let_go_once_the_configuration_is_checked():
+    import sys
+
+    d, _ = scratch_dir()
+    write(d + "/config.json", GOOD)
+    config.load(d + "/config.json", d + "/secrets.json", d + "/config.good.json")
+    assert "senmlunits" not in sys.modules and "filterconf" not in sys.modules
