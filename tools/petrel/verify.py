@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import time as _time
 from collections import namedtuple
+import re
 from decimal import Decimal
 
 MAX_MESSAGE = 64 * 1024
@@ -39,6 +40,7 @@ TAG_LEN = {5: 32, 4: 8}
 BVER, BN, BT, BU, N, U, V, VS, VB, T = -1, -2, -3, -4, 0, 1, 2, 3, 4, 6
 _INT_LABELS = (BVER, BN, BT, BU, N, U, V, VS, VB, T)
 _TEXT_LABELS = ("flags", "i", "is", "undated_")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 Reading = namedtuple("Reading", "device channel unit value exact time quality flags rid")
 
@@ -292,9 +294,10 @@ def _when(x, device, what):
 
 
 def _text(x, device, what, limit=MAX_TEXT):
-    if isinstance(x, str) and len(x) <= limit:
+    """A bounded text with no control characters (PostgreSQL's text holds no NUL)."""
+    if isinstance(x, str) and len(x) <= limit and (x.isprintable() or not _CONTROL.search(x)):
         return x
-    raise _bad(device, "%s is not a text of at most %d characters" % (what, limit))
+    raise _bad(device, "%s is not a text of at most %d printable characters" % (what, limit))
 
 
 def _uint(x, device, what, limit=SEQ_LIMIT):
@@ -351,7 +354,7 @@ def resolve(pack, device, received):
             rid += step
             if rid >= SEQ_LIMIT:
                 raise _bad(device, "reading id beyond 2**63")
-        flags = _uint(rec.get("flags", 0), device, "flags", 1 << 32)
+        flags = _uint(rec.get("flags", 0), device, "flags", 1 << 16)
         t = _when(rec.get(T, 0), device, "t") + bt
         if "undated_" in rec:
             if rec["undated_"] is not True or T in rec or bt:
