@@ -1,4 +1,4 @@
-"""The `petrel` command: vm run, vm test, sim."""
+"""The `petrel` command: vm run, vm test, sim (with the collector storing what arrives)."""
 
 import subprocess
 import sys
@@ -55,17 +55,68 @@ def test_vm_test_runs_one_selected_test():
         "PASS test_time::test_ticks_ms_wraps_at_2_pow_30", "vm: 1 passed, 0 failed"]
 
 
-def test_sim_plays_wakes_and_summarises():
-    r = run("sim", "--boots", "14")
+def test_sim_plays_wakes_and_summarises(tmp_path):
+    r = run("sim", "--boots", "14", "--dir", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("rst:0x5 (DEEPSLEEP_RESET)") == 13
     assert "I 000000 boot: cause=deepsleep wake=timer boot=3 rtc=ok" in r.stdout
     assert r.stdout.count(" wake: cause=") == 14  # one summary line per wake
     summary = r.stdout.split("# summary")[1]
-    # the power-on wake and the 13th sample upload: 3 + 36 readings, all verified
+    # the power-on wake and the 13th sample upload: 3 + 36 readings stored
     assert "wakes 14 over" in summary
-    assert "readings taken 42, arrived and verified 39" in summary and "uplinks 2" in summary
-    assert "mAh/day" in summary and "years" in summary
+    assert "readings taken 42; stored 39 in %s; still queued on the node 3;" % (
+        tmp_path / "readings.sqlite") in summary
+    assert "uplinks 2" in summary and "mAh/day" in summary and "years" in summary
+
+
+def test_sim_stores_every_reading_sent_once_and_the_summary_says_so(tmp_path):
+    """make sim's collector: each reading of every `sample:` line the node
+    logged and sent is in the store once, with its value, unit and time; the
+    ones still queued (the last wake's `queue=`) are not; the summary's numbers
+    are the database's; the temperature is plotted."""
+    import re
+    from decimal import Decimal
+
+    from petrel import store
+
+    r = run("sim", "--boots", "14", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    db = tmp_path / "readings.sqlite"
+    samples = [(int(m.group(4)), (int(m.group(1)), int(m.group(2)), int(m.group(3)))) for m in
+               re.finditer(r" sample: t=(-?\d+) rh=(\d+) bat=(\d+) at=(\d+)", r.stdout)]
+    assert len(samples) == 14
+    clock = int(re.search(r"clock: set unix=(\d+)", r.stdout).group(1))
+    queued = int(re.findall(r" wake: .* queue=(\d+) ", r.stdout)[-1])
+    expected = [(at, ch, m, unit, scale) for at, vals in samples for ch, m, unit, scale in
+                zip(("t", "rh", "bat"), vals, ("Cel", "%RH", "V"), (100, 10, 1000))]
+    sent, still = expected[:len(expected) - queued], expected[len(expected) - queued:]
+    assert queued == 3 and len(sent) == 39
+    with store.open(str(db)) as st:
+        rows = list(st.readings(device="node-1"))
+        counts = st.counts()
+    assert len(rows) == len(sent) == counts["readings"]
+    assert len(set((x.channel, x.rid) for x in rows)) == len(rows)
+    left = list(rows)
+    for at, ch, m, unit, scale in sent:
+        match = [x for x in left if x.channel == ch and x.unit == unit and
+                 Decimal(x.exact) == Decimal(m) / scale and x.value == m / scale and
+                 (x.time == at if at else abs(x.time - clock) < 10)]
+        assert len(match) == 1, (at, ch, m, match)
+        left.remove(match[0])
+        assert match[0].quality == "dated" if at else match[0].quality in ("dated", "relative")
+    assert not [x for x in rows if (x.time, x.channel) in [(at, ch) for at, ch, *_ in still]]
+    summary = r.stdout.split("# summary")[1]
+    line = re.search(r"readings taken (\d+); stored (\d+) in (\S+); still queued on the node "
+                     r"(\d+); uplinks \d+, health records (\d+), messages refused (\d+)", summary)
+    assert line, summary
+    assert (int(line.group(1)), int(line.group(2)), line.group(3), int(line.group(4))) == (
+        len(expected), counts["readings"], str(db), queued)
+    assert int(line.group(5)) == counts["health"]
+    assert int(line.group(6)) == sum(counts["refused"].values())
+    assert "petrel readings --db %s" % db in summary and "petrel plot --db %s" % db in summary
+    png = tmp_path / "temperature.png"
+    assert "temperature (13 readings) plotted to %s" % png in summary
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_help_explains_each_command():

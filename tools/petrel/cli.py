@@ -29,60 +29,72 @@ def _cmd_vm_test(args):
 
 def _cmd_sim(args):
     """The firmware on the simulated esp32-node, many wakes, against a real
-    Mosquitto with TLS on loopback; the serial log, then what arrived
-    (verified by the collector) and what the wakes cost the battery."""
-    from . import boards, broker as _broker, collector, energy, simnode
+    Mosquitto with TLS on loopback, the collector beside it storing what
+    arrives in SQLite; the serial log, then what was stored, what is still
+    queued on the node, what the wakes cost the battery, and a plot."""
+    from . import boards, broker as _broker, collect, energy, simnode, store as _store
 
     tmp = tempfile.TemporaryDirectory(prefix="petrel-sim-")
     flash = Path(args.flash) if args.flash else Path(tmp.name) / "flash"
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    db = Path(args.db) if args.db else folder / "readings.sqlite"
+    if not args.db:  # the run's own store: a new node (new key, new counter) each run
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
     quiet = args.quiet
     out = sys.stdout
+    st = _store.open(str(db))
     with _broker.Broker(Path(tmp.name) / "broker") as b:
-        received = []
-        sub = _subscribe(b, received)
+        arrived = []
+        sub = _subscribe(b, arrived)
         node = simnode.SimNode(flash, b, args.interpreter, profile=args.board,
                                serial=None if quiet else (lambda t: (out.write(t), out.flush())))
-        out.write("# simulated %s on the %s, flash at %s, broker on 127.0.0.1 (%s)\n" % (
-            args.board, "MicroPython VM" if args.interpreter == "vm" else "CPython", flash,
-            "TLS-PSK" if node.tls == "psk" else "certificate TLS"))
+        col = collect.Collector(st, {simnode.DEVICE_ID: node.hmac_key}, "localhost", b.ports["tls"],
+                                ca=b.pki["ca"], client_id="petrel-sim-collector").start()
+        if not col.subscribed.wait(10):
+            out.write("petrel sim: the collector did not subscribe within 10 s\n")
+            return 1
+        out.write("# simulated %s on the %s, flash at %s, broker on 127.0.0.1 (%s), "
+                  "collector storing into %s\n" % (
+                      args.board, "MicroPython VM" if args.interpreter == "vm" else "CPython",
+                      flash, "TLS-PSK" if node.tls == "psk" else "certificate TLS", db))
         boots = node.run(args.boots)
         import time
 
-        time.sleep(0.5)  # the last messages on their way to the checker
+        # until the collector has answered every message the broker got (10 s at most)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and \
+                col.counts["messages"] + col.counts["refused"] < len(arrived):
+            time.sleep(0.05)
+        col.stop()
         sub.loop_stop()
         sub.disconnect()
-    v = collector.Verifier({simnode.DEVICE_ID: node.hmac_key})
-    readings = health = rejected = 0
-    for topic, payload in received:
-        kind = topic.rsplit("/", 1)[-1]
-        if kind == "status":
-            continue
-        try:
-            got = v.accept(payload, "health" if kind == "health" else "senml")
-        except collector.Rejected:
-            rejected += 1
-            continue
-        if kind == "health":
-            health += 1
-        else:
-            readings += len(got)
+    counts = st.counts()
+    st.close()
     import eventlog
 
     took = uplinks = 0
+    queued = None
     for boot in boots:
         for line in boot.output.splitlines():
             e = eventlog.parse(line)
             if e and e[2] == "wake":
                 took += int(e[3].get("readings", 0))
                 uplinks += e[3].get("uplink") == "ok"
+                queued = int(e[3].get("queue", 0))
+    refused = sum(counts["refused"].values())
     span = (boots[-1].end_us - boots[0].start_us) / 1e6 if boots else 0
     awake = sorted(bt.awake_ms for bt in boots)
     out.write("\n# summary\n")
     out.write("wakes %d over %s of virtual time; awake median %.0f ms, max %.0f ms\n" % (
         len(boots), _clock(int(span * 1e6)), awake[len(awake) // 2] if awake else 0,
         awake[-1] if awake else 0))
-    out.write("readings taken %d, arrived and verified %d (%d messages refused as repeats); "
-              "uplinks %d; health records %d\n" % (took, readings, rejected, uplinks, health))
+    out.write("readings taken %d; stored %d in %s; still queued on the node %s; uplinks %d, "
+              "health records %d, messages refused %d%s\n" % (
+                  took, counts["readings"], db, "?" if queued is None else queued, uplinks,
+                  counts["health"], refused, "".join(
+                      " %s=%d" % kv for kv in sorted(counts["refused"].items()))))
     wear = node.flash_wear()
     if wear is not None:
         out.write("flash (littlefs on a NOR image): %d sector erases, %.1f KiB programmed\n"
@@ -92,19 +104,33 @@ def _cmd_sim(args):
         energy.simulated_report(prof, node.runner.totals(), out,
                                 "battery (%s, phase times from the profile)" % args.board)
     tmp.cleanup()
-    ok = all(bt.end == "halt" for bt in boots) and len(boots) == args.boots
+    png = folder / "temperature.png"
+    out.write("query: petrel readings --db %s --device %s --channel t --format csv\n"
+              % (db, simnode.DEVICE_ID))
+    out.write("plot:  petrel plot --db %s --device %s --channel t rh -o %s\n"
+              % (db, simnode.DEVICE_ID, folder / "node.png"))
+    if counts["readings"]:
+        from . import plot
+
+        with _store.open(str(db)) as st:
+            plotted = plot.plot(st, simnode.DEVICE_ID, ["t"], str(png))
+        if plotted:
+            out.write("temperature (%d readings) plotted to %s\n" % (plotted.get("t", 0), png))
+    ok = all(bt.end == "halt" for bt in boots) and len(boots) == args.boots and col.failed is None
     return 0 if ok else 1
 
 
-def _subscribe(b, received):
+def _subscribe(b, arrived):
+    """A plain subscriber that only counts what the broker delivers on up and
+    health, so the sim knows when the collector has seen all of it."""
     import paho.mqtt.client as paho
     import threading
 
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="petrel-sim-checker")
     ready = threading.Event()
-    c.on_message = lambda cl, u, m: received.append((m.topic, m.payload))
+    c.on_message = lambda cl, u, m: m.retain or arrived.append(m.topic)
     c.on_subscribe = lambda *a: ready.set()
-    c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe("petrel/#", qos=1)
+    c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe([("petrel/+/up", 1), ("petrel/+/health", 1)])
     c.connect("127.0.0.1", b.ports["plain"])
     c.loop_start()
     ready.wait(5)
@@ -148,8 +174,10 @@ def build_parser():
     sim = sub.add_parser(
         "sim", help="run the firmware on the simulated board for several wakes",
         description="Lays out the firmware on a simulated board's flash, starts Mosquitto with TLS "
-                    "on loopback and plays BOOTS wakes, printing the serial log a technician would "
-                    "see, then what arrived (verified) and what it costs the battery. "
+                    "on loopback and plays BOOTS wakes with the collector storing what arrives in "
+                    "SQLite, printing the serial log a technician would see, then what was stored, "
+                    "what is still queued on the node, what it costs the battery, how to query "
+                    "and plot the readings, and a plot of the temperature. "
                     "Exits 1 if a boot did not end in a clean halt (deep sleep or reset).")
     sim.add_argument("--boots", type=int, default=36, help="number of boots to play (default 36: 3 hours)")
     sim.add_argument("--board", default="esp32-node", help="board profile (default esp32-node)")
@@ -157,6 +185,11 @@ def build_parser():
     sim.add_argument("--interpreter", choices=("vm", "cpython"), default="vm",
                      help="run the firmware on the MicroPython VM (default) or in CPython")
     sim.add_argument("--flash", help="folder to use as the board's flash (default: a temporary one)")
+    sim.add_argument("--dir", default="build/sim",
+                     help="the run's folder: readings.sqlite (replaced at each run) and "
+                          "temperature.png (default build/sim)")
+    sim.add_argument("--db", help="store the readings here instead (a SQLite file or "
+                                  "postgresql:// URL, kept and added to)")
     sim.set_defaults(func=_cmd_sim)
     import importlib
     import importlib.util
