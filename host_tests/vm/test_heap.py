@@ -81,7 +81,7 @@ def test_streaming_encoder_allocates_a_fraction_of_the_generic_one():
     import uplink
 
     class Stamps:
-        def senml_time(self, stamp):
+        def senml_time(self, stamp, seq=None):
             return stamp
 
     class Counter:
@@ -98,9 +98,9 @@ def test_streaming_encoder_allocates_a_fraction_of_the_generic_one():
 
     def generic():
         p = senml.Pack("p-a1b2c3/", ch)
-        for _, t, payload in recs:
-            c, v, _ = uplink.unpack_reading(payload)
-            p.add(c, v, t)
+        for s, t, payload in recs:
+            c, v, f = uplink.unpack_reading(payload)
+            p.add(c, v, t, f, s)
         assert cose.mac0(bytes(range(32)), b"p-a1b2c3", 1001, p.cbor()) == msg
 
     stream = allocated(lambda: enc(recs))
