@@ -67,7 +67,7 @@ c = mqtt.MQTTClient(sys.argv[1], "127.0.0.1", int(sys.argv[2]), ssl_context=mqtt
                     server_hostname="localhost")
 c.connect()
 class Clock:  # outbox stamps already in Unix time
-    def senml_time(self, stamp):
+    def senml_time(self, stamp, seq=None):
         return stamp
 class Counter:
     def next(self):
@@ -126,7 +126,7 @@ def client():
                            server_hostname="localhost", timeout_ms=10000, window=8)
 
 class Clock:  # outbox stamps already in Unix time
-    def senml_time(self, stamp):
+    def senml_time(self, stamp, seq=None):
         return stamp
 
 class Counter:
