@@ -10,6 +10,8 @@ import signal
 import struct
 import time
 from collections.abc import Mapping
+from decimal import Decimal
+from fractions import Fraction
 
 import cbor2
 import pytest
@@ -233,13 +235,13 @@ def test_pathological_headers_are_refused_fast():
 
 
 # ------------------------------------------------------------------ SenML
-def batch(names="bn"):
+def batch():
     p = senml.Pack("p-a1b2c3/", CHANNELS)
     rnd = random.Random(5)
     for i in range(12):
-        p.add(0, rnd.randint(1500, 2500), T0 + 300 * i)
-        p.add(1, rnd.randint(3000, 6000), T0 + 300 * i)
-        p.add(2, rnd.randint(98000, 103000), T0 + 300 * i)
+        p.add(0, rnd.randint(1500, 2500), T0 + 300 * i, rnd.choice((0, 0, 0, 1, 2, 4)), 70000 + 3 * i)
+        p.add(1, rnd.randint(3000, 6000), T0 + 300 * i, 0, 70001 + 3 * i)
+        p.add(2, rnd.randint(98000, 103000), T0 + 300 * i, 0, 70002 + 3 * i)
     return p
 
 
@@ -248,29 +250,53 @@ def test_senml_cbor_read_by_cbor2_has_rfc8428_labels():
     recs = cbor2.loads(p.cbor())
     assert len(recs) == 36
     assert recs[0][-2] == "p-a1b2c3/t" and recs[0][-3] == T0 and recs[0][-4] == "Cel"  # bn bt bu
-    assert set(recs[1]) == {2, 6}  # v, t
+    assert recs[0]["i"] == 70000 and recs[1]["is"] == 3 and set(recs[2]) - {"flags"} == {2, 6}  # v, t
     assert recs[12][-2] == "p-a1b2c3/h" and recs[12][-4] == "%RH"
-    # resolve by hand, the RFC 8428 way, and compare with the readings
+    # resolve by hand, the RFC 8428 way, and compare with the readings: exact values
     bn, bt, bu = "", 0, None
     out = []
     for r in recs:
         bn, bt, bu = r.get(-2, bn), r.get(-3, bt), r.get(-4, bu)
-        out.append((bn + r.get(0, ""), r.get(1, bu), r[2], bt + r.get(6, 0)))
+        out.append((bn + r.get(0, ""), r.get(1, bu), r[2], bt + r.get(6, 0), r.get("flags", 0)))
     order = [c[0] for c in CHANNELS]
     want = sorted(p.readings, key=lambda r: (order.index(r[0]), r[4]))
-    for (name, unit, v, scale, t), got in zip(want, out):
-        assert got[0] == "p-a1b2c3/" + name and got[1] == unit and got[3] == t
-        assert abs(got[2] * scale - v) < 0.5
-    recs = cbor2.loads(p.cbor(names="n"))
+    for (name, unit, v, scale, t, flags, _id), got in zip(want, out):
+        assert got[0] == "p-a1b2c3/" + name and got[1] == unit and got[3] == t and got[4] == flags
+        assert isinstance(got[2], (int, Decimal)) and got[2] == Decimal(v) / Decimal(scale)
+    recs = cbor2.loads(p.cbor(layout="named"))
     assert recs[0][-2] == "p-a1b2c3/" and recs[0][0] == "t" and recs[13][0] == "h"
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 5, 8, 10, 16, 20, 25, 100, 1000, 1024, 8192, 5 ** 9])
+def test_decimal_fractions_read_by_cbor2_are_exactly_the_measured_value(scale):
+    rnd = random.Random(scale)
+    for v in [0, 1, -1, 2 ** 31 - 1, -2 ** 31] + [rnd.randint(-2 ** 31, 2 ** 31 - 1) for _ in range(300)]:
+        data = cbor.dumps(senml.value(v, scale))
+        got = cbor2.loads(data)
+        assert Fraction(got) == Fraction(v, scale), (v, scale, got)
+        if v % scale:
+            assert data[0] == 0xC4 and isinstance(got, Decimal) and got.as_tuple().digits[-1] != 0
+            assert cbor2.dumps(got) == data  # cbor2 writes the same decimal fraction back
+        else:
+            assert isinstance(got, int)
+
+
+def test_a_pack_is_deterministic_cbor():
+    for layout in ("compact", "named"):
+        data = batch().cbor(layout)
+        assert cbor2.dumps(cbor2.loads(data), canonical=True) == data
 
 
 def test_senml_json_keys_are_rfc8428():
     import json
-    recs = json.loads(batch().json())
-    assert recs[0] == {"bn": "p-a1b2c3/t", "bt": T0, "bu": "Cel", "v": recs[0]["v"]}
-    assert set(recs[1]) == {"v", "t"}
-    rel = json.loads(batch().json(now=T0 + 3600))
+    text = batch().json()
+    recs = json.loads(text, parse_float=Decimal)
+    assert recs[0] == {"bn": "p-a1b2c3/t", "bt": T0, "bu": "Cel", "v": recs[0]["v"], "i": 70000}
+    assert set(recs[2]) - {"flags"} == {"v", "t"}
+    assert [r["v"] for r in recs] == [r[2] for r in cbor2.loads(batch().cbor())]  # the same numbers
+    p = senml.Pack("d/", CHANNELS)
+    p.add(0, 2153, -3600)
+    rel = json.loads(p.json())
     assert "bt" not in rel[0] and rel[0]["t"] == -3600
 
 
@@ -281,11 +307,18 @@ def uplink_bytes(cose_len, topic="petrel/p-a1b2c3/up"):
     return 5 + 8 + 16 + 1 + rl + body  # TLS header, explicit nonce, GCM tag
 
 
-def test_a_batch_fits_16_bytes_a_reading_everything_included():
-    payload = batch().cbor()
-    for alg in (cose.HMAC_256_256, cose.HMAC_256_64):
-        msg = cose.mac0(KEY, DEV, 2**20, payload, alg=alg)
-        assert uplink_bytes(len(msg)) <= 16 * 36, (alg, len(payload), len(msg), uplink_bytes(len(msg)))
+def test_bytes_a_reading_everything_included():
+    # samples of 3 channels every 300 s, ids from the outbox: 60 readings fit 16 bytes a
+    # reading (14.7 measured); 36 (the default hourly uplink) 16.7 with the full tag,
+    # 16.0 with the short one: ids (0.7) and exact values (0.5) cost 1.2 more than format v1
+    for n, budget in ((60, 16), (36, 17)):
+        p = senml.Pack("p-a1b2c3/", CHANNELS)
+        for k in range(n):
+            i = k // 3
+            p.add(k % 3, (2153 + 7 * i, 4512 - 13 * i, 100325 + i)[k % 3], T0 + 300 * i, 0, 2 ** 24 + k)
+        for alg in (cose.HMAC_256_256, cose.HMAC_256_64):
+            msg = cose.mac0(KEY, DEV, 2**20, p.cbor(), alg=alg)
+            assert uplink_bytes(len(msg)) <= budget * n, (n, alg, len(msg), uplink_bytes(len(msg)))
 
 
 # ------------------------------------------------------------------ COSE
