@@ -6,6 +6,7 @@ and without echoing the input. Messages are written with cbor2
 import hashlib
 import hmac
 import time
+from decimal import Decimal
 
 import cbor2
 import pytest
@@ -193,3 +194,65 @@ def test_garbage_is_refused_quickly():
         with pytest.raises(Rejected) as e:
             V.open("petrel/p-A/up", data)
         assert e.value.reason in ("structure", "unknown_kid", "alg", "mac")
+
+
+class _Counter:
+    def __init__(self, n):
+        self.n = n
+
+    def next(self):
+        self.n += 1
+        return self.n
+
+
+class _Clock:
+    """The node's clock.senml_time(stamp, seq): Unix stamps dated, RTC stamps
+    of this power-on as minus their age at now, the listed seqs undated."""
+
+    def __init__(self, now, undated=()):
+        self.now, self.undated = now, set(undated)
+
+    def senml_time(self, stamp, seq=None):
+        if seq in self.undated:
+            return None
+        return stamp if stamp >= 1 << 28 else stamp - self.now
+
+
+@pytest.mark.parametrize("layout", ["compact", "named"])
+def test_the_nodes_own_encoder_is_read_exactly(layout):
+    """lib/uplink.py's encoder (on CPython) -> the verifier: every value, id,
+    flag and time as the node measured it, widest values included."""
+    from petrel import harness
+
+    harness.install()
+    import uplink
+
+    ch = [("t", "Cel", 100), ("h", "%RH", 1024), ("p", "Pa", 1), ("v", "V", 1000)]
+    values = [(2153, 46081, 100325, 3712), (-505, 2 ** 31 - 1, 0, -2 ** 31), (2150, 1024, 7, 3000)]
+    seq = 0
+    for kind, t0, clk in (("dated", T0, _Clock(0)), ("relative", 100, _Clock(1300)),
+                          ("undated", 5000, _Clock(0, range(1000)))):
+        recs, want = [], {}
+        for i, row in enumerate(values):
+            for c, m in enumerate(row):
+                seq += 1
+                flags = (0, 1, 2, 4, 5)[(seq * 3) % 5]
+                recs.append((seq, t0 + 300 * i, uplink.pack_reading(c, m, flags)))
+                exact = Decimal(m) / Decimal(ch[c][2])
+                when = {"dated": t0 + 300 * i, "relative": T0 + (t0 + 300 * i - 1300), "undated": None}[kind]
+                want[(ch[c][0], seq)] = (ch[c][1], exact, flags, when, kind)
+        enc = uplink.encoder("p-A", ch, KA, _Counter(41), clk, layout=layout)
+        m = V.open("petrel/p-A/up", enc(recs), received=T0)
+        assert m.seq == 42
+        got = dict(((r.channel, r.rid), (r.unit, Decimal(r.exact), r.flags, r.time, r.quality)) for r in m.readings)
+        assert got == want, kind
+        assert all(r.value == float(Decimal(r.exact)) for r in m.readings)
+
+
+def test_a_topic_prefix_other_than_petrel():
+    v = Verifier({"p-A": KA}, prefix="site/3")
+    data = testmsg.up(KA, "p-A", 3, [("t", "Cel", 1, 1, T0, 1)])
+    assert v.open("site/3/p-A/up", data).device == "p-A"
+    for topic in ("petrel/p-A/up", "site/3/p-A", "site/p-A/up", "site/3/p-A/up/x"):
+        with pytest.raises(Rejected, match="topic"):
+            v.open(topic, data)

@@ -185,12 +185,14 @@ def _bstr_head(n):
 
 
 class Verifier:
-    def __init__(self, keys, algs=(5,), max_message=MAX_MESSAGE):
+    def __init__(self, keys, algs=(5,), max_message=MAX_MESSAGE, prefix="petrel"):
         """keys: {device_id: HMAC key bytes} (provision.load_keys); algs: the
-        COSE algs accepted (5 = HMAC 256/256; 4 = HMAC 256/64 only if asked)."""
+        COSE algs accepted (5 = HMAC 256/256; 4 = HMAC 256/64 only if asked);
+        prefix: the topics' first levels (<prefix>/<device>/up|health)."""
         self.keys = dict(keys)
         self.algs = tuple(algs)
         self.max_message = max_message
+        self.prefix = prefix + "/"
 
     def open(self, topic, data, received=None):
         """-> Message, or raises Rejected."""
@@ -200,10 +202,11 @@ class Verifier:
             raise Rejected("structure", "message is %s, not bytes" % type(data).__name__)
         if len(data) > self.max_message:
             raise Rejected("oversized", "%d bytes > %d" % (len(data), self.max_message))
-        parts = topic.split("/") if isinstance(topic, str) and len(topic) <= 2 * MAX_NAME else ()
-        if len(parts) != 3 or parts[0] != "petrel" or parts[2] not in ("up", "health") or not parts[1]:
-            raise Rejected("topic", "not petrel/<device>/up|health")
-        kind = parts[2]
+        ok = isinstance(topic, str) and len(topic) <= len(self.prefix) + 2 * MAX_NAME and topic.startswith(self.prefix)
+        parts = topic[len(self.prefix):].split("/") if ok else ()
+        if len(parts) != 2 or parts[1] not in ("up", "health") or not parts[0]:
+            raise Rejected("topic", "not %s<device>/up|health" % self.prefix)
+        kind = parts[1]
         data = bytes(data)
         try:
             msg = loads(data)
@@ -223,7 +226,7 @@ class Verifier:
         # authentic from here on: the key's holder sent it
         if not _is_int(seq) or not 0 <= seq < SEQ_LIMIT:
             raise Rejected("structure", "seq %s is not an int in [0, 2**63)" % _kind(seq), device)
-        if parts[1] != device:
+        if parts[0] != device:
             raise Rejected("topic", "topic's device is not the kid", device)
         try:
             pack = loads(payload)
