@@ -5,6 +5,7 @@ so wrap-around bugs show up; sleeps advance virtual time (firing timers and the
 watchdog on the way); time() counts seconds since 2000-01-01 from the RTC.
 """
 
+import struct
 import sys
 
 # the board from simboard, not simstate: simstate loads this module
@@ -56,10 +57,17 @@ def sleep_us(us):
 
 
 def sleep(seconds):
-    if seconds > 0:
-        board.advance(int(seconds * 1000000))
+    # The port: mp_hal_delay_ms((mp_uint_t)(1000 * mp_obj_get_float(s))) in
+    # single-precision floats, so a fraction of a millisecond is dropped.
+    ms = int(_f32(_f32(seconds) * 1000))
+    if ms > 0:
+        board.advance(ms * 1000)
     else:
         board.alive()
+
+
+def _f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
 def time():
@@ -71,42 +79,101 @@ def time_ns():
 
 
 # ------------------------------------------------------------------ calendar
-# Seconds since 2000-01-01 and back, also for machine.RTC.datetime().
-_DAYS_BEFORE_MONTH = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+# shared/timeutils/timeutils.c as the ESP32 port builds it: 32-bit unsigned
+# seconds since 1970 and a leap year every 4 years, so dates are right from
+# 1970 to 2099 and wrap outside (as on the chip), never an exception.
+_M32 = 0xFFFFFFFF
+_EPOCH_1970 = 946684800  # seconds from 1970-01-01 to the port's epoch, 2000-01-01
+_DAYS_BEFORE = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334, 365)
+_FROM_MARCH = (31, 30, 31, 30, 31, 31, 30, 31, 30, 31, 31, 29)
+_DAYS_4Y = 365 * 4 + 1
 
 
-def _leap(y):
-    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+def _mdays(year, month):
+    n = _DAYS_BEFORE[month] - _DAYS_BEFORE[month - 1]
+    return n + 1 if month == 2 and year % 4 == 0 else n
 
 
-def _days_since_2000(year, month, day):
-    days = (year - 2000) * 365 + (year - 1997) // 4 - (year - 1901) // 100 + (year - 1601) // 400
-    days += _DAYS_BEFORE_MONTH[month - 1] + day - 1
-    if month > 2 and _leap(year):
-        days += 1
-    return days
+def _yday(year, month, mday):
+    n = _DAYS_BEFORE[month - 1] + mday
+    return n + 1 if month >= 3 and year % 4 == 0 else n
+
+
+def _int(v):
+    if not isinstance(v, int):  # mp_obj_get_int: no floats
+        raise TypeError("can't convert %s to int" % type(v).__name__)
+    return v
 
 
 def gmtime(secs=None):
     """Seconds since 2000-01-01 -> (year, month, mday, hour, min, sec, weekday, yday)."""
     if secs is None:
         secs = time()
-    days, rem = divmod(int(secs), 86400)
-    weekday = (days + 5) % 7  # 2000-01-01 was a Saturday; Monday is 0
-    year = 2000 + days // 366
-    while _days_since_2000(year + 1, 1, 1) <= days:
+    s = (int(secs) + _EPOCH_1970) & _M32
+    days, s = divmod(s, 86400)
+    wday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
+    days += 365 + 366 - (31 + 29)  # counted from 1968-03-01, after a leap day
+    q = days // _DAYS_4Y
+    days -= q * _DAYS_4Y
+    years = min(days // 365, 3)
+    days -= years * 365
+    year = 1968 + years + 4 * q
+    month = 0
+    while _FROM_MARCH[month] <= days:
+        days -= _FROM_MARCH[month]
+        month += 1
+    month += 2
+    if month >= 12:
+        month -= 12
         year += 1
-    yday = days - _days_since_2000(year, 1, 1)
-    month = 12
-    while _days_since_2000(year, month, 1) > days:
-        month -= 1
-    mday = days - _days_since_2000(year, month, 1) + 1
-    return (year, month, mday, rem // 3600, (rem // 60) % 60, rem % 60, weekday, yday + 1)
+    month += 1
+    return (year, month, days + 1, s // 3600, s // 60 % 60, s % 60, wday, _yday(year, month, days + 1))
 
 
 localtime = gmtime
 
 
 def mktime(t):
-    return (_days_since_2000(t[0], t[1], t[2]) * 86400
-            + t[3] * 3600 + t[4] * 60 + t[5])
+    """The inverse of gmtime(), normalising out-of-range fields as the port does
+    (month 0 is December of the year before, day 0 the last of the month before)."""
+    if len(t) < 8 or len(t) > 9:
+        raise TypeError("mktime needs a tuple of length 8 or 9")
+    year, month, mday = _int(t[0]), _int(t[1]), _int(t[2])
+    hours, minutes, seconds = _int(t[3]), _int(t[4]), _int(t[5])
+    minutes += seconds // 60
+    seconds %= 60
+    hours += minutes // 60
+    minutes %= 60
+    mday += hours // 24
+    hours %= 24
+    year += (month - 1) // 12
+    month = (month - 1) % 12 + 1
+    # 48 months are 1461 days from any month on: skip whole ones for huge days
+    if mday < 1:
+        k = (28 - mday) // _DAYS_4Y
+        mday += k * _DAYS_4Y
+        year -= 4 * k
+    elif mday > _DAYS_4Y:
+        k = (mday - 1) // _DAYS_4Y
+        mday -= k * _DAYS_4Y
+        year += 4 * k
+    while mday < 1:
+        month -= 1
+        if month == 0:
+            month = 12
+            year -= 1
+        mday += _mdays(year, month)
+    while mday > _mdays(year, month):
+        mday -= _mdays(year, month)
+        month += 1
+        if month == 13:
+            month = 1
+            year += 1
+    return seconds_since_2000(year, month, mday, hours, minutes, seconds)
+
+
+def seconds_since_2000(year, month, mday, hour, minute, second):
+    """timeutils_seconds_since_2000: no normalisation, 32-bit unsigned sums (what
+    machine.RTC.datetime() sets the clock with)."""
+    days = (year - 1970) * 365 + ((year - 1969) & _M32) // 4 + _yday(year, month, mday) - 1
+    return ((days * 86400 + hour * 3600 + minute * 60 + second) & _M32) - _EPOCH_1970
