@@ -126,7 +126,7 @@ def test_decimal_fractions_as_the_uplink_sends_them():
     # RFC 8949 section 3.4.4: tag 4 [exponent, mantissa]; 273.15 is the RFC's own example
     assert cbor.dumps(cbor.Tag(4, [-2, 27315])) == unhexlify("c48221196ab3")
     assert cbor.dumps(cbor.Tag(4, [-2, 2153])) == unhexlify("c48221190869")  # 21.53, format v2
-    t = cbor.loads(unhexlify("c482201818d7"))
+    t = cbor.loads(unhexlify("c4822018d7"))
     assert t.tag == 4 and t.value == [-1, 215]
     assert cbor.loads(b"\xc4\x82" + (b"\x3b" + b"\xff" * 8) * 2).value == [-2 ** 64, -2 ** 64]
 
