@@ -1,4 +1,4 @@
-"""Fake `machine` for the simulated ESP32 (MicroPython ESP32 port API).
+"""Fake `machine` for the simulated ESP32 (MicroPython 1.29 ESP32 port API).
 
 Faithful, not friendly: deepsleep() and reset() never return, a missing I2C
 device raises OSError(ENODEV), an unfed WDT resets the board, RTC memory holds at
@@ -11,6 +11,8 @@ import time  # the fake's calendar (gmtime, mktime) for RTC.datetime()
 import simstate
 from simstate import board, Halt  # noqa: F401  (Halt re-exported for runners)
 from simbus import I2C, SoftI2C, SPI, SoftSPI  # noqa: F401  (the buses live there)
+from simtimer import Timer  # noqa: F401
+from simmem import mem8, mem16, mem32  # noqa: F401
 
 PWRON_RESET = simstate.PWRON_RESET
 HARD_RESET = simstate.HARD_RESET
@@ -199,8 +201,20 @@ class Pin:
 
 
 class Signal:
-    def __init__(self, pin, invert=False):
-        self.pin = pin
+    """Signal(pin, invert=False) on a Pin (or Signal), or Signal(id, mode, ...,
+    invert=False) making the Pin from the same arguments (value= is the
+    signal's, so inverted for the pin)."""
+
+    def __init__(self, *args, **kw):
+        invert = bool(kw.pop("invert", False))
+        if args and isinstance(args[0], (Pin, Signal)):
+            if len(args) != 1 or kw:
+                raise TypeError()
+            self.pin = args[0]
+        else:
+            if invert and "value" in kw:
+                kw["value"] = 0 if kw["value"] else 1
+            self.pin = Pin(*args, **kw)
         self.invert = invert
 
     def value(self, v=None):
@@ -208,11 +222,38 @@ class Signal:
             return self.pin.value() ^ self.invert
         self.pin.value((1 if v else 0) ^ self.invert)
 
+    def __call__(self, v=None):
+        return self.value(v)
+
     def on(self):
         self.value(1)
 
     def off(self):
         self.value(0)
+
+
+def time_pulse_us(pin, pulse_level, timeout_us=1000000):
+    """extmod/machine_pulse.c: wait for the pin to reach pulse_level (timing
+    starts at once if it is there), then time how long it stays. -2: it never
+    came within timeout_us, -1: it did not end within timeout_us. The pin
+    moves only with the world's events, so the wait jumps to the next one."""
+    n = _pin_id(pin)
+    level = 1 if pulse_level else 0
+    nchanges = 2
+    start = board.now_us()
+    while True:
+        t = board.now_us()
+        if board.level(n) == level:
+            level = 1 - level
+            nchanges -= 1
+            if nchanges == 0:
+                return t - start
+            start = t
+        else:
+            dt = t - start
+            if dt >= timeout_us:
+                return -nchanges
+            board.advance(timeout_us - dt, lambda lv=level: board.level(n) == lv)
 
 
 # ------------------------------------------------------------------ ADC
@@ -283,11 +324,18 @@ class RTC:
             us = board.rtc_us()
             t = time.gmtime(us // 1000000)
             return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], us % 1000000)
-        secs = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
-        board.set_rtc_us(secs * 1000000 + (dt[7] if len(dt) > 7 else 0))
+        self._set(dt, 4)
+
+    def _set(self, dt, h):
+        # as the port: exactly 8 items, no normalisation (timeutils_seconds_since_epoch)
+        if len(dt) != 8:
+            raise ValueError("tuple/list has wrong length")
+        secs = time.seconds_since_2000(dt[0], dt[1], dt[2], dt[h], dt[h + 1], dt[h + 2])
+        board.set_rtc_us(secs * 1000000 + dt[7])
 
     def init(self, dt):
-        self.datetime(dt)
+        # the port reads init()'s tuple with the hour at index 3, not 4 as datetime()
+        self._set(dt, 3)
 
     def memory(self, data=None):
         """Slow RTC memory: kept through deep sleep and reset, lost on power-off."""
@@ -313,31 +361,3 @@ class WDT:
     def feed(self):
         board.alive()
         board.wdt_deadline = board.world_us + board.wdt_timeout_us
-
-
-# ------------------------------------------------------------------ Timer
-class Timer:
-    ONE_SHOT = 0
-    PERIODIC = 1
-
-    def __init__(self, id, mode=PERIODIC, period=-1, callback=None, freq=-1):
-        board.alive()
-        if id not in (0, 1, 2, 3):
-            raise ValueError("invalid Timer number")
-        self.id = id
-        if period > 0 or freq > 0:
-            self.init(mode=mode, period=period, callback=callback, freq=freq)
-
-    def init(self, mode=PERIODIC, period=-1, callback=None, freq=-1):
-        board.alive()
-        if freq > 0:
-            period_us = 1000000 // freq
-        elif period > 0:
-            period_us = period * 1000
-        else:
-            raise ValueError("period or freq required")
-        board.timers[self.id] = [board.world_us + period_us,
-                                 period_us if mode == Timer.PERIODIC else 0, callback, self]
-
-    def deinit(self):
-        board.timers.pop(self.id, None)

@@ -264,3 +264,96 @@ def test_unique_id_and_freq():
     machine.freq(80000000)
     assert machine.freq() == 80000000
     raises(ValueError, machine.freq, 100000000)
+
+
+def test_virtual_timers_minus_one_and_no_id():
+    # Timer(-1) and Timer() are esp_timer virtual timers since MicroPython 1.29
+    fired = []
+    v = machine.Timer(-1)
+    v.init(mode=machine.Timer.PERIODIC, period=50, callback=lambda t: fired.append("a"))
+    w = machine.Timer()  # no id: virtual too, started by its keyword arguments
+    w.init(mode=machine.Timer.ONE_SHOT, freq=10, callback=lambda t: fired.append("b"))
+    machine.Timer(-1, period=30, callback=lambda t: fired.append("c"))  # a third, independent one
+    time.sleep_ms(215)
+    assert fired.count("a") == 4 and fired.count("b") == 1 and fired.count("c") == 7, fired
+    v.deinit()
+    w.deinit()
+    raises(ValueError, machine.Timer, 4)  # the ESP32 has 4 hardware timers
+    e = raises(ValueError, machine.Timer(0).init, period=0)
+    assert "too short" in e.args[0]
+
+
+def test_timer_init_takes_hard_false_only_and_keywords_only():
+    t = machine.Timer(-1)
+    t.init(period=100, callback=lambda t: None, hard=False)
+    e = raises(ValueError, t.init, period=100, hard=True)
+    assert e.args[0] == "hard Timers are not implemented"
+    raises(TypeError, t.init, 1, 100)  # mode and period are keyword-only on the port
+    raises(TypeError, machine.Timer, 0, 1)
+
+
+def test_timer_value_counts_milliseconds_since_the_period_began():
+    t = machine.Timer(-1, period=100, callback=lambda t: None)
+    time.sleep_ms(250)
+    assert 49 <= t.value() <= 51
+    t.deinit()
+    assert t.value() == 0
+
+
+def test_mem8_16_32_are_the_address_space():
+    b = simstate.board
+    gpio_out = 0x3FF44004  # GPIO_OUT_REG
+    machine.mem32[gpio_out] = 0x12345678
+    assert machine.mem32[gpio_out] == 0x12345678
+    assert machine.mem8[gpio_out] == 0x78 and machine.mem8[gpio_out + 3] == 0x12  # little-endian
+    assert machine.mem16[gpio_out + 2] == 0x1234
+    machine.mem8[gpio_out + 1] = 0xAB
+    assert machine.mem32[gpio_out] == 0x1234AB78
+    b.mem[0x3FF5A004] = 0x5E71080A  # a model sets a register
+    assert machine.mem32[0x3FF5A004] == 0x5E71080A
+    e = raises(ValueError, machine.mem32.__getitem__, gpio_out + 2)
+    assert e.args[0] == "address 3ff44006 is not aligned to 4 bytes"
+    raises(ValueError, machine.mem16.__setitem__, 0x3FF44001, 1)
+
+
+def test_mem_outside_the_memory_map_panics_and_resets():
+    h = sleep_and_wake(machine.mem32.__getitem__, 0)
+    assert "LoadProhibited" in h.why
+    assert machine.reset_cause() == machine.HARD_RESET  # ESP_RST_PANIC on the port
+    h = sleep_and_wake(machine.mem8.__getitem__, 0x40080001)  # bytes on the instruction bus
+    assert "LoadStoreError" in h.why
+    assert machine.mem32[0x40080000] == 0  # words there are fine
+
+
+def test_time_pulse_us_times_a_pulse():
+    b = simstate.board
+    p = machine.Pin(4, machine.Pin.IN)
+    b.schedule(b.world_us + 1000, "pin", 4, 1)
+    b.schedule(b.world_us + 1250, "pin", 4, 0)
+    assert 248 <= machine.time_pulse_us(p, 1, 10000) <= 252
+    # never came: -2 after the timeout; already high: timing starts at once
+    w0 = b.world_us
+    assert machine.time_pulse_us(4, 1, 5000) == -2
+    assert 5000 <= b.world_us - w0 <= 5010
+    b.drive(4, 1)
+    b.schedule(b.world_us + 700, "pin", 4, 0)
+    assert 698 <= machine.time_pulse_us(p, 1) <= 702
+    b.drive(4, 1)
+    assert machine.time_pulse_us(p, 1, 3000) == -1  # did not end in time
+    b.schedule(b.world_us + 100, "pin", 4, 0)
+    b.schedule(b.world_us + 400, "pin", 4, 1)
+    assert 298 <= machine.time_pulse_us(p, 0, 3000) <= 302  # a low pulse
+
+
+def test_signal_takes_pin_arguments_and_invert():
+    s = machine.Signal(2, machine.Pin.OUT, invert=True)  # a Pin made from the same arguments
+    s.on()
+    assert simstate.board.level(2) == 0 and s.value() == 1
+    s.off()
+    assert simstate.board.level(2) == 1 and s() == 0
+    s2 = machine.Signal(5, machine.Pin.OUT, value=1, invert=True)  # value= is the signal's
+    assert simstate.board.level(5) == 0 and s2.value() == 1
+    s3 = machine.Signal(machine.Pin(12, machine.Pin.OUT), invert=True)
+    s3.value(1)
+    assert simstate.board.level(12) == 0
+    raises(TypeError, machine.Signal, machine.Pin(12), 1)
