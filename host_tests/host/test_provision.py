@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import cose
 from petrel import cli, provision
 from petrel.broker import Broker, make_pki
-from petrel.collector import Rejected, Verifier
+from petrel.verify import Rejected, Verifier
 from petrel.vm import run_source as run_vm
 
 
@@ -268,13 +268,15 @@ def test_load_keys_feeds_the_collector(tmp_path, capfd):
         devs.append(dev)
     assert len(keys) == 2
     v = Verifier(keys)
-    payload = cbor2.dumps([{-2: devs[0] + "/", 0: "t", 1: "Cel", 2: 21.5, 6: 1760000000}])
-    msg = cose.mac0(keys[devs[0]], devs[0].encode(), 1, payload)
-    assert v.accept(msg) == [(devs[0] + "/t", "Cel", 21.5, 1760000000)]
+    payload = cbor2.dumps([{-2: devs[0] + "/", 0: "t", 1: "Cel", 2: 21.5, 6: 1760000000, "i": 1}])
+    topic = "petrel/%s/up" % devs[0]
+    msg = v.open(topic, cose.mac0(keys[devs[0]], devs[0].encode(), 1, payload))
+    assert [(r.device, r.channel, r.unit, r.value, r.time) for r in msg.readings] == [
+        (devs[0], "t", "Cel", 21.5, 1760000000)]
     with pytest.raises(Rejected, match="mac"):  # another device's key does not pass as this one
-        v.accept(cose.mac0(keys[devs[1]], devs[0].encode(), 2, payload))
-    with pytest.raises(Rejected, match="unknown kid"):
-        v.accept(cose.mac0(keys[devs[0]], b"p-000000", 3, payload))
+        v.open(topic, cose.mac0(keys[devs[1]], devs[0].encode(), 2, payload))
+    with pytest.raises(Rejected, match="unknown_kid"):
+        v.open("petrel/p-000000/up", cose.mac0(keys[devs[0]], b"p-000000", 3, payload))
 
 
 # The node's side, on the MicroPython VM: config.json and secrets.json as the

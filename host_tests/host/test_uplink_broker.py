@@ -1,6 +1,7 @@
 """The whole uplink on the MicroPython VM against a real Mosquitto over TLS:
 outbox -> SenML CBOR -> COSE_Mac0 -> MQTT QoS 1 -> PUBACK -> outbox ack, checked
-on the host with code that is not Petrel's (cbor2, hmac, pycose)."""
+on the host with code that is not Petrel's node code (pycose, and the
+collector's own verifier and store)."""
 
 import threading
 import time
@@ -8,8 +9,9 @@ import time
 import cbor2
 import pytest
 
+from petrel import store
+from petrel.verify import Rejected, Verifier
 from petrel.vm import run_source as run_vm
-from petrel.collector import Rejected, Verifier
 from mqttcheck import Subscriber
 
 KEY = bytes(range(32))
@@ -31,6 +33,7 @@ clk = clock.Clock(1764000000, rtcmem.Region(rtc, 1280, 64))
 if mode != "relative":
     clk.sync(lambda: simstate.board.true_rtc_us() // 1000000)
 ob = outbox.Outbox("/fl/ob", rtc=rtcmem.Region(rtc, 256, 1024))
+clk.begin(ob.next_seq)  # this power-on's readings start here (their stamps' timeline)
 seq = seqcounter.SeqCounter("/fl/seq", rtcmem.Region(rtc, 1344, 64))
 CHANNELS = [("t", "Cel", 100), ("h", "%RH", 100), ("p", "Pa", 1)]
 for i in range(readings // 3):
@@ -75,7 +78,7 @@ def test_batches_arrive_authenticated_and_complete(broker):
     assert len(msgs) == 2
     v = Verifier({DEVICE: KEY})
     readings = []
-    for _topic, payload, _retain in msgs:
+    for topic, payload, _retain in msgs:
         # independent check of the COSE_Mac0 with pycose too
         from pycose.keys import SymmetricKey
         from pycose.messages import Mac0Message
@@ -84,15 +87,16 @@ def test_batches_arrive_authenticated_and_complete(broker):
         msg = Mac0Message.from_cose_obj([p, dict(u), body, tag], True)
         msg.key = SymmetricKey(KEY)
         assert msg.verify_tag()
-        readings += v.accept(payload)
-    temps = sorted(r for r in readings if r[0].endswith("/t"))
+        readings += v.open(topic, payload).readings
+    temps = sorted((r for r in readings if r.channel == "t"), key=lambda r: r.time)
     assert len(readings) == 72 and len(temps) == 24
-    assert temps[0][2] == 20.0 and temps[-1][2] == pytest.approx(20.23)
-    assert all(r[1] == "Cel" for r in temps)
-    times = [r[3] for r in temps]
+    assert len({(r.channel, r.rid) for r in readings}) == 72  # one id per reading
+    assert temps[0].exact == "20" and temps[-1].exact == "20.23"  # exact, not float32
+    assert all(r.unit == "Cel" and r.quality == "dated" for r in temps)
+    times = [r.time for r in temps]
     assert all(b - a == 300 for a, b in zip(times, times[1:]))  # the 5-minute grid
     assert abs(times[0] - 1767225600) < 400  # wall-clock time from NTP (the sim's)
-    press = sorted(r[2] for r in readings if r[0].endswith("/p"))
+    press = sorted(r.value for r in readings if r.channel == "p")
     assert press[0] == 100000 and press[-1] == 100023
 
 
@@ -102,32 +106,38 @@ def test_readings_before_the_clock_is_known_are_sent_in_relative_time(broker):
     assert "SENT 36 LEFT 0" in out, out
     msgs = sub.wait(1)
     sub.close()
-    readings = Verifier({DEVICE: KEY}).accept(msgs[0][1])
-    times = sorted(set(r[3] for r in readings))
-    assert all(t < 0 for t in times)  # SenML: below 2**28 is relative to now
+    got = time.time()
+    readings = Verifier({DEVICE: KEY}).open(msgs[0][0], msgs[0][1], received=got).readings
+    assert {r.quality for r in readings} == {"relative"}  # no clock: ages, dated on arrival
+    times = sorted(set(r.time for r in readings))
+    assert all(t <= got for t in times)  # SenML: below 2**28 is relative to now
     assert times[-1] - times[0] == 11 * 300
 
 
-def test_tampered_and_replayed_messages_are_refused(broker):
+def test_tampered_and_replayed_messages_are_refused(broker, tmp_path):
     sub = Subscriber(broker, "petrel/%s/up" % DEVICE)
     rc, out = node(broker, 36)
     msgs = sub.wait(1)
     sub.close()
-    data = msgs[0][1]
+    topic, data = msgs[0][0], msgs[0][1]
     v = Verifier({DEVICE: KEY})
-    v.accept(data)
-    with pytest.raises(Rejected, match="replay"):
-        v.accept(data)
+    with store.open(tmp_path / "readings.sqlite") as st:
+        assert st.commit(v.open(topic, data)) == (36, 0)
+        with pytest.raises(Rejected) as e:  # the same message again stores nothing
+            st.commit(v.open(topic, data))
+        assert e.value.reason == "duplicate"
+        assert st.counts()["readings"] == 36
     for i in (20, len(data) // 2, len(data) - 3):
         bad = bytearray(data)
         bad[i] ^= 0x01
         with pytest.raises(Rejected):
-            Verifier({DEVICE: KEY}).accept(bytes(bad))
-    with pytest.raises(Rejected, match="mac"):
-        Verifier({DEVICE: bytes(32)}).accept(data)  # another device's key
+            v.open(topic, bytes(bad))
+    with pytest.raises(Rejected) as e:
+        Verifier({DEVICE: bytes(32)}).open(topic, data)  # another device's key
+    assert e.value.reason == "mac"
 
 
-def test_broker_killed_mid_batch_loses_nothing(broker):
+def test_broker_killed_mid_batch_loses_nothing(broker, tmp_path):
     sub = Subscriber(broker, "petrel/%s/up" % DEVICE)
     sub.c.reconnect_delay_set(min_delay=0.1, max_delay=0.3)
     seen = []
@@ -152,17 +162,21 @@ def test_broker_killed_mid_batch_loses_nothing(broker):
     assert "LINK" in out  # the node did see the broker go
     v = Verifier({DEVICE: KEY})
     readings = []
-    for m in msgs:
-        try:
-            readings += v.accept(m[1])
-        except Rejected as e:
-            assert "replay" in str(e)  # a resent batch gets a new seq; none is replayed
-    keys = [(r[0], r[3]) for r in readings]
+    with store.open(tmp_path / "readings.sqlite") as st:
+        for m in msgs:
+            msg = v.open(m[0], m[1])  # a resent batch gets a new seq: all are authentic
+            readings += msg.readings
+            try:
+                st.commit(msg)
+            except Rejected as e:  # the broker delivering one message twice (QoS 1)
+                assert e.reason == "duplicate", e
+        stored = st.counts()["readings"]
     counts = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
+    for r in readings:
+        counts[(r.channel, r.rid)] = counts.get((r.channel, r.rid), 0) + 1
     assert len(counts) == 36 * 20  # every reading arrived
     assert max(counts.values()) <= 2  # unconfirmed ones at most twice
+    assert stored == 36 * 20  # and the resent ones are stored once, by their ids
     seen.extend(counts)
 
 

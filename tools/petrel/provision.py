@@ -76,7 +76,7 @@ def key_id(key):
 
 
 def load_keys(registry_path):
-    """{device_id: HMAC key bytes} from the registry, for collector.Verifier."""
+    """{device_id: HMAC key bytes} from the registry, for the collector (petrel.verify.Verifier)."""
     uri = Path(registry_path).resolve().as_uri() + "?mode=ro"
     db = sqlite3.connect(uri, uri=True)
     try:
