@@ -1,12 +1,15 @@
-"""Fake `esp32`: deep-sleep wake sources, NVS and flash partitions.
+"""Fake `esp32`: deep-sleep wake sources, NVS, flash partitions, IDF heaps.
 
 NVS keeps what was committed through power loss; uncommitted changes die with
 a reset. Partitions are NOR flash: erase sets 0xFF, a program can only clear bits.
+set_boot() validates the app image and writes otadata as ESP-IDF does; the
+bootloader at the next boot (simota.py) acts on it, rollback included.
 """
 
 import errno
 
-from norflash import NorFlash, SECTOR
+import simota
+from norflash import SECTOR
 from simstate import board
 
 WAKEUP_ALL_LOW = False
@@ -87,7 +90,9 @@ class NVS:
 
     def set_blob(self, key, value):
         board.alive()
-        board.nvs_open[self.ns][self._key(key)] = bytes(value)
+        if isinstance(value, str):
+            value = value.encode()  # any buffer: a str gives its UTF-8 bytes on the port
+        board.nvs_open[self.ns][self._key(key)] = bytes(memoryview(value))
 
     def get_blob(self, key, buffer):
         v = self._get(key)
@@ -117,36 +122,77 @@ class NVS:
             board.host.event("nvs", board.snapshot()["nvs"])
 
 
+# ------------------------------------------------------------------ IDF heaps
+HEAP_DATA = 4  # MALLOC_CAP_8BIT
+HEAP_EXEC = 1  # MALLOC_CAP_EXEC
+# (caps, total, free, largest free block, minimum free) of an ESP32 without PSRAM
+# after boot: the data regions are the docs' example (the 113840-byte one holds the
+# MicroPython heap), the IRAM one an estimate. board.idf_heaps replaces them.
+_DRAM = 0x180E  # 8BIT | 32BIT | DMA | INTERNAL | DEFAULT
+_DIRAM = 0x180F  # the same, executable too
+_IRAM = 0x803  # EXEC | 32BIT | INTERNAL
+HEAPS = (
+    (_DRAM, 240, 0, 0, 0),
+    (_DRAM, 7288, 0, 0, 0),
+    (_DRAM, 16648, 4, 4, 4),
+    (_DRAM, 79912, 35712, 35512, 35108),
+    (_DIRAM, 15072, 15036, 15036, 15036),
+    (_DIRAM, 113840, 0, 0, 0),
+    (_IRAM, 13284, 13248, 13248, 13248),
+)
+
+
+def idf_heap_info(capabilities):
+    """[(total, free, largest free block, minimum free)] of each IDF heap region
+    that has every capability asked for (heap_caps_match)."""
+    board.alive()
+    cap = capabilities & 0xFFFFFFFF
+    heaps = board.idf_heaps if board.idf_heaps is not None else HEAPS
+    return [tuple(h[1:5]) for h in heaps if h[0] & cap == cap]
+
+
 # ------------------------------------------------------------------ Partition
+# esp_err_t -> what check_esp_err() raises: OSError(-err, esp_err_to_name(err))
+_ERR_NAMES = {
+    simota.ESP_FAIL: "ESP_FAIL",
+    simota.ERR_INVALID_ARG: "ESP_ERR_INVALID_ARG",
+    simota.ERR_NOT_FOUND: "ESP_ERR_NOT_FOUND",
+    simota.ERR_OTA_VALIDATE_FAILED: "ESP_ERR_OTA_VALIDATE_FAILED",
+}
+
+
+def _check(err):
+    if err:
+        raise OSError(-err, _ERR_NAMES[err])
+
+
 class Partition:
+    """A partition of the flashed build's table (simota.TABLES[board.partition_table])."""
+
     BOOT = 0
     RUNNING = 1
     TYPE_APP = 0
     TYPE_DATA = 1
-    BLOCK_SIZE = 4096
-    # (label, type, subtype, offset, size): MicroPython's default ESP32 4 MiB table
-    TABLE = (
-        ("nvs", 1, 2, 0x9000, 0x6000),
-        ("phy_init", 1, 1, 0xF000, 0x1000),
-        ("factory", 0, 0, 0x10000, 0x1F0000),
-        ("vfs", 1, 0x81, 0x200000, 0x200000),
-    )
 
     def __init__(self, id, block_size=4096):
         board.alive()
-        if id in (Partition.BOOT, Partition.RUNNING):
-            id = "factory"
-        for row in Partition.TABLE:
-            if row[0] == id:
-                self.row = row
-                break
-        else:
-            raise ValueError("partition not found")
+        if isinstance(id, int):
+            if id == Partition.BOOT:
+                row = simota.boot_partition(board)
+            elif id == Partition.RUNNING:
+                row = simota.find(board, label=board.running_app)
+            else:
+                raise ValueError()
+        else:  # a label: an app partition first, then data
+            row = simota.find(board, 0, None, id) or simota.find(board, 1, None, id)
+        if row is None:
+            raise OSError(errno.ENOENT)
+        self.row = row
         self.block_size = block_size
 
     @staticmethod
-    def find(type=TYPE_APP, subtype=0xFF, label=None):
-        return [Partition(r[0]) for r in Partition.TABLE
+    def find(type=TYPE_APP, subtype=0xFF, label=None, block_size=4096):
+        return [Partition(r[0], block_size) for r in simota.rows(board)
                 if r[1] == type and (subtype == 0xFF or r[2] == subtype)
                 and (label is None or r[0] == label)]
 
@@ -154,13 +200,15 @@ class Partition:
         r = self.row
         return (r[1], r[2], r[3], r[4], r[0], False)
 
+    def __repr__(self):
+        r = self.row
+        return "<Partition type=%u, subtype=%u, address=%u, size=%u, label=%s, encrypted=0>" % (
+            r[1], r[2], r[3], r[4], r[0])
+
     def flash(self):
         """The NOR flash behind this partition (boards/sim/norflash.py); it
         outlives every reset and power cut, as flash does."""
-        label = self.row[0]
-        if label not in board.partitions:
-            board.partitions[label] = NorFlash(self.row[4] // SECTOR)
-        return board.partitions[label]
+        return simota.flash(board, self.row)
 
     def readblocks(self, block_num, buf, offset=0):
         board.alive()
@@ -169,10 +217,22 @@ class Partition:
     def writeblocks(self, block_num, buf, offset=None):
         board.alive()
         f = self.flash()
-        if offset is None:  # whole blocks: erase first, as MicroPython does
-            for b in range(len(buf) // self.block_size):
-                self.ioctl(6, block_num + b)
-        f.program(block_num * self.block_size + (offset or 0), buf)
+        start = block_num * self.block_size
+        if offset is None:  # a simple write: erase first, as the port does
+            end = start + len(buf)
+            for sec in range(start // SECTOR, (end + SECTOR - 1) // SECTOR):
+                lo, hi = max(start, sec * SECTOR), min(end, (sec + 1) * SECTOR)
+                keep = None
+                if hi - lo < SECTOR:  # blocks smaller than a sector: keep the rest of it
+                    keep = bytearray(SECTOR)
+                    f.read(sec * SECTOR, keep)
+                f.erase(sec)
+                if keep is not None:
+                    f.program(sec * SECTOR, keep[: lo - sec * SECTOR])
+                    f.program(hi, keep[hi - sec * SECTOR :])
+            f.program(start, buf)
+        else:
+            f.program(start + offset, buf)
 
     def ioctl(self, cmd, arg):
         board.alive()
@@ -181,18 +241,26 @@ class Partition:
         if cmd == 5:
             return self.block_size
         if cmd == 6:
-            first = arg * self.block_size // SECTOR
-            for n in range(first, first + max(1, self.block_size // SECTOR)):
-                self.flash().erase(n)
+            if self.block_size != SECTOR:
+                return -errno.EINVAL
+            self.flash().erase(arg)
             return 0
-        return 0
+        return 0 if cmd in (1, 2, 3) else None
 
     def set_boot(self):
+        """Boot this app at the next reset (not at a deep-sleep wake, which
+        skips the bootloader's choice): the image must validate."""
         board.alive()
+        _check(simota.set_boot(board, self.row))
 
     def get_next_update(self):
-        raise OSError(errno.ENOENT)  # the default table has no OTA slots
-
-    @staticmethod
-    def mark_app_valid_cancel_rollback():
         board.alive()
+        row = simota.next_update(board, self.row)
+        if row is None:
+            raise OSError(errno.ENOENT)  # no OTA slots in this table
+        return Partition(row[0])
+
+    @classmethod
+    def mark_app_valid_cancel_rollback(cls):
+        board.alive()
+        _check(simota.mark_valid(board))

@@ -39,6 +39,10 @@ class Board(Clock, Pins, Ledger, Snapshot):
         self.ntp_ok = True  # whether an NTP server answers when the link is up
         self.nvs = {}  # committed NVS: namespace -> {key: int | bytes}
         self.partitions = {}  # label -> norflash.NorFlash
+        # the build esptool flashed, by partition table (simota.TABLES): "factory"
+        # (ESP32_GENERIC) or "ota" (ESP32_GENERIC-OTA, two app slots); set before power_on()
+        self.partition_table = "factory"
+        self.running_app = None  # the app slot the bootloader started (kept in RTC memory)
         self.events = []  # scheduled [at_us, kind, a, b], sorted by time
         self.boot_us = 0  # time from reset to the first line of boot.py
         self.sleep_drift_ppm = 0  # RTC slow clock error during deep sleep

@@ -9,8 +9,11 @@ to its next boot with what each kind of reset keeps (see simboard).
 
 A mixin: Board (simboard.py) holds the state. From the other parts it uses
 _apply() and _ext_wake() (simpins.py: events and wake levels), account() and
-spend() (simledger.py: the phase ledger).
+spend() (simledger.py: the phase ledger). Each boot starts with the bootloader
+choosing the app slot (simota.py).
 """
+
+import simota
 
 TICKS_PERIOD = 1 << 30  # ticks_ms/ticks_us wrap here on the ESP32 (2**62 on unix)
 TICKS_MASK = TICKS_PERIOD - 1
@@ -66,7 +69,7 @@ class Clock:
         self.halted = None
         self.wdt_timeout_us = 0
         self.wdt_deadline = None
-        self.timers = {}  # timer id -> [due_us, period_us (0 = one shot), callback, obj]
+        self.timers = {}  # hardware id or virtual Timer -> [due_us, period_us (0 = one shot), callback, obj]
         self.outputs = {}  # pin -> level driven by the chip
         self.modes = {}  # pin -> mode
         self.pulls = {}  # pin -> pull
@@ -75,6 +78,8 @@ class Clock:
         self.cpu_hz = 160000000
         self.nvs_open = {}  # namespace -> uncommitted changes
         self.in_callback = False
+        self.mem = {}  # word address -> value: what machine.mem8/16/32 see (simmem.py)
+        self.idf_heaps = None  # esp32.idf_heap_info() regions; None: after boot (esp32.py)
 
     def power_on(self):
         """Battery in, or brought back after a cut: only the world remains."""
@@ -96,6 +101,9 @@ class Clock:
         self.boots += 1
         self.boot_mark = self.mark()
         self.spend(self.boot_us, "boot")
+        if not simota.boot(self, self.reset_cause == DEEPSLEEP_RESET):
+            # no valid app in any slot: the bootloader resets and tries again, forever
+            self.halted = Halt(DEEPSLEEP_RESET, 0, "no bootable app partition")
 
     def after_halt(self, halt):
         """Carry the board from a halt to its next boot. Returns False when
