@@ -216,3 +216,36 @@ def test_the_window_check_waits_for_another_collectors_transaction(url):
         t.join(10)
         other.close()
         assert got[0].reason == "replay"
+
+
+RACER = """
+import sys
+from petrel import store, testmsg
+from petrel.verify import Rejected, Verifier
+key, url, order = b"a" * 31 + b"1", sys.argv[1], sys.argv[2]
+v = Verifier({"p-A": key})
+seqs = list(range(1, 401))[::1 if order == "up" else -1]
+st = store.open(url)
+ok = 0
+for s in seqs:
+    m = v.open("petrel/p-A/up", testmsg.up(key, "p-A", s, [("t", "Cel", s, 1, %d + s, s)]))
+    ok += not isinstance(st.commit_many([m])[0], Rejected)
+print(ok)
+""" % T0
+
+
+def test_two_processes_on_one_sqlite_file(tmp_path):
+    """Two collector processes on one SQLite file, the same 400 messages in
+    opposite orders: every message stored once between them."""
+    import subprocess
+    import sys
+
+    url = str(tmp_path / "shared.sqlite")
+    store.open(url).close()
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, url, order], stdout=subprocess.PIPE, text=True)
+             for order in ("up", "down")]
+    stored = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert sum(stored) == 400 and min(stored) > 0, stored
+    with store.open(url) as st:
+        assert [r.rid for r in st.readings()] == list(range(1, 401))
+        assert st.counts()["messages"] == 400
