@@ -149,8 +149,11 @@ def make_pki(folder):
 
 # ------------------------------------------------------------ broker
 class Broker:
-    def __init__(self, folder=None, psk=None):
+    def __init__(self, folder=None, psk=None, persistence=False):
+        """persistence: sessions and queued messages saved in folder when the
+        broker stops, so restart() keeps them (as a service restart would)."""
         self._tmp = None
+        self.persistence = persistence
         if folder is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="petrel-broker-")
             folder = self._tmp.name
@@ -171,7 +174,8 @@ class Broker:
             "user root",  # test-only: keep reading the run's key files as the runner
             "per_listener_settings false",
             "allow_anonymous true",
-            "persistence false",
+            "persistence %s" % ("true" if self.persistence else "false"),
+            "persistence_location %s/" % self.folder,
             # a node's pipelined batch ends waiting on the broker's last PUBACK:
             # with Nagle on, that waits a delayed ACK (~40 ms here, longer on
             # lwIP), radio time a node pays at every uplink
@@ -234,7 +238,11 @@ class Broker:
             self.proc.wait(5)
 
     def restart(self):
-        """Killed and started again on the same ports and certificates."""
+        """Killed and started again on the same ports and certificates; with
+        persistence, stopped with SIGTERM so it saves its sessions first."""
+        if self.persistence and self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
         self.kill()
         self._launch()
 
