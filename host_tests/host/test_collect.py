@@ -304,3 +304,34 @@ def test_refusals_counted_and_logged_retained_dropped_and_the_service_goes_on(br
         col.stop()
         st.close()
         pub.close()
+
+
+def test_tls_verifies_the_broker_against_the_ca(broker, keys, tmp_path):
+    msgs, expected = feed(keys, 6)
+    st = _store.open(tmp_path / "r.sqlite")
+    # a CA that did not sign the broker's certificate: never connected
+    wrong = Collector(st, keys, "localhost", broker.ports["tls"], ca=broker.pki["other_ca"],
+                      client_id="tls-wrong").start()
+    ok = Collector(st, keys, "localhost", broker.ports["tls"], ca=broker.pki["ca"], client_id="tls-ok").start()
+    pub = Publisher(broker.ports["plain"], "nodes-tls")
+    try:
+        assert ok.subscribed.wait(10)
+        pub.send(msgs).wait()
+        wait_for(lambda: st.counts()["readings"] == len(expected), 10, "the readings over TLS")
+        assert stored(tmp_path / "r.sqlite") == expected
+        assert not wrong.connected.is_set() and wrong.counts["messages"] == 0
+    finally:
+        wrong.stop()
+        ok.stop()
+        st.close()
+        pub.close()
+
+
+def test_needs_a_ca_or_an_explicit_plain_connection(keys, tmp_path):
+    with pytest.raises(ValueError):
+        Collector(None, keys, "localhost", 8883)
+    reg = make_registry(tmp_path / "devices.sqlite", keys)
+    r = subprocess.run([sys.executable, "-m", "petrel.cli", "collect", "--registry", str(reg),
+                        "--db", str(tmp_path / "r.sqlite")], capture_output=True, text=True, timeout=30,
+                       cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT / "tools")))
+    assert r.returncode == 2 and "--ca" in r.stderr
