@@ -328,7 +328,7 @@ def drain(client, outbox, topic, encode, batch=36, max_records=None, kind=None):
     """Publish everything in the outbox (or max_records); returns how many
     readings were confirmed. MQTTError/OSError go to the caller after the
     confirmed part has been acknowledged. kind(record): a batch never mixes
-    records of different kinds (time_kind: Unix-time and relative stamps)."""
+    records of different kinds (time_kind: dated, relative, undated)."""
     confirmed = 0
     while max_records is None or confirmed < max_records:
         want = batch * client.window
