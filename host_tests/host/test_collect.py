@@ -335,3 +335,56 @@ def test_needs_a_ca_or_an_explicit_plain_connection(keys, tmp_path):
                         "--db", str(tmp_path / "r.sqlite")], capture_output=True, text=True, timeout=30,
                        cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT / "tools")))
     assert r.returncode == 2 and "--ca" in r.stderr
+
+
+class FlakyStore:
+    """The real store, whose first commits fail as a locked or unreachable database does."""
+
+    def __init__(self, st, failures):
+        self.st, self.failures = st, failures
+
+    def commit_many(self, msgs):
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return self.st.commit_many(msgs)
+
+    def __getattr__(self, name):
+        return getattr(self.st, name)
+
+
+def test_store_errors_are_retried_and_nothing_is_acknowledged_before_the_commit(broker, keys, tmp_path, caplog):
+    msgs, expected = feed(keys, 30)
+    st = _store.open(tmp_path / "r.sqlite")
+    caplog.set_level(logging.INFO, logger="petrel.collect")
+    col = Collector(FlakyStore(st, 3), keys, "127.0.0.1", broker.ports["plain"], insecure_plain=True,
+                    client_id="flaky").start()
+    pub = Publisher(broker.ports["plain"], "nodes-flaky")
+    try:
+        assert col.subscribed.wait(10)
+        pub.send(msgs).wait()
+        wait_for(lambda: st.counts()["readings"] == len(expected), 10, "everything stored")
+        assert stored(tmp_path / "r.sqlite") == expected and st.counts()["refused"] == {}
+        assert sum("store error" in r.getMessage() for r in caplog.records) == 3
+    finally:
+        col.stop()
+        st.close()
+        pub.close()
+
+
+def test_a_device_provisioned_while_it_runs_is_known_without_a_restart(broker, keys, tmp_path):
+    msgs, expected = feed(keys, 3)
+    st = _store.open(tmp_path / "r.sqlite")
+    first = {DEVICES[0]: keys[DEVICES[0]]}  # the registry as it was at start
+    col = Collector(st, first, "127.0.0.1", broker.ports["plain"], insecure_plain=True,
+                    client_id="reload", reload_keys=lambda: keys).start()
+    pub = Publisher(broker.ports["plain"], "nodes-reload")
+    try:
+        assert col.subscribed.wait(10)
+        pub.send(msgs).wait()
+        wait_for(lambda: st.counts()["readings"] == len(expected), 10, "everything stored")
+        assert st.counts()["refused"] == {}
+    finally:
+        col.stop()
+        st.close()
+        pub.close()

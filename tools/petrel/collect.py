@@ -75,7 +75,7 @@ class Collector:
             raise ValueError("a broker CA (ca=) or insecure_plain=True (loopback tests only)")
         self.store = store
         self.verify = verify
-        self.verifier = verify.Verifier(keys)
+        self.verifier = verify.Verifier(keys, prefix=topic_prefix)
         self.reload_keys = reload_keys
         self._reloaded = 0.0
         self.host, self.port = host, port
@@ -214,7 +214,7 @@ class Collector:
             return False
         self._reloaded = time.monotonic()
         try:
-            self.verifier = self.verify.Verifier(self.reload_keys())
+            self.verifier = self.verify.Verifier(self.reload_keys(), prefix=self.prefix)
         except Exception as e:
             log.warning("cannot reload the device keys: %s", e)
             return False
@@ -291,8 +291,10 @@ class Collector:
         device = getattr(e, "device", None)
         named = device
         if named is None:
-            parts = str(where).split("/")
-            named = parts[1] if len(parts) == 3 and parts[0] == self.prefix else where
+            named = str(where)
+            if named.startswith(self.prefix + "/"):  # <prefix>/<device>/up|health
+                rest = named[len(self.prefix) + 1:].split("/")
+                named = rest[0] if len(rest) == 2 else named
             # only a registered device gets a row of its own: names from the
             # network must not grow the refusals table
             device = named if named in self.verifier.keys else None
