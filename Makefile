@@ -81,7 +81,7 @@ soak: $(STAMP)
 
 # The collector's verifier and store fuzzed: 500,000 mutated and random messages,
 # each answered (Message or Rejected) within 0.1 s, the process not growing
-# (make test runs a 2,000-input slice: host/test_verify_fuzz.py). About 80 s.
+# (make test runs a 2,000-input slice: host/test_verify_fuzz.py). About 2 minutes.
 fuzz-collector: $(STAMP)
 	$(PY) host_tests/fuzz_collector.py --inputs 500000 --seed 1
 
