@@ -204,7 +204,7 @@ class Wake:
             self.uplink = "no-key"
             return
         channels = [(c.name, c.unit, c.scale) for c in cfg.channels]
-        enc = uplink.encoder(cfg.device_id, channels, key, self.counter, self.clk)
+        enc = uplink.encoder(cfg.device_id, channels, key, self.counter, self.clk, layout=cfg.senml_layout)
         s = session.Session(cfg, self.rtc)
         try:
             if s.open():
@@ -217,9 +217,10 @@ class Wake:
                     s.drain(self.ob, enc, uplink.time_kind(self.clk))
                     st.bump("rejected", enc.rejected)
                     rec = health.record(st, self.ob.stats(), self.cause, s.rssi, s.wifi_ms,
-                                        self._filter_drops(), self.wake)
-                    s.publish(cfg.topic + "/health", health.message(rec, key, cfg.device_id.encode(),
-                                                                    self.counter))
+                                        self._filter_drops(), self.wake, cfg.sample_s,
+                                        cfg.sample_s * cfg.uplink_every)
+                    s.publish(cfg.topic + "/health", health.message(
+                        rec, key, cfg.device_id, self.counter, self.clk.unix() if self.clk.known() else None))
         finally:
             s.close()
         self.uplink = s.result

@@ -1,19 +1,24 @@
 """The health record sent with each uplink, on <topic>/health: what a fleet
 operator needs to see a node going wrong before it goes silent.
 
-A CBOR map with short keys, authenticated like the readings (COSE_Mac0 under
-the device key, the same never-repeating sequence):
-    fw    firmware version          boot  boots since power-on
-    rst   reset cause of this wake  wake  what woke it (timer, ext0 ...)
+A SenML pack (RFC 8428, CBOR), authenticated like the readings (COSE_Mac0
+under the device key, the same never-repeating sequence): the first record
+carries bn "<device_id>/health/" and, when the node's clock is known, bt (its
+Unix time); one record per field, n = the field's name and v (a number) or vs
+(text). A generic SenML reader gets "<device_id>/health/boot" = 13, and so on.
+    fw    firmware version (vs)     boot  boots since power-on
+    rst   reset cause of this wake (vs)   wake  what woke it (vs: timer, ext0 ...)
     heap  free heap (bytes, -1 unknown)
-    awake last wake's awake time ms rssi  Wi-Fi RSSI dBm
-    wifi  this connect's ms         q     readings waiting in the outbox
+    awake last wake's awake time ms rssi  Wi-Fi RSSI dBm (0 not measured)
+    wifi  this connect's ms         q     readings waiting in the outbox (-1 not opened)
     drop  readings dropped (outbox full)  lost  readings lost with RTC memory
     crash crashes since power-on    safe  safe-mode entries
     wdt   watchdog resets           auth  broker/TLS refusals
     batt  battery mV (0 unknown)    rej   readings the encoder left out
     refused  readings the outbox could not keep (flash failing)
     fdrop filter drops (all channels, all reasons but "ok")
+    sample_s  sampling interval, s  uplink_s  interval between uplinks, s
+              (sample_s x uplink_every: a reader's expire_after)
 """
 
 import gc
@@ -21,6 +26,10 @@ import gc
 import cose
 
 from app import version
+
+# the pack's order; a new field goes at the end
+FIELDS = ("fw", "boot", "rst", "wake", "heap", "awake", "rssi", "wifi", "q", "drop", "lost", "crash",
+          "safe", "wdt", "auth", "batt", "rej", "refused", "fdrop", "sample_s", "uplink_s")
 
 
 def free_heap():
@@ -31,9 +40,10 @@ def free_heap():
         return -1
 
 
-def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake=""):
-    """ob_stats: Outbox.stats(), or None when the outbox was not opened (safe
-    mode); rssi, wifi_ms: this session's link (rssi None: not measured)."""
+def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake="", sample_s=0, uplink_s=0):
+    """-> {field: value}. ob_stats: Outbox.stats(), or None when the outbox
+    was not opened (safe mode); rssi, wifi_ms: this session's link (rssi
+    None: not measured); sample_s, uplink_s: the configured intervals."""
     s = ob_stats or {"depth": -1, "drops": -1}
     return {
         "fw": version.VERSION, "boot": st.boots, "rst": cause, "wake": wake, "heap": free_heap(),
@@ -41,12 +51,26 @@ def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake=""):
         "q": s["depth"], "drop": s["drops"], "lost": st.lost_rtc, "crash": st.crashes,
         "safe": st.safe_entries, "wdt": st.wdt_resets, "auth": st.auth_fails, "batt": st.batt_mv,
         "rej": st.rejected, "refused": st.refused, "fdrop": filter_drops,
+        "sample_s": sample_s, "uplink_s": uplink_s,
     }
 
 
-def message(rec, key, kid, counter):
+def pack(rec, device_id, unix=None):
+    """The record as SenML records (a list of maps with RFC 8428's CBOR labels)."""
+    out = []
+    for name in FIELDS:
+        v = rec[name]
+        out.append({0: name, 3 if isinstance(v, str) else 2: v})  # n, vs or v
+    out[0][-2] = device_id + "/health/"  # bn
+    if unix is not None:
+        out[0][-3] = unix  # bt: the node's clock, when known
+    return out
+
+
+def message(rec, key, device_id, counter, unix=None):
+    """The sealed health message; unix: the node's time when its clock is known."""
     # cbor (the generic encoder) loads here, after the drain: a batch needs
     # only cborput, and the drain is where the heap is tightest
     import cbor
 
-    return cose.mac0(key, kid, counter.next(), cbor.dumps(rec))
+    return cose.mac0(key, device_id.encode(), counter.next(), cbor.dumps(pack(rec, device_id, unix)))

@@ -31,9 +31,11 @@ def _report(st, cfg, cause):
     sent = False
     try:
         if s.open() and s.connect(status=b"safe"):
-            rec = health.record(st, None, cause, s.rssi, s.wifi_ms)
-            sent = s.publish(cfg.topic + "/health", health.message(rec, key, cfg.device_id.encode(),
-                                                                   node.counter))
+            rec = health.record(st, None, cause, s.rssi, s.wifi_ms, 0, "", cfg.sample_s,
+                                cfg.sample_s * cfg.uplink_every)
+            clk = node.clk
+            sent = s.publish(cfg.topic + "/health", health.message(
+                rec, key, cfg.device_id, node.counter, clk.unix() if clk.known() else None))
     finally:
         s.close(status=None)  # "safe" stays the retained status
     if s.auth_refused:

@@ -1,9 +1,12 @@
 """What a run of the wake cycle must hold, read from the serial log and from
-what the broker received (verified by the collector, not by Petrel's code)."""
+what the broker received (verified by the collector's verifier, not by
+Petrel's code)."""
+
+from decimal import Decimal
 
 import eventlog
 import simstate
-from petrel import collector
+from petrel import verify
 
 from mqttcheck import Subscriber
 
@@ -24,16 +27,20 @@ def summary(boot):
 
 
 class Receiver:
-    """Everything the node publishes, verified: readings per channel in time
-    order, health records, the retained status."""
+    """Everything the node publishes, verified (petrel.verify): each reading
+    once per channel and reading id, health records, the retained status."""
 
     def __init__(self, broker, key, device="node-1"):
         self.sub = Subscriber(broker, "petrel/%s/#" % device)
-        self.verifier = collector.Verifier({device: key})
+        self.verifier = verify.Verifier({device: key})
         self.device = device
-        self.readings = {}  # channel -> {time: value}
-        self.health = []
-        self.rejected = []
+        self.readings = {}  # channel -> {reading id: verify.Reading}
+        self.health = []  # {field: value}, in arrival order
+        self.health_at = []  # the node's time in each (bt), None when its clock was unknown
+        self.rejected = []  # refusals: none is expected
+        self.repeats = 0  # messages delivered again (QoS 1, same COSE seq): the store drops them
+        self.conflicts = []  # a reading sent again with another value or date
+        self.seqs = set()
         self.seen = 0
 
     def collect(self):
@@ -41,25 +48,44 @@ class Receiver:
         while self.seen < len(msgs):
             topic, payload, retain = msgs[self.seen]
             self.seen += 1
-            kind = topic.rsplit("/", 1)[-1]
-            if kind == "status":
+            if topic.rsplit("/", 1)[-1] == "status":
                 continue
             try:
-                got = self.verifier.accept(payload, "health" if kind == "health" else "senml")
-            except collector.Rejected as e:
-                self.rejected.append(str(e))  # a QoS 1 repeat is a replay: dropped
+                m = self.verifier.open(topic, payload)
+            except verify.Rejected as e:
+                self.rejected.append(str(e))
                 continue
-            if kind == "health":
-                self.health.append(got)
+            if m.seq in self.seqs:
+                self.repeats += 1
                 continue
-            for name, _unit, value, t in got:
-                ch = name.split("/", 1)[1]
-                self.readings.setdefault(ch, {})[round(t)] = value
+            self.seqs.add(m.seq)
+            if m.kind == "health":
+                self.health.append(m.health)
+                self.health_at.append(m.time)
+                continue
+            for r in m.readings:
+                got = self.readings.setdefault(r.channel, {})
+                old = got.get(r.rid)
+                if old is not None and (old.exact, old.quality == "dated" and old.time) != \
+                        (r.exact, r.quality == "dated" and r.time):
+                    self.conflicts.append((old, r))
+                got[r.rid] = r
         return self
 
-    def values(self, ch, scale):
+    def arrived(self, ch):
+        """A channel's readings in the order the node took them (by id)."""
         d = self.readings.get(ch, {})
-        return [round(d[t] * scale) for t in sorted(d)]
+        return [d[k] for k in sorted(d)]
+
+    def values(self, ch, scale):
+        """A channel's values in 1/scale units, in the order taken; each must
+        be exact (an int at that scale)."""
+        out = []
+        for r in self.arrived(ch):
+            v = Decimal(r.exact) * scale
+            assert v == int(v), (ch, r)  # what the node measured, not an approximation
+            out.append(int(v))
+        return out
 
     def close(self):
         self.sub.close()
@@ -78,6 +104,16 @@ def accepted(boots, ch):
 
 def true_unix(board, world_us):
     return board.true_unix_at_start + world_us / 1e6
+
+
+def taken_at(board, boots, ch):
+    """The true time of each reading of a channel the node took (its wake's start)."""
+    out = []
+    for b in boots:
+        for s in events(b, "sample"):
+            if s.get(ch, "-") != "-":
+                out.append(true_unix(board, b.start_us))
+    return out
 
 
 def grid_offsets(board, boots, interval_s):

@@ -11,3 +11,47 @@ def test_health_record_carries_the_counters():
     assert r["rssi"] == -71 and r["wifi"] == 180  # the session's link, passed as values
     assert health.record(st, None, "poweron")["rssi"] == 0  # no link measured
     assert health.record(st, None, "poweron")["q"] == -1  # outbox not opened (safe mode)
+
+
+class Counter:
+    n = 41
+
+    def next(self):
+        self.n += 1
+        return self.n
+
+
+def resolve(records):
+    """RFC 8428 section 4.6 for what the health pack uses: bn + n, bt, v or vs."""
+    out, bn, bt = {}, "", None
+    for r in records:
+        bn = r.get(-2, bn)
+        bt = r.get(-3, bt)
+        assert 0 in r and (2 in r) != (3 in r), r  # a name, one value
+        out[bn + r[0]] = r[2] if 2 in r else r[3]
+    return out, bt
+
+
+def test_health_is_a_senml_pack_a_generic_reader_reads():
+    import cbor
+    import cose
+
+    st = state.State()
+    st.boots, st.wdt_resets = 13, 1
+    rec = health.record(st, {"depth": 0, "drops": 2}, "deepsleep", -61, 180, 0, "ext0", 300, 3600)
+    key = b"k" * 32
+    msg = health.message(rec, key, "node-1", Counter(), 1767225600)
+    kid, seq, payload = cose.verify(key, msg)
+    assert kid == b"node-1" and seq == 42
+    pack = cbor.loads(payload)
+    assert [r[0] for r in pack] == list(health.FIELDS)  # one record per field, in order
+    got, bt = resolve(pack)
+    assert bt == 1767225600  # the node's time
+    want = dict(("node-1/health/" + k, rec[k]) for k in health.FIELDS)
+    assert got == want
+    assert got["node-1/health/wake"] == "ext0" and got["node-1/health/boot"] == 13
+    assert got["node-1/health/uplink_s"] == 3600 and got["node-1/health/drop"] == 2
+    assert 3 in pack[0] and 2 in pack[1]  # fw as text (vs), boot a number (v)
+    # the clock unknown: no bt at all (not 0, not a relative time)
+    _, bt = resolve(cbor.loads(cose.verify(key, health.message(rec, key, "node-1", Counter()))[2]))
+    assert bt is None
