@@ -27,6 +27,7 @@ import machine
 import eventlog as log
 from confcheck import Check, ConfigError, mapping  # config.ConfigError: the node's one class
 
+import uplink
 from app import hardware
 
 KEYS = ("format", "device_id", "sample_s", "uplink_every", "batch", "network_budget_ms", "alarms",
@@ -225,9 +226,11 @@ def _channels(c, name):
             ch.must("sensor", "one of: " + ", ".join(sorted(hardware.QUANTITIES)) + ", ds18b20.N.t",
                     sensor)
         scale = ch.integer("scale", 1, 1000000, 1)
-        if not decimal_scale(scale):  # value / scale must be a finite decimal fraction
-            ch.must("scale", "2^a x 5^b (1, 2, 4, 5, 8, 10, 16, 20, 25, 100, 1000, ...: every value "
-                    "an exact decimal)", scale)
+        try:  # the encoder's own rule: value / scale a finite decimal it can send exactly
+            uplink.scale_digits(scale)
+        except ValueError:
+            ch.must("scale", "2^a x 5^b (1, 2, 4, 5, 8, 10, 16, 20, 25, 100, 1000, ...: every value an "
+                    "exact decimal), and not 2^14 or finer (too many decimal places to send)", scale)
         flist = ch.get("filters", [])
         try:
             chain = filterconf.build_chain(cname, {"scale": scale, "filters": flist})
@@ -239,14 +242,6 @@ def _channels(c, name):
                     "millivolts are V at scale 1000", unit)
         out.append(Channel(cname, sensor, unit, scale, flist, chain))
     return out
-
-
-def decimal_scale(n):
-    """Whether n is 2^a x 5^b: then every value / n is a finite decimal."""
-    for p in (2, 5):
-        while n % p == 0:
-            n //= p
-    return n == 1
 
 
 def _alarms(c, name, names):

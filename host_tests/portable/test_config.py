@@ -228,7 +228,7 @@ def test_names_units_and_scales_that_cannot_make_senml_are_refused():
         assert "channels[0]" in e and "'unit'" in e and "SenML unit" in e and repr(bad) in e, (bad, e)
     for good in ("Cel", "K", "%RH", "%", "/", "beat/min", "m/s2", "deg", "kg/m3", "VAs"):
         assert config.check(dict(base, channels=[dict(ch, unit=good)])).channels[0].unit == good
-    for bad in (3, 6, 7, 12, 30, 1024 * 3, 999):
+    for bad in (3, 6, 7, 12, 30, 1024 * 3, 999, 16384, 2 ** 19):  # 2**14 up: the encoder's limit
         e = err(dict(base, channels=[dict(ch, scale=bad)]))
         assert "channels[0]" in e and "'scale'" in e and "2^a x 5^b" in e, (bad, e)
     for good in (1, 2, 4, 5, 8, 10, 16, 20, 25, 100, 256, 1000, 1024, 3125, 1000000):
