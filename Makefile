@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PETREL := $(VENV)/bin/petrel
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv lint test test-cpython test-vm test-host test-powercut fuzz-collector soak bench bench-outbox bench-filters bench-uplink sim clean
+.PHONY: all venv lint test test-cpython test-vm test-host test-powercut fuzz-collector soak bench bench-outbox bench-filters bench-uplink bench-payload sim clean
 
 all: test
 
@@ -86,13 +86,15 @@ fuzz-collector: $(STAMP)
 	$(PY) host_tests/fuzz_collector.py --inputs 500000 --seed 1
 
 # Benchmarks run on the VM without the simulated board, so `time` is the VM's clock.
-bench: bench-outbox bench-filters bench-uplink
+bench: bench-outbox bench-filters bench-uplink bench-payload
 bench-outbox: $(STAMP)
 	MICROPYPATH=.frozen:$(CURDIR)/lib $(VENV)/bin/micropython bench/outbox.py
 bench-filters: $(STAMP)
 	MICROPYPATH=.frozen:$(CURDIR)/lib $(VENV)/bin/micropython bench/filters.py
 bench-uplink: $(STAMP)
 	$(PY) bench/uplink.py
+bench-payload: $(STAMP)
+	$(PETREL) vm run bench/payload.py
 
 sim: $(STAMP)
 	$(PETREL) sim --boots 48
