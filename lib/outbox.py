@@ -115,6 +115,22 @@ class Outbox:
         self._recover()
 
     # ------------------------------------------------------------ public
+    def start_at(self, seq):
+        """A new outbox (nothing ever appended) numbers its readings from seq:
+        readings are known downstream by their numbers, so a node whose flash
+        was erased must not hand out the numbers of its earlier readings again.
+        Does nothing once a number was handed out."""
+        if self.next_seq != 1 or self.acked or self.floor or self.segs or self.buf or seq <= 1:
+            return
+        self.acked = self.floor = seq - 1  # "everything below is gone": kept through any recovery
+        try:
+            self._save_state()
+        except OSError as e:  # flash failing: numbered from 1 as before, tried again next boot
+            self.acked = self.floor = 0
+            log.warn("outbox", "numbering from 1: state not written: %s", e)
+            return
+        self.next_seq = seq
+
     def append(self, payload, t):
         """Accept one reading; returns its sequence number."""
         if len(payload) > 255:

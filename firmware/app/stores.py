@@ -50,6 +50,10 @@ def make(rtc, with_outbox=True):
     ob = None
     if with_outbox:
         ob = outbox.Outbox(OUTBOX_PATH, rtc=rtcmem.Region(rtc, *state.OUTBOX))
+        # a new outbox (first boot, or the flash erased) numbers from a random
+        # point below 2**30: the collector stores a reading once per number,
+        # so numbers an earlier outbox used must not come back
+        ob.start_at(2 + (int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF))
         # which power-on the relative stamps from here on belong to (on flash
         # at a power-on's first wake only): clock.senml_time dates by it
         clk.begin(ob.next_seq)

@@ -259,3 +259,26 @@ def test_a_reservation_that_did_not_reach_flash_is_not_used():
     simstate.board.power_on()  # RTC lost: resume from what flash reserved
     ob = reopen(path, flash, rtc=rtc_region(), reserve=4)
     assert ob.append(b"x", 0) >= good  # never one handed out before
+
+
+
+def test_a_new_outbox_numbers_from_where_it_is_told_and_keeps_it():
+    for rtc in (None, rtcmem.Region(machine.RTC(), 256, 1024)):
+        path, flash = scratch_dir()
+        ob = outbox.Outbox(path, rtc=rtc)
+        ob.start_at(5000)
+        assert ob.append(b"a", 100) == 5000
+        ob.start_at(9)  # numbers were handed out: no effect
+        assert ob.append(b"b", 101) == 5001
+        ob.flush()
+        ob = outbox.Outbox(path, rtc=rtc)  # recovered from flash
+        assert [r[0] for r in ob.peek(10)] == [5000, 5001]
+        assert ob.append(b"c", 102) == 5002
+
+
+def test_a_start_is_kept_before_any_reading_and_not_moved_by_a_second_one():
+    path, flash = scratch_dir()
+    outbox.Outbox(path).start_at(777)
+    ob = outbox.Outbox(path)  # the next boot, nothing appended yet
+    ob.start_at(123)  # a new random start would not apply: the first one is kept
+    assert ob.append(b"a", 100) == 777 and len(ob) == 1

@@ -115,3 +115,16 @@ def test_a_readings_number_tells_its_power_on_so_none_is_misdated_after_a_power_
     assert abs(got[b_seq] - b_true) <= 1  # its power-on's offset, kept on flash
     assert got[c_seq] >= clock.RELATIVE  # taken with the clock known
     assert got[d_seq] == 0  # this power-on, clock unknown: relative
+
+
+def test_a_new_outbox_does_not_number_from_one_again():
+    # the collector stores a reading once per (device, channel, number): after
+    # an erase the node must not hand out its old numbers again
+    def first_number():
+        ob = stores.make(machine.RTC()).ob
+        return ob.append(b"\x00" * 6, 1), ob
+
+    a, ob = in_node_folder(first_number)
+    b, _ = in_node_folder(first_number)  # the flash erased: a new outbox
+    assert a > 1 and b > 1 and a != b and max(a, b) < 2 ** 30 + 2
+    assert ob.append(b"\x00" * 6, 2) == a + 1  # then one after another
