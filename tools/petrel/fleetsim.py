@@ -289,7 +289,7 @@ def register(sub):
     p = sub.add_parser(
         "fleet-sim", help="publish what N provisioned nodes would, at any speed-up (load tests)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n", 1)[1].strip() + """
+        description=__doc__.split(": ", 1)[1].strip() + """
 
 Exit codes: 0 every message acknowledged by the broker; 1 failed; 2 bad usage.""",
         epilog="""example:

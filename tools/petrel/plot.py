@@ -142,7 +142,7 @@ def register(sub):
     p = sub.add_parser(
         "plot", help="a PNG of a device's channels over time, from the collector's store",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n", 1)[1].strip() + """
+        description=__doc__.split(": ", 1)[1].strip() + """
 
 Exit codes: 0 written; 1 nothing to plot or the store could not be read; 2 bad usage.""",
         epilog="""example:

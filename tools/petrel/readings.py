@@ -174,7 +174,7 @@ def register(sub):
     p = sub.add_parser(
         "readings", help="list or export the readings the collector stored (csv, json, SenML)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n", 1)[1].strip() + """
+        description=__doc__.split(": ", 1)[1].strip() + """
 
 Exit codes: 0 written; 1 the store could not be read; 2 bad usage.""",
         epilog="""example:
