@@ -210,6 +210,41 @@ def test_two_collectors_in_a_group_one_killed_every_reading_stored_once(broker, 
         pub.close()
 
 
+def test_a_retired_group_member_hands_over_its_backlog_and_gets_no_more_share(broker, keys, tmp_path):
+    # a member stopped for good keeps its persistent session and, with it, a
+    # share of the fleet's messages that nobody stores: --retire takes that
+    # backlog, then ends the session, and the group's other members get the rest
+    reg, db = make_registry(tmp_path / "devices.sqlite", keys), tmp_path / "r.sqlite"
+    msgs, expected = feed(keys, 300)
+    later, expected_later = feed(keys, 150, first_seq=1000)
+    a = Proc(tmp_path, broker.ports["plain"], "retire-a", db, reg, group="g2")
+    b = Proc(tmp_path, broker.ports["plain"], "retire-b", db, reg, group="g2")
+    pub = Publisher(broker.ports["plain"], "nodes-retire")
+    try:
+        assert a.kill(signal.SIGTERM) == 0
+        pub.send(msgs).wait()
+        wait_for(lambda: counts(db)["messages"] >= len(msgs) // 3, 20, "b's share stored")
+        time.sleep(0.5)
+        held = len(msgs) - counts(db)["messages"]
+        assert held >= len(msgs) // 3, "the stopped member's session held nothing: no test"
+        r = subprocess.run(
+            [sys.executable, "-m", "petrel.cli", "collect", "--registry", str(reg), "--db", str(db),
+             "--host", "127.0.0.1", "--port", str(broker.ports["plain"]), "--insecure-plain",
+             "--client-id", "retire-a", "--group", "g2", "--no-homeassistant", "--retire"],
+            cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT / "tools")),
+            capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "session ended" in r.stderr
+        assert_all_once(db, expected, len(msgs))
+        pub.send(later).wait()  # b alone now: retire-a's share is not held for it
+        wait_for(lambda: counts(db)["messages"] >= len(msgs) + len(later), 20,
+                 "b storing all of the later messages")
+        assert_all_once(db, {**expected, **expected_later}, len(msgs) + len(later))
+    finally:
+        b.kill()
+        pub.close()
+
+
 def test_sigterm_commits_what_it_received_acknowledges_it_and_exits_0(broker, keys, tmp_path):
     reg, db = make_registry(tmp_path / "devices.sqlite", keys), tmp_path / "r.sqlite"
     msgs, expected = feed(keys, 600)

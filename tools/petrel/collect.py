@@ -85,7 +85,9 @@ class Collector:
         self.on_stored = on_stored
         self.counts = {"messages": 0, "readings": 0, "duplicates": 0, "refused": 0, "retained": 0}
         self.subscribed = threading.Event()
+        self.unsubscribed = threading.Event()
         self.connected = threading.Event()
+        self._last_message = time.monotonic()
         self.failed = None
         self._q = queue.Queue(maxsize=max(16, inflight))
         self._closing = threading.Event()
@@ -119,6 +121,7 @@ class Collector:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = lambda *a: self.unsubscribed.set()
         c.on_message = self._on_message
         return c
 
@@ -157,6 +160,7 @@ class Collector:
             log.warning("disconnected from the broker (%s); reconnecting with backoff", rc)
 
     def _on_message(self, client, userdata, m):
+        self._last_message = time.monotonic()
         if m.retain:  # never data: acknowledge and drop (see the module's docstring)
             self.counts["retained"] += 1
             self._ack(m.mid, m.qos, self._gen)
@@ -321,16 +325,47 @@ class Collector:
         self.client.loop_start()
         return self
 
-    def stop(self, timeout=30):
-        """Stop queueing, commit and acknowledge what is queued, disconnect."""
+    def stop(self, timeout=30, end_session=False):
+        """Stop queueing, commit and acknowledge what is queued, disconnect;
+        end_session: the broker drops the session (nothing is kept for us)."""
         self._closing.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self.client.disconnect()
+        props = None
+        if end_session:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
         log.info("stopped: %(messages)d messages, %(readings)d readings stored, "
                  "%(refused)d refused, %(retained)d retained dropped", self.counts)
         return self.failed is None
+
+    def retire(self, quiet_s=2.0, timeout=600):
+        """Leave the group for good (after start()): store what the broker
+        kept for this client id while it was away, unsubscribe, store what
+        was still on its way, then end the session, so the broker no longer
+        holds a share of the fleet's messages for a collector that will not
+        come back. True when all of it was stored within timeout."""
+        deadline = time.monotonic() + timeout
+
+        def settle():  # no message for quiet_s and nothing waiting to be committed
+            while time.monotonic() < deadline and self.failed is None:
+                if time.monotonic() - self._last_message > quiet_s and self._q.empty():
+                    return True
+                time.sleep(0.1)
+            return False
+
+        ok = self.subscribed.wait(max(0, deadline - time.monotonic())) and settle()
+        if ok:
+            self.client.unsubscribe(self.topics())
+            ok = self.unsubscribed.wait(max(0, deadline - time.monotonic())) and settle()
+        self.stop(end_session=ok)
+        log.info("retired: session %s", "ended" if ok else "kept (not drained; run --retire again)")
+        return ok and self.failed is None
 
     def __enter__(self):
         return self.start()
@@ -377,6 +412,10 @@ def _cmd(args):
                   reload_keys=lambda: provision.load_keys(args.registry))
     log.info("%d devices in %s, storing into %s", len(keys), args.registry, args.db)
     c.start()
+    if args.retire:
+        ok = c.retire()
+        st.close()
+        return 0 if ok else 1
     while not stop.wait(0.5) and c.failed is None:
         pass
     ok = c.stop()
@@ -400,13 +439,15 @@ config per device and channel on HA_PREFIX/sensor/DEVICE/CHANNEL/config and the
 latest value on PREFIX/DEVICE/state/CHANNEL: the broker account needs write
 access there. SIGTERM or Ctrl-C: commits what is in flight, exits 0.
 
-Exit codes: 0 stopped by a signal; 1 the registry or store cannot be used, or
-the service failed; 2 bad usage.""",
+Exit codes: 0 stopped by a signal (--retire: drained, session ended); 1 the
+registry or store cannot be used, or the service failed; 2 bad usage.""",
         epilog="""examples:
   petrel collect --registry devices.sqlite --db readings.sqlite \\
       --host broker.lan --ca broker-ca.pem --username collector --password-file pw.txt
   petrel collect --registry devices.sqlite --db postgresql://petrel@db/petrel \\
-      --host broker.lan --ca broker-ca.pem --group petrel --client-id collect-a""")
+      --host broker.lan --ca broker-ca.pem --group petrel --client-id collect-a
+  petrel collect --registry devices.sqlite --db postgresql://petrel@db/petrel \
+      --host broker.lan --ca broker-ca.pem --group petrel --client-id collect-a --retire""")
     p.add_argument("--registry", required=True, metavar="REGISTRY.sqlite",
                    help="the device registry written by petrel provision (the devices' keys)")
     p.add_argument("--db", required=True, metavar="URL",
@@ -431,6 +472,10 @@ the service failed; 2 bad usage.""",
     p.add_argument("--ha-prefix", default=homeassistant.PREFIX,
                    help="Home Assistant's discovery prefix (default homeassistant)")
     p.add_argument("--no-homeassistant", action="store_true", help="publish no Home Assistant discovery")
+    p.add_argument("--retire", action="store_true",
+                   help="take this --client-id out of service for good: store what the broker kept for "
+                        "it, then end its session (a stopped group member otherwise keeps receiving its "
+                        "share for 7 days), and exit")
     p.set_defaults(func=_cmd_checked)
 
 
