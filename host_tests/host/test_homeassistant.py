@@ -164,8 +164,17 @@ def test_home_assistant_reads_device_values_and_availability_from_the_broker(bro
         assert s == "21.53" and avail is True and "expire_after" not in c  # "sleeping" is available
         assert c["unit_of_measurement"] == "°C" and c["device_class"] == "temperature"
         node.publish("petrel/%s/health" % dev, testmsg.health(key, dev, 2, {
-            "fw": "0.7.0", "uplink_s": 3600, "sample_s": 300, "batt": 3010}, bt=T0 + 600), qos=1)
+            "fw": "0.7.0", "uplink_s": 3600, "sample_s": 300, "batt": 3010, "rssi": 0, "q": 5,
+            "crash": 1, "awake": 327}, bt=T0 + 600), qos=1)
         wait_for(lambda: h.entity("t")[2].get("expire_after") == 2 * 3600 + ha.EXPIRE_MARGIN_S)
+        # the health record's fields: diagnostic entities of the same device
+        s, avail, c = wait_for(lambda: h.entity("_health_batt")[0] and h.entity("_health_batt"))
+        assert s == "3010" and avail is True and c["entity_category"] == "diagnostic"
+        assert c["device_class"] == "voltage" and c["unit_of_measurement"] == "mV"
+        assert c["device"]["identifiers"] == ["petrel_" + dev] and c["name"] == "battery"
+        assert wait_for(lambda: h.entity("_health_q")[0]) == "5"
+        assert wait_for(lambda: h.entity("_health_awake")[0]) == "327"
+        assert ha.discovery_topic(dev, "_health_rssi") not in h.configs  # 0: not measured
         for ch in ("t", "rh", "bat"):
             c = h.entity(ch)[2]
             assert c["device"]["sw_version"] == "0.7.0" and c["device"]["identifiers"] == ["petrel_" + dev]
@@ -181,6 +190,7 @@ def test_home_assistant_reads_device_values_and_availability_from_the_broker(bro
         # safe mode: the node takes no readings, its values are not current
         node.publish(status, b"safe", qos=1, retain=True).wait_for_publish(5)
         wait_for(lambda: h.entity("t")[1] is False)
+        assert h.entity("_health_batt")[1] is True  # health still comes in safe mode
         node.publish(status, b"online", qos=1, retain=True).wait_for_publish(5)
         wait_for(lambda: h.entity("t")[1] is True)
         # a new firmware: the config is sent again
@@ -188,12 +198,21 @@ def test_home_assistant_reads_device_values_and_availability_from_the_broker(bro
                      qos=1)
         wait_for(lambda: h.entity("t")[2]["device"]["sw_version"] == "0.7.1")
         assert h.entity("t")[2]["expire_after"] == 600 + ha.EXPIRE_MARGIN_S
+        node.publish("petrel/%s/health" % dev, testmsg.health(key, dev, 8, {"batt": 2950}), qos=1)
+        wait_for(lambda: h.entity("_health_batt")[0] == "2950")
+        # a health record older than the one shown (a resend, another collector) changes nothing
+        node.publish("petrel/%s/health" % dev, testmsg.health(key, dev, 7, {"batt": 3300}), qos=1)
+        wait_for(lambda: col.counts["messages"] == 7)
+        time.sleep(0.2)
+        assert h.entity("_health_batt")[0] == "2950"
     finally:
         h.close()
         col.stop()
         st.close()
-        for t in [status] + [ha.discovery_topic(dev, ch) for ch in ("t", "rh", "bat")] + [
-                ha.state_topic(dev, ch) for ch in ("t", "rh", "bat")]:
+        fields = [ha.health_object(f) for f in ha.HEALTH]
+        for t in [status] + [ha.discovery_topic(dev, ch) for ch in ("t", "rh", "bat", *fields)] + [
+                ha.state_topic(dev, ch) for ch in ("t", "rh", "bat")] + [
+                ha.health_state_topic(dev, f) for f in ha.HEALTH]:
             node.publish(t, b"", qos=1, retain=True).wait_for_publish(5)
         node.loop_stop()
         node.disconnect()

@@ -31,9 +31,20 @@ What the config says and why:
 Home Assistant stamps a state with its arrival time, not the measurement's:
 the state is the newest reading of the channel (older resends never replace
 it), and the store keeps the real times.
+
+The health record's fields a fleet owner watches (HEALTH: battery, Wi-Fi
+signal, readings queued, awake time, crashes) are diagnostic entities of the
+same device: homeassistant/sensor/<device>/_health_<field>/config, the value
+on petrel/<device>/state/_health/<field> (a channel name never starts with
+"_", so neither can collide with a channel's). They stay available in safe
+mode (the node still sends its health then), a value the node marks as not
+measured (battery 0, RSSI 0, queue -1) is not published, and an older health
+record (lower COSE sequence number, from a resend or another collector)
+never replaces a newer one's values.
 """
 
 import json
+import math
 import re
 
 from . import __version__
@@ -45,6 +56,17 @@ AVAILABLE = "online"
 NOT_AVAILABLE = "offline"
 AVAILABILITY_TEMPLATE = ("{{ '%s' if value in ('online', 'sleeping') else '%s' }}"
                          % (AVAILABLE, NOT_AVAILABLE))
+HEALTH_AVAILABILITY_TEMPLATE = ("{{ '%s' if value in ('online', 'sleeping', 'safe') else '%s' }}"
+                                % (AVAILABLE, NOT_AVAILABLE))
+
+# health field -> (entity name, HA unit, device class, the node's "not measured")
+HEALTH = {
+    "batt": ("battery", "mV", "voltage", 0),
+    "rssi": ("Wi-Fi signal", "dBm", "signal_strength", 0),
+    "q": ("readings queued", None, None, -1),
+    "awake": ("awake time", "ms", "duration", None),
+    "crash": ("crashes since power-on", None, None, None),
+}
 
 # SenML unit (RFC 8428 and RFC 8798's secondary units) -> (Home Assistant's
 # unit, device class); the pairs are ones HA accepts together
@@ -89,6 +111,27 @@ def expire_after(health):
     return 2 * up + EXPIRE_MARGIN_S if 0 < up < 10 ** 8 else None
 
 
+def health_object(field):
+    return "_health_" + field
+
+
+def health_state_topic(device, field, topic_prefix="petrel"):
+    return "%s/%s/state/_health/%s" % (topic_prefix, device, field)
+
+
+def health_config(device, field, health=None, topic_prefix="petrel"):
+    """The discovery payload of one health field (a diagnostic entity)."""
+    name, ha_unit, dclass, _ = HEALTH[field]
+    c = config(device, health_object(field), None, health, topic_prefix)
+    c.update(name=name, state_topic=health_state_topic(device, field, topic_prefix),
+             entity_category="diagnostic", availability_template=HEALTH_AVAILABILITY_TEMPLATE)
+    if ha_unit:
+        c["unit_of_measurement"] = ha_unit
+    if dclass:
+        c["device_class"] = dclass
+    return c
+
+
 def config(device, channel, unit, health=None, topic_prefix="petrel"):
     """The discovery payload (a dict) of one channel of one device."""
     ha_unit, dclass = UNITS.get(unit, (unit or None, None))
@@ -131,6 +174,8 @@ class Publisher:
         self.prefix = prefix
         self.topic_prefix = topic_prefix
         self.health = {}    # device -> last health dict
+        self.health_seq = {}  # device -> COSE seq of the health record published
+        self.health_configs = {}  # (device, field) -> published config
         self.channels = {}  # device -> {channel: [unit, published config, newest (time, rid)]}
 
     def seed(self, device, health):
@@ -141,9 +186,13 @@ class Publisher:
 
     def stored(self, msg):
         if msg.kind == "health":
+            if msg.seq <= self.health_seq.get(msg.device, -1):
+                return  # an older record than the one shown
+            self.health_seq[msg.device] = msg.seq
             self.health[msg.device] = dict(msg.health or {})
             for ch in list(self.channels.get(msg.device, ())):
                 self._config(msg.device, ch)
+            self._health(msg.device)
             return
         chans = self.channels.setdefault(msg.device, {})
         newest = {}
@@ -166,6 +215,21 @@ class Publisher:
                 st[2] = k
                 self.publish(state_topic(msg.device, ch, self.topic_prefix),
                              r.exact.encode(), 0, True)
+
+    def _health(self, device):
+        h = self.health[device]
+        for field, (_, _, _, unknown) in HEALTH.items():
+            v = h.get(field)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v == unknown or \
+                    (isinstance(v, float) and not math.isfinite(v)):
+                continue
+            c = health_config(device, field, h, self.topic_prefix)
+            if c != self.health_configs.get((device, field)):
+                self.health_configs[(device, field)] = c
+                self.publish(discovery_topic(device, health_object(field), self.prefix),
+                             json.dumps(c, sort_keys=True).encode(), 1, True)
+            self.publish(health_state_topic(device, field, self.topic_prefix),
+                         ("%d" % v if v == int(v) else repr(v)).encode(), 0, True)
 
     def _config(self, device, ch):
         st = self.channels[device][ch]
