@@ -25,6 +25,19 @@ loss: on a power cut the readings still in RTC (at most one region's worth)
 are lost, and sequence numbers are reserved ahead on flash so none is reused.
 Without `rtc`, every append is on flash before it returns.
 
+Limits. Sequence numbers are u32 and are reading ids downstream (the
+collector stores each (device, channel, id) once; a new outbox starts below
+2**30, see start_at): the last one handed out is MAX_SEQ = 2**32 - 2 (the
+reservation on flash must lie above it). Past it append() refuses the reading
+with Exhausted (an OSError: the caller counts it, as it counts a flash that
+refuses) and `refused` counts it; readings already stored stay and drain, and
+no number is ever wrapped or reused: a node that got there (about 4 billion
+readings, or crafted state) needs a new device id. Records and state found at
+recovery with numbers up to 2**32 - 1 are kept and delivered. The state's
+counters (drops, corrupt, discarded) saturate at 2**32 - 1; segment file
+numbers (8 digits) are renumbered from 1, order kept, before they would need
+a ninth.
+
 Recovery at boot never crashes on what it finds: a torn or corrupted record is
 skipped and counted and the good records after it are kept (the segment is
 rewritten without it, so it is counted once); a segment from another version
@@ -47,6 +60,18 @@ STATE_MAGIC = b"PS" + bytes((VERSION,))
 _STATE_FMT = "<IIIIII"  # acked, floor, drops, corrupt, discarded, seq_limit
 _STATE_LEN = 3 + 24 + 4
 _RTC_FMT = "<I"  # next sequence number, then records
+U32 = 0xFFFFFFFF
+MAX_SEQ = U32 - 1  # the last number handed out: seq_limit (u32) can still lie above it
+SEGNO_MAX = 99999999  # segment file names have 8 digits
+
+
+class Exhausted(OSError):
+    """No sequence number left: the reading is refused (see the module's docstring)."""
+
+
+def _sat(n):
+    """A counter as the state file keeps it: saturated, never wrapped."""
+    return n if n < U32 else U32
 
 
 def encode(seq, t, payload):
@@ -108,6 +133,7 @@ class Outbox:
         self.corrupt = 0  # damaged records skipped at recovery
         self.discarded = 0  # files discarded: another version, foreign, unreadable
         self.seq_limit = 0  # seqs below this may have been handed out
+        self.refused = 0  # readings refused since this open: no number left (MAX_SEQ)
         self.rtc_lost = False  # the RTC buffer was lost (power cut) before this boot
         self.segs = []  # [segno, first_seq, last_seq, live_count, nbytes], oldest first
         self.buf = []  # RTC fast path: [(seq, t, payload)], newer than any segment
@@ -120,7 +146,8 @@ class Outbox:
         readings are known downstream by their numbers, so a node whose flash
         was erased must not hand out the numbers of its earlier readings again.
         Does nothing once a number was handed out."""
-        if self.next_seq != 1 or self.acked or self.floor or self.segs or self.buf or seq <= 1:
+        if (self.next_seq != 1 or self.acked or self.floor or self.segs or self.buf or seq <= 1
+                or seq > MAX_SEQ):
             return
         self.acked = self.floor = seq - 1  # "everything below is gone": kept through any recovery
         try:
@@ -132,19 +159,25 @@ class Outbox:
         self.next_seq = seq
 
     def append(self, payload, t):
-        """Accept one reading; returns its sequence number."""
+        """Accept one reading; returns its sequence number. Raises Exhausted
+        (an OSError) past MAX_SEQ, OSError when the flash refuses: either way
+        the reading is not kept and nothing kept before is touched."""
         if len(payload) > 255:
             raise ValueError("outbox payload over 255 bytes")
-        if t < 0 or t > 0xFFFFFFFF:
+        if t < 0 or t > U32:
             raise ValueError("outbox timestamp out of u32 range")
         seq = self.next_seq
+        if seq > MAX_SEQ:
+            self.refused += 1
+            raise Exhausted("outbox: no sequence number left, reading refused")
         if self.rtc is None:
             self._write([encode(seq, t, payload)], seq, seq)
             self.next_seq = seq + 1
             return seq
         if seq >= self.seq_limit:
-            self._save_state(seq + self.reserve)  # reserved on flash before any of them leaves
-            self.seq_limit = seq + self.reserve
+            limit = min(seq + self.reserve, U32)  # > seq, as seq <= MAX_SEQ
+            self._save_state(limit)  # reserved on flash before any of them leaves
+            self.seq_limit = limit
         if self._rtc_bytes() + REC_OVERHEAD + len(payload) > self.rtc.size - rtcmem.OVERHEAD:
             self.flush()  # raises if flash fails: this reading is refused, none is lost
         self.buf.append((seq, t, bytes(payload)))
@@ -204,7 +237,7 @@ class Outbox:
 
     def stats(self):
         return {"depth": len(self), "drops": self.drops, "corrupt": self.corrupt,
-                "discarded": self.discarded, "next_seq": self.next_seq,
+                "discarded": self.discarded, "next_seq": self.next_seq, "refused": self.refused,
                 "flash_bytes": sum(s[4] for s in self.segs), "rtc": len(self.buf)}
 
     # ------------------------------------------------------------ flash
@@ -238,7 +271,7 @@ class Outbox:
             old = self.segs[0]
             if len(self.segs) == 1 and old[4] < self.segment_bytes:
                 break  # never drop the segment being filled
-            self.drops += old[3]
+            self.drops = _sat(self.drops + old[3])
             self.floor = max(self.floor, old[2])
             self._save_state()  # before removing: dropped records never come back
             self._remove(old[0])
@@ -247,6 +280,8 @@ class Outbox:
             log.warn("outbox", "full dropped=%d total_drops=%d", old[3], self.drops)
         seg = self.segs[-1] if self.segs else None
         if seg is None or seg[4] >= self.segment_bytes:
+            if self._next_segno > SEGNO_MAX:
+                self._renumber()
             segno = self._next_segno
             with open(self._seg_path(segno), "wb") as f:
                 f.write(SEG_HEADER + b"".join(records))
@@ -259,6 +294,19 @@ class Outbox:
         seg[2] = last
         seg[3] += len(records)
         seg[4] += size
+
+    def _renumber(self):
+        """Segments as 1, 2, ... in their order, so the next name has 8 digits.
+        Each name only goes down and stays above the ones already renamed: a
+        power cut in the middle leaves them in order."""
+        n = 0
+        for seg in self.segs:
+            n += 1
+            if seg[0] != n:
+                os.rename(self._seg_path(seg[0]), self._seg_path(n))
+                seg[0] = n
+        self._next_segno = n + 1
+        log.warn("outbox", "segment files renumbered from 1")
 
     def _save_state(self, seq_limit=None):
         if seq_limit is None:
@@ -292,7 +340,9 @@ class Outbox:
 
     def _save_rtc(self):
         if self.rtc is not None:
-            self.rtc.save(struct.pack(_RTC_FMT, self.next_seq)
+            # next_seq is 2**32 only after a crafted record of 2**32 - 1: as
+            # U32 it still recovers as 2**32 (above the records and the floor)
+            self.rtc.save(struct.pack(_RTC_FMT, min(self.next_seq, U32))
                           + b"".join([encode(s, t, p) for s, t, p in self.buf]))
 
     # ------------------------------------------------------------ recovery
@@ -303,9 +353,10 @@ class Outbox:
             pass
         why = self._load_state()
         if why == "bad":
-            self.discarded += 1
+            self.discarded = _sat(self.discarded + 1)
             log.warn("outbox", "state file damaged, starting from the segments")
         names = []
+        dirty = False
         for name in os.listdir(self.path):
             if name in ("state", "state.tmp"):
                 continue
@@ -313,10 +364,10 @@ class Outbox:
                 names.append(int(name[:8]))
             else:
                 self._discard(self.path + "/" + name, "foreign file")
+                dirty = True  # the count is kept
         names.sort()
         self._next_segno = (names[-1] + 1) if names else 1
         last = self.floor
-        dirty = False
         for segno in names:
             last, d = self._recover_segment(segno, last)
             dirty = dirty or d
@@ -325,7 +376,7 @@ class Outbox:
             self._save_state()
 
     def _discard(self, path, why):
-        self.discarded += 1
+        self.discarded = _sat(self.discarded + 1)
         log.warn("outbox", "discarded file=%s why=%s", path, why)
         try:
             os.remove(path)
@@ -361,7 +412,7 @@ class Outbox:
                 first = seq
             top = seq
         if damaged:
-            self.corrupt += damaged
+            self.corrupt = _sat(self.corrupt + damaged)
             log.warn("outbox", "skipped damaged records=%d file=%08d.q kept=%d", damaged, segno, len(good))
         if not good:
             self._remove(segno)

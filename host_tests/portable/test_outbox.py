@@ -282,3 +282,119 @@ def test_a_start_is_kept_before_any_reading_and_not_moved_by_a_second_one():
     ob = outbox.Outbox(path)  # the next boot, nothing appended yet
     ob.start_at(123)  # a new random start would not apply: the first one is kept
     assert ob.append(b"a", 100) == 777 and len(ob) == 1
+
+
+def state_file(acked, floor, drops, corrupt, discarded, seq_limit):
+    """A state file as the outbox writes it (CRC-valid), with chosen counters."""
+    import struct
+    from binascii import crc32
+
+    body = outbox.STATE_MAGIC + struct.pack("<IIIIII", acked, floor, drops, corrupt, discarded, seq_limit)
+    return body + struct.pack("<I", crc32(body) & 0xFFFFFFFF)
+
+
+def test_the_last_number_is_handed_out_then_readings_are_refused_and_none_is_lost():
+    for rtc in (None, rtc_region()):
+        path, flash = scratch_dir()
+        ob = outbox.Outbox(path, rtc=rtc)
+        ob.start_at(outbox.MAX_SEQ - 1)
+        assert ob.append(b"a", 100) == outbox.MAX_SEQ - 1
+        assert ob.append(b"b", 101) == outbox.MAX_SEQ  # 2**32 - 2: the last one
+        e = raises(outbox.Exhausted, ob.append, b"c", 102)
+        assert isinstance(e, OSError)  # what a caller counts as a refused reading
+        assert ob.stats()["refused"] == 1 and ob.next_seq == outbox.MAX_SEQ + 1
+        ob.flush()
+        ob = reopen(path, flash, rtc=rtc)
+        # stored under their own numbers, not wrapped to 0 and dropped at this open
+        assert ob.peek(10) == [(outbox.MAX_SEQ - 1, 100, b"a"), (outbox.MAX_SEQ, 101, b"b")]
+        raises(outbox.Exhausted, ob.append, b"d", 103)  # still refused: never a reused number
+        ob.ack(outbox.MAX_SEQ)
+        ob = reopen(path, flash, rtc=rtc)
+        assert ob.peek(10) == [] and ob.acked == outbox.MAX_SEQ
+        raises(outbox.Exhausted, ob.append, b"e", 104)
+
+
+def test_a_reservation_near_the_top_stops_at_u32_and_covers_the_last_number():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path, rtc=rtc_region(), reserve=1024)
+    ob.start_at(outbox.MAX_SEQ - 3)
+    assert [ob.append(b"x", i) for i in range(4)] == list(range(outbox.MAX_SEQ - 3, outbox.MAX_SEQ + 1))
+    assert ob.seq_limit == outbox.U32
+    simstate.board.power_on()  # RTC lost: resume from what flash reserved
+    ob = reopen(path, flash, rtc=rtc_region())
+    assert ob.rtc_lost
+    raises(outbox.Exhausted, ob.append, b"y", 9)  # none of the lost numbers handed out again
+
+
+def test_crafted_state_at_u32_max_refuses_new_readings_and_saturates_its_counters():
+    u32 = outbox.U32
+    for rtc in (None, rtc_region()):
+        path, flash = scratch_dir()
+        ob = outbox.Outbox(path, rtc=rtc)
+        rewrite(path + "/state", state_file(u32, u32, u32, u32, u32 - 1, u32))
+        ob = reopen(path, flash, rtc=rtc)
+        assert ob.drops == u32 and ob.acked == u32
+        raises(outbox.Exhausted, ob.append, b"x", 1)
+        for _ in range(2):  # a discard up to the top, then one more on it
+            rewrite(path + "/foreign", b"junk")
+            ob = reopen(path, flash, rtc=rtc)
+        ob = reopen(path, flash, rtc=rtc)  # and the state written with it reads back
+        assert ob.discarded == u32 and ob.drops == u32 and len(ob) == 0
+
+
+def test_drops_saturate_at_u32_and_the_queue_still_works():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path, capacity=512, segment_bytes=256)
+    rewrite(path + "/state", state_file(0, 0, outbox.U32 - 1, 0, 0, 0))
+    ob = reopen(path, flash, capacity=512, segment_bytes=256)
+    seqs = [ob.append(payload(i), i) for i in range(60)]  # overflows the capacity: drops
+    assert ob.drops == outbox.U32
+    ob = reopen(path, flash, capacity=512, segment_bytes=256)
+    assert ob.drops == outbox.U32
+    assert [r[0] for r in ob.peek(100)] == seqs[-len(ob):]
+
+
+def test_crafted_records_numbered_up_to_u32_max_are_delivered_and_nothing_wraps():
+    u32 = outbox.U32
+    for rtc in (None, rtc_region()):
+        path, flash = scratch_dir()
+        outbox.Outbox(path, rtc=rtc)
+        rewrite(path + "/00000001.q", outbox.SEG_HEADER + outbox.encode(u32 - 1, 5, b"p")
+                + outbox.encode(u32, 6, b"q"))
+        ob = reopen(path, flash, rtc=rtc)
+        assert ob.peek(10) == [(u32 - 1, 5, b"p"), (u32, 6, b"q")]
+        raises(outbox.Exhausted, ob.append, b"r", 7)
+        ob = reopen(path, flash, rtc=rtc)  # the RTC record kept no wrapped number
+        assert [r[0] for r in ob.peek(10)] == [u32 - 1, u32]
+        ob.ack(u32)
+        ob = reopen(path, flash, rtc=rtc)
+        assert ob.peek(10) == [] and ob.acked == u32
+        raises(outbox.Exhausted, ob.append, b"s", 8)
+
+
+def test_segment_names_are_renumbered_in_order_before_they_need_nine_digits():
+    path, flash = scratch_dir()
+    ob = outbox.Outbox(path, capacity=1024, segment_bytes=64)
+    recs = [outbox.encode(i, i, payload(i)) for i in range(1, 5)]
+    rewrite(path + "/99999998.q", outbox.SEG_HEADER + recs[0] + recs[1])
+    rewrite(path + "/99999999.q", outbox.SEG_HEADER + recs[2] + recs[3])
+    ob = reopen(path, flash, capacity=1024, segment_bytes=64)
+    for i in range(5, 12):
+        assert ob.append(payload(i), i) == i
+    names = sorted(n for n in os.listdir(path) if n.endswith(".q"))
+    assert all(len(n) == 10 for n in names) and names[0] == "00000001.q"
+    ob = reopen(path, flash, capacity=1024, segment_bytes=64)
+    assert [r[0] for r in ob.peek(100)] == list(range(1, 12)) and ob.discarded == 0
+
+
+def test_a_crafted_rtc_record_numbered_u32_max_is_delivered_and_its_ack_kept():
+    import struct
+
+    path, flash = scratch_dir()
+    rtc_region().save(struct.pack("<I", outbox.U32) + outbox.encode(outbox.U32, 9, b"z"))
+    ob = outbox.Outbox(path, rtc=rtc_region())
+    assert ob.peek(10) == [(outbox.U32, 9, b"z")]
+    ob.ack(outbox.U32)  # rewrites the RTC record with a next number of 2**32
+    ob = reopen(path, flash, rtc=rtc_region())
+    assert ob.peek(10) == []
+    raises(outbox.Exhausted, ob.append, b"x", 10)  # 2**32 kept as U32, not wrapped to 0
