@@ -24,6 +24,13 @@ again and drop them as replays until the count passes them. The RTC record is
 trusted on a wake without reading flash: a file replaced behind its back (a
 filesystem wiped while RTC memory kept power) is not noticed before the next
 block. Without an RTC region every boot starts a new block: pick a small k.
+
+The limit: numbers go up to MAX = 2**63 - 1 (what the collector accepts, a
+signed 64-bit column). Past it next() raises Exhausted (a ValueError, which
+the uplink's drain treats as a failed session: the readings stay queued) and
+never wraps: a repeated number would be a replay to the receiver. A counter
+gets there only from crafted state (at one number a second, 2**63 is
+beyond any battery); the device then needs a new key.
 """
 
 import os
@@ -36,6 +43,12 @@ VERSION = 1
 MAGIC = b"PSQ" + bytes((VERSION,))
 _FILE_LEN = 4 + 8 + 4
 RTC_MAGIC = b"SQ"
+MAX = (1 << 63) - 1  # the last number handed out
+_U64 = (1 << 64) - 1
+
+
+class Exhausted(ValueError):
+    """No number left below MAX: nothing may be sealed with this key any more."""
 
 
 class SeqCounter:
@@ -64,8 +77,11 @@ class SeqCounter:
             self._fresh = False
             if self.floor is not None:
                 n = max(n, int(self.floor()))
+        if n > MAX:
+            log.error("seq", "counter exhausted at %d: nothing can be sealed", n)
+            raise Exhausted("seqcounter: no number left, a new key is needed")
         if n >= self._limit:
-            self._persist(n + self.k)  # before any number of the block leaves
+            self._persist(min(n + self.k, _U64))  # before any number of the block leaves
         self._next = n + 1
         self._save_rtc()
         return n

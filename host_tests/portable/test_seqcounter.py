@@ -204,3 +204,51 @@ def test_a_counter_with_nothing_to_trust_starts_at_its_floor():
     assert c.next() == 50000 and c.next() == 50001  # a board erased and provisioned again
     c = seqcounter.SeqCounter(path + "/seq", floor=lambda: 7)
     assert c.next() > 50001  # the file is trusted over the floor
+
+
+def counter_file(limit):
+    """The counter's file as it writes it (CRC-valid), with a chosen limit."""
+    import struct
+    from binascii import crc32
+
+    body = seqcounter.MAGIC + struct.pack("<Q", limit)
+    return body + struct.pack("<I", crc32(body) & 0xFFFFFFFF)
+
+
+def test_the_last_number_is_2_pow_63_minus_1_then_it_refuses_and_never_wraps():
+    path, flash = scratch_dir()
+    with open(path + "/seq", "wb") as f:
+        f.write(counter_file(seqcounter.MAX - 1))  # crafted: a counter near its end
+    c = seqcounter.SeqCounter(path + "/seq", region(), k=64)
+    assert [c.next(), c.next()] == [seqcounter.MAX - 1, seqcounter.MAX]
+    e = None
+    try:
+        c.next()
+    except seqcounter.Exhausted as x:
+        e = x
+    assert isinstance(e, ValueError)  # what a drain takes as a failed session
+    c = seqcounter.SeqCounter(path + "/seq", region(), k=64)  # a wake: from RTC memory
+    assert c.resumed == "rtc" and c.peek() == seqcounter.MAX + 1
+    power_loss(path, flash)
+    c = seqcounter.SeqCounter(path + "/seq", region(), k=64)  # from flash: the limit did not wrap
+    assert c.resumed == "flash" and c.peek() > seqcounter.MAX
+    for _ in range(2):
+        try:
+            c.next()
+            raise AssertionError("a number past MAX was handed out")
+        except seqcounter.Exhausted:
+            pass
+
+
+def test_a_crafted_limit_at_u64_max_is_refused_not_wrapped():
+    path, flash = scratch_dir()
+    with open(path + "/seq", "wb") as f:
+        f.write(counter_file((1 << 64) - 1))
+    for _ in range(2):
+        c = seqcounter.SeqCounter(path + "/seq", region())
+        try:
+            c.next()
+            raise AssertionError("a number past MAX was handed out")
+        except seqcounter.Exhausted:
+            pass
+        power_loss(path, flash)
