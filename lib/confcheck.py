@@ -8,11 +8,44 @@ Every message starts with where the value is (file, object, channel, filter)
 and names the key and the form expected, so a person can fix the file from
 the log line alone. Used by app.config (config.json, board.json) and by
 filterconf (a channel's filters).
+
+Total: every checker here returns a valid value or raises ConfigError, and
+nothing else, whatever the JSON holds. Numbers are bounded before anyone
+computes with them: no NaN or Infinity (CPython's json reads them, and 1e999
+is Infinity on both interpreters), and no magnitude above MAX_NUMBER, so a
+value times a channel's scale (at most 10**6) stays an exact float and an int
+well inside 64 bits. An error message shows at most SHOWN characters of the
+value it refuses (and only the size of a list or object), so a hostile value
+cannot make the message, or the log line, big or deep.
 """
+
+MAX_NUMBER = 10 ** 9  # no quantity a node measures is beyond 1e9 of its unit (lux ~1e5, Pa ~1e5)
+SHOWN = 40  # characters of a refused value in a message
 
 
 class ConfigError(ValueError):
     pass
+
+
+def show(v):
+    """A refused value, short: repr of a scalar cut to SHOWN characters, a
+    list or object by its size (their repr could be deep or long)."""
+    if isinstance(v, list):
+        return "a list of %d" % len(v)
+    if isinstance(v, dict):
+        return "an object of %d keys" % len(v)
+    if isinstance(v, int) and not isinstance(v, bool) and not -MAX_NUMBER <= v <= MAX_NUMBER:
+        return "an integer of %d digits" % len(str(abs(v)))
+    r = repr(v)
+    return r if len(r) <= SHOWN else r[:SHOWN] + "..."
+
+
+def finite(v):
+    """v is an int or a float that is not NaN or +-Infinity (plain arithmetic:
+    no math.isfinite on every port)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) or v - v == 0  # inf - inf and nan - nan are nan
 
 
 class Check:
@@ -30,12 +63,12 @@ class Check:
 
     def must(self, key, expected, got):
         """key: '' when the value itself is wrong."""
-        self.fail(("key '%s' must be " % key if key else "must be ") + "%s, got %r" % (expected, got))
+        self.fail(("key '%s' must be " % key if key else "must be ") + "%s, got %s" % (expected, show(got)))
 
     def get(self, key, default=None, required=False):
         self.seen.append(key)
         if not isinstance(self.data, dict):
-            self.fail("expected a mapping of options, got %r" % (self.data,))
+            self.fail("expected a mapping of options, got %s" % show(self.data))
         if key in self.data:
             return self.data[key]
         if required:
@@ -51,14 +84,15 @@ class Check:
                     self.fail("unknown key '%s' (expected: %s)" % (k, ", ".join(self.seen)))
 
     # ------------------------------------------------------------ values
-    def number(self, v, key):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            self.must(key, "a number", v)
+    def number(self, v, key, lo=-MAX_NUMBER, hi=MAX_NUMBER):
+        """A finite int or float in lo..hi."""
+        if not finite(v) or not lo <= v <= hi:
+            self.must(key, "a number in %s..%s" % (lo, hi), v)
         return v
 
-    def count(self, v, key, lo=1):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            self.must(key, "an integer >= %d" % lo, v)
+    def count(self, v, key, lo=1, hi=MAX_NUMBER):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            self.must(key, "an integer in %d..%d" % (lo, hi), v)
         return v
 
     def flag(self, key, default=False):

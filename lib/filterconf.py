@@ -10,22 +10,47 @@ Numbers in the configuration are in the channel's unit and become ints in
 1/scale units; durations are "500ms", "10s", "5min", "2h" or milliseconds.
 Errors are confcheck.ConfigError naming the channel, the filter and the key:
     channel 'temp', filter 2 'clamp': unknown key 'minimum' (expected: min_value, ...)
+
+Bounded here, once, so that building a chain and running it per sample can
+neither raise, hang nor allocate without bound, whatever the file says:
+- every number finite and within confcheck.MAX_NUMBER (1e9) of the unit;
+  values in 1/scale units within VALUE_LIMIT (what a stored reading holds)
+- counts (skip_initial, send_every, send_first_at) at most MAX_COUNT: they
+  live in filterprog's array("i") state, whose snapshot keeps below 2**29
+- round: accuracy_decimals 0..MAX_DECIMALS (10**decimals is computed)
+- calibrate_polynomial: degree 1..MAX_DEGREE, whose normal equations hold
+  x**(2 * degree): (1e15)**16 = 1e240, inside a double
+- datapoints and filter_out values: at most MAX_POINTS each
+- filters in a list: at most MAX_FILTERS; `or` nested at most MAX_DEPTH deep
+  (the build and every push recurse once per level)
+- a percentage delta in (0, MAX_PERCENT]
 """
 
 import filterprog as prog
 import filters as f
-from confcheck import Check, ConfigError
+from confcheck import Check, ConfigError, show
 
 _UNITS = (("ms", 1), ("min", 60000), ("s", 1000), ("h", 3600000))
+
+VALUE_LIMIT = (1 << 31) - 1  # a reading is stored as a signed 32-bit int (uplink.pack_reading)
+MAX_COUNT = 1000000  # samples: 115 days at the shortest interval (10 s)
+MAX_DECIMALS = 9  # a scale is at most 10**6: past 6 decimals every step is 1
+MAX_DEGREE = 8
+MAX_POINTS = 64
+MAX_FILTERS = 32
+MAX_DEPTH = 4  # or inside or inside or inside or
+MAX_PERCENT = 10000  # a change of 100 times the last value
+MAX_SCALE = 1000000  # as config.json's: 1e9 x 1e6 stays exact in a double
 
 
 class _Options(Check):
     """One filter's options; numbers in the channel's unit."""
 
-    def __init__(self, where, data, channel, scale):
+    def __init__(self, where, data, channel, scale, depth):
         Check.__init__(self, where, data)
         self.channel = channel
         self.scale = scale
+        self.depth = depth  # how many `or` this filter is inside
 
     def scalar(self, key):
         """Filters written as `name: value` or `name: {key: value}`."""
@@ -35,8 +60,13 @@ class _Options(Check):
         return self.data
 
     def units(self, v, key):
-        """A value in the channel's unit -> int in 1/scale units."""
-        return int(round(self.number(v, key) * self.scale))
+        """A value in the channel's unit -> int in 1/scale units, within
+        +-VALUE_LIMIT. number() bounds it first: |v * scale| <= 1e15, finite."""
+        u = int(round(self.number(v, key) * self.scale))
+        if not -VALUE_LIMIT <= u <= VALUE_LIMIT:
+            self.fail("key '%s' is %s units of 1/%d: more than a reading holds (+-%d): "
+                      "use a coarser scale" % (key, u, self.scale, VALUE_LIMIT))
+        return u
 
     def duration(self, v, key):
         """"500ms", "10s", "5min", "2h" or a number of milliseconds."""
@@ -50,40 +80,37 @@ class _Options(Check):
                     if 0 < ms < (1 << 29):
                         return int(ms)
                     break
-            self.fail("key '%s' must be a duration like 500ms, 10s, 5min, 2h; got %r" % (key, v))
+            self.fail("key '%s' must be a duration like 500ms, 10s, 5min, 2h; got %s" % (key, show(v)))
         v = self.number(v, key)
         if not 0 < v < (1 << 29):
-            self.fail("key '%s' must be a duration between 1 ms and 6 days, got %r" % (key, v))
+            self.fail("key '%s' must be a duration between 1 ms and 6 days, got %s" % (key, show(v)))
         return int(v)
 
     def points(self, v, key):
-        if not isinstance(v, list) or not v:
-            self.fail("key '%s' must be a list of datapoints" % key)
+        if not isinstance(v, list) or not v or len(v) > MAX_POINTS:
+            self.fail("key '%s' must be a list of 1..%d datapoints" % (key, MAX_POINTS))
         out = []
         for p in v:
             if isinstance(p, str) and "->" in p:
-                a, b = p.split("->")
                 try:
+                    a, b = p.split("->")
                     p = [float(a), float(b)]
                 except ValueError:
-                    self.fail("datapoint %r is not 'number -> number'" % p)
+                    self.fail("datapoint %s is not 'number -> number'" % show(p))
             if not isinstance(p, (list, tuple)) or len(p) != 2:
-                self.fail("datapoint %r is not [from, to] or 'from -> to'" % (p,))
+                self.fail("datapoint %s is not [from, to] or 'from -> to'" % show(p))
             out.append((self.units(p[0], key), self.units(p[1], key)))
         return out
 
     def every(self, d_every, d_first):
-        every = self.count(self.get("send_every", d_every), "send_every")
-        first = self.count(self.get("send_first_at", d_first), "send_first_at")
+        every = self.count(self.get("send_every", d_every), "send_every", 1, MAX_COUNT)
+        first = self.count(self.get("send_first_at", d_first), "send_first_at", 1, MAX_COUNT)
         if first > every:
             self.fail("send_first_at (%d) must not exceed send_every (%d)" % (first, every))
         return every, first
 
     def window(self, d_size, lo=1):
-        size = self.count(self.get("window_size", d_size), "window_size", lo)
-        if size > 64:
-            self.fail("key 'window_size' must be at most 64, got %d" % size)
-        return size
+        return self.count(self.get("window_size", d_size), "window_size", lo, 64)
 
 
 # ------------------------------------------------------------------ makers
@@ -96,7 +123,7 @@ def _offset(c, _):
 
 
 def _multiply(c, _):
-    return f.Multiply(c.number(c.scalar("value"), "value"))
+    return f.Multiply(c.number(c.scalar("value"), "value", -1e6, 1e6))
 
 
 def _calibrate_linear(c, _):
@@ -104,7 +131,7 @@ def _calibrate_linear(c, _):
         c.data = {"datapoints": c.data}
     method = c.get("method", "least_squares")
     if method not in ("least_squares", "exact"):
-        c.fail("key 'method' must be least_squares or exact, got %r" % (method,))
+        c.fail("key 'method' must be least_squares or exact, got %s" % show(method))
     pts = c.points(c.get("datapoints", required=True), "datapoints")
     if method == "exact":
         if len(pts) < 2 or len(set(p[0] for p in pts)) != len(pts):
@@ -113,7 +140,7 @@ def _calibrate_linear(c, _):
 
 
 def _calibrate_polynomial(c, _):
-    degree = c.count(c.get("degree", required=True), "degree")
+    degree = c.count(c.get("degree", required=True), "degree", 1, MAX_DEGREE)
     pts = c.points(c.get("datapoints", required=True), "datapoints")
     if len(pts) <= degree:
         c.fail("degree %d needs at least %d datapoints" % (degree, degree + 1))
@@ -126,6 +153,8 @@ def _filter_out(c, _):
         v = c.get("values", required=True)
     if not isinstance(v, list):
         v = [v]
+    if not v or len(v) > MAX_POINTS:
+        c.fail("key 'values' must be 1..%d values" % MAX_POINTS)
     return prog.FilterOut([c.units(x, "values") for x in v])
 
 
@@ -141,12 +170,12 @@ def _clamp(c, _):
 
 
 def _round(c, _):
-    decimals = c.count(c.scalar("accuracy_decimals"), "accuracy_decimals", 0)
+    decimals = c.count(c.scalar("accuracy_decimals"), "accuracy_decimals", 0, MAX_DECIMALS)
     return prog.Round(max(1, c.scale // (10 ** decimals)))
 
 
 def _skip_initial(c, _):
-    return prog.SkipInitial(c.count(c.scalar("count"), "count"))
+    return prog.SkipInitial(c.count(c.scalar("count"), "count", 1, MAX_COUNT))
 
 
 def _window(c, kind_size):
@@ -159,25 +188,25 @@ def _window(c, kind_size):
 def _quantile(c, _):
     size = c.window(5)
     every, first = c.every(5, 1)
-    q = c.number(c.get("quantile", 0.9), "quantile")
-    if not 0 < q <= 1:
-        c.fail("key 'quantile' must be in (0, 1], got %r" % q)
+    q = c.number(c.get("quantile", 0.9), "quantile", 0, 1)
+    if q == 0:
+        c.fail("key 'quantile' must be in (0, 1], got 0")
     return prog.Window(prog.QUANTILE, size, every, first, int(round(q * 1000)))
 
 
 def _ema(c, _):
-    alpha = c.number(c.get("alpha", 0.1), "alpha")
-    if not 0 < alpha <= 1:
-        c.fail("key 'alpha' must be in (0, 1], got %r" % alpha)
+    alpha = c.number(c.get("alpha", 0.1), "alpha", 0, 1)
+    if alpha == 0:
+        c.fail("key 'alpha' must be in (0, 1], got 0")
     every, first = c.every(15, 1)
     return prog.EMA(alpha, every, first)
 
 
 def _hampel(c, _):
     size = c.window(7, 3)
-    k = c.number(c.get("n_sigmas", 3.0), "n_sigmas")
-    if not 0 < k <= 8:
-        c.fail("key 'n_sigmas' must be in (0, 8], got %r" % k)
+    k = c.number(c.get("n_sigmas", 3.0), "n_sigmas", 0, 8)
+    if k == 0:
+        c.fail("key 'n_sigmas' must be in (0, 8], got 0")
     return prog.Hampel(size, k, c.flag("replace"))
 
 
@@ -188,8 +217,9 @@ def _delta(c, _):
             pct = float(v[:-1])
         except ValueError:
             pct = -1
-        if pct <= 0:
-            c.fail("a percentage delta must look like '5%%', got %r" % v)
+        if not 0 < pct <= MAX_PERCENT:  # also refuses "inf%" and "nan%"
+            c.fail("a percentage delta must look like '5%%' (above 0, at most %d%%), got %s"
+                   % (MAX_PERCENT, show(v)))
         return f.DeltaPercent(int(round(pct * 10000)))
     d = c.units(v, "value")
     if not 0 <= d < prog.LIMIT:
@@ -217,12 +247,14 @@ def _timeout(c, _):
 
 
 def _or(c, _):
-    if not isinstance(c.data, list) or not c.data:
-        c.fail("expects a list of filters")
+    if not isinstance(c.data, list) or not c.data or len(c.data) > MAX_FILTERS:
+        c.fail("expects a list of 1..%d filters" % MAX_FILTERS)
+    if c.depth >= MAX_DEPTH:
+        c.fail("'or' nested more than %d deep" % MAX_DEPTH)
     c.seen.append("filters")
     branches = []
     for item in c.data:  # each branch sees every value on its own
-        branches += _filters(c.channel, [item], c.scale, c.where + " > ")
+        branches += _filters(c.channel, [item], c.scale, c.where + " > ", c.depth + 1)
     return f.Or(branches)
 
 
@@ -258,19 +290,25 @@ FILTER_NAMES = ("offset", "multiply", "calibrate_linear", "calibrate_polynomial"
                 "or", "hampel")
 
 
-def _filters(channel, items, scale, prefix=""):
+def _filters(channel, items, scale, prefix="", depth=0):
     """Configuration items -> filters, consecutive integer ones compiled into
-    one filterprog.Stage."""
+    one filterprog.Stage. depth: how many `or` the items are inside."""
+    if len(items) > MAX_FILTERS:
+        raise ConfigError("%schannel '%s': at most %d filters, got %d" % (prefix, channel, MAX_FILTERS,
+                                                                          len(items)))
     out = []
     run = []
     for i in range(len(items)):
         item = items[i]
         if not isinstance(item, dict) or len(item) != 1:
-            raise ConfigError("%schannel '%s', filter %d: expected one {name: options}, got %r"
-                              % (prefix, channel, i + 1, item))
+            raise ConfigError("%schannel '%s', filter %d: expected one {name: options}, got %s"
+                              % (prefix, channel, i + 1, show(item)))
         name = list(item)[0]
+        if not isinstance(name, str) or len(name) > 32:
+            raise ConfigError("%schannel '%s', filter %d: a filter's name, got %s"
+                              % (prefix, channel, i + 1, show(name)))
         c = _Options("%schannel '%s', filter %d '%s'" % (prefix, channel, i + 1, name), item[name],
-                     channel, scale)
+                     channel, scale, depth)
         make = MAKERS.get(name)
         if make is None:
             c.fail("unknown filter (known: %s)" % ", ".join(FILTER_NAMES))
@@ -301,8 +339,9 @@ def build_chain(channel, config):
         if k not in ("scale", "filters"):
             raise ConfigError("channel '%s': unknown key '%s' (expected: scale, filters)" % (channel, k))
     scale = config.get("scale", 1)
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ConfigError("channel '%s': key 'scale' must be a positive integer, got %r" % (channel, scale))
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= MAX_SCALE:
+        raise ConfigError("channel '%s': key 'scale' must be an integer in 1..%d, got %s"
+                          % (channel, MAX_SCALE, show(scale)))
     items = config.get("filters", [])
     if not isinstance(items, list):
         raise ConfigError("channel '%s': key 'filters' must be a list" % channel)

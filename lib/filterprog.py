@@ -333,6 +333,15 @@ def _check(v, what):
     return v
 
 
+def _count(n, what):
+    """A count kept in the state array: positive and below BIAS, which is
+    what Stage.load takes back from a snapshot (array("i") would overflow,
+    or wrap on the VM, past 2**31)."""
+    if not 0 < n < BIAS:
+        raise ValueError("%s %d is outside 1..%d" % (what, n, BIAS - 1))
+    return n
+
+
 class Offset:
     def __init__(self, offset):
         self.offset = _check(offset, "offset")
@@ -368,8 +377,8 @@ class EMA:
             shift += 1
         self.a = max(1, int(round(alpha * (1 << shift))))
         self.shift = shift
-        self.every = send_every
-        self.first = send_first_at
+        self.every = _count(send_every, "send_every")
+        self.first = _count(send_first_at, "send_first_at")
 
     def emit(self, so):
         return ([_EMA, self.a, self.shift, self.every, so],
@@ -380,8 +389,8 @@ class Window:
     def __init__(self, kind, size, send_every, send_first_at, quantile=0):
         self.kind = kind
         self.size = size
-        self.every = send_every
-        self.first = send_first_at
+        self.every = _count(send_every, "send_every")
+        self.first = _count(send_first_at, "send_first_at")
         self.q = quantile
 
     def emit(self, so):
@@ -393,7 +402,7 @@ class Window:
 
 class SkipInitial:
     def __init__(self, n):
-        self.n = n
+        self.n = _count(n, "skip_initial")
 
     def emit(self, so):
         return [_SKIP, so], [self.n], [False]

@@ -29,6 +29,12 @@ exponential_moving_average, absolute delta, hampel) are compiled into one
 filterprog.Stage. A missing reading (None, the int world's NaN) is dropped and
 counted at the chain's entry.
 
+The filters that compute in floats (multiply, the calibrations) drop, with
+reason RANGE, a result that is not finite or beyond +-VALUE_LIMIT (what a
+stored reading holds): one comparison on a float they make anyway, so no
+configuration can make a push raise. Everything else is bounded once, when
+filterconf checks the configuration.
+
 Every dropped value is counted by reason in chain.drops; every value sent
 carries chain.flags (STALE: re-sent by timeout, CLAMPED, REPLACED by hampel).
 A chain's state fits a compact snapshot() for RTC memory across deep sleep.
@@ -41,11 +47,20 @@ from filterprog import (OK, NAN, VALUE, RANGE, OUTLIER, SKIP, THROTTLE, DELTA, H
 REASONS = ("ok", "nan", "value", "range", "outlier", "skip", "throttle", "delta", "hold", "or")
 
 _PERIOD = 1 << 30
+VALUE_LIMIT = (1 << 31) - 1  # a reading is a signed 32-bit int (uplink.pack_reading)
 _HALF = _PERIOD >> 1
 
 
 def _elapsed(now, then):
     return ((now - then + _HALF) & (_PERIOD - 1)) - _HALF
+
+
+def _value(y):
+    """A computed float -> the int to pass on, or None when it is not finite
+    or beyond what a reading holds (the comparison is False for NaN)."""
+    if -VALUE_LIMIT <= y <= VALUE_LIMIT:
+        return int(round(y))
+    return None
 
 
 def _div(a, b):
@@ -76,15 +91,19 @@ class Filter:
 
 
 class Multiply(Filter):
+    reason = RANGE  # when push returns None: the product is beyond a reading
+
     def __init__(self, factor):
         self.factor = factor
 
     def push(self, x, now):
-        return int(round(x * self.factor))
+        return _value(x * self.factor)
 
 
 class CalibrateLinear(Filter):
     """points: [(from, to)] in units. Least squares line, or piecewise (exact)."""
+
+    reason = RANGE
 
     def __init__(self, points, exact=False):
         self.points = sorted(points)
@@ -104,17 +123,21 @@ class CalibrateLinear(Filter):
 
     def push(self, x, now):
         if not self.exact:
-            return int(round(self.slope * x + self.icept))
+            return _value(self.slope * x + self.icept)
         pts = self.points
         i = 1
         while i < len(pts) - 1 and x > pts[i][0]:
             i += 1
         (x0, y0), (x1, y1) = pts[i - 1], pts[i]
-        return int(round(y0 + (y1 - y0) * (x - x0) / (x1 - x0)))
+        return _value(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
 class CalibratePolynomial(Filter):
-    """Least-squares polynomial of `degree` through points (in units)."""
+    """Least-squares polynomial of `degree` through points (in units).
+    filterconf bounds degree and points (x**(2 * degree) must fit a double);
+    coefficients that still come out NaN or infinite are refused here."""
+
+    reason = RANGE
 
     def __init__(self, degree, points):
         n = degree + 1
@@ -139,12 +162,16 @@ class CalibratePolynomial(Filter):
                         a[r][c] -= f * a[col][c]
                     b[r] -= f * b[col]
         self.coeffs = [b[i] / a[i][i] for i in range(n)]
+        for c in self.coeffs:
+            if not c - c == 0:  # NaN or infinite: nan - nan, inf - inf are NaN
+                raise ConfigError("calibrate_polynomial: the datapoints give no finite degree %d fit"
+                                  % degree)
 
     def push(self, x, now):
         y = 0.0
         for c in reversed(self.coeffs):
             y = y * x + c
-        return int(round(y))
+        return _value(y)
 
 
 class DeltaPercent(Filter):

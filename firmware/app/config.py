@@ -257,12 +257,10 @@ def _alarms(c, name, names):
         lo, hi = a.get("below"), a.get("above")
         for k, v in (("below", lo), ("above", hi)):
             if v is not None:
-                a.number(v, k)
+                a.number(v, k)  # finite, within confcheck.MAX_NUMBER: no NaN never crossing
         if lo is None and hi is None:
             a.must("above", "a number (or 'below')", None)
-        hyst = a.get("hysteresis", 0)
-        if isinstance(hyst, bool) or not isinstance(hyst, (int, float)) or hyst < 0:
-            a.must("hysteresis", "a number >= 0", hyst)
+        hyst = a.number(a.get("hysteresis", 0), "hysteresis", 0)
         out.append(Alarm(ch, lo, hi, hyst))
     return out
 
@@ -304,11 +302,24 @@ def _read_json(path):
 
 
 def load(path="/config.json", secrets_path="/secrets.json", good_path="/config.good.json"):
-    """The configuration to run with; never raises for a bad or missing file."""
+    """The configuration to run with; never raises for a bad or missing file.
+    The checkers raise only ConfigError, but whatever else a file could still
+    cause (MemoryError, RuntimeError from a recursion, a bug) is caught here
+    too, as an Exception: a bad file must never leave the wake with no
+    configuration. KeyboardInterrupt, SystemExit and the simulated board's
+    Halt are BaseExceptions and go through."""
     cfg = _load(path, secrets_path, good_path)
     sys.modules.pop("filterconf", None)  # the chains are built: its heap is the wake's
     sys.modules.pop("senmlunits", None)
     return cfg
+
+
+def _why(e, name):
+    """A refusal for the log: ConfigError's own message (file, key, reason),
+    or the file and the exception's type for anything else."""
+    if isinstance(e, ConfigError):
+        return str(e)
+    return "%s: unusable (%s: %s)" % (name, type(e).__name__, str(e)[:80])
 
 
 def _load(path, secrets_path, good_path):
@@ -316,22 +327,25 @@ def _load(path, secrets_path, good_path):
         secrets = check_secrets(_read_json(secrets_path))
     except OSError:
         secrets = {}
-    except ValueError as e:  # messages about secrets name the key, never the value
-        log.error("config", "%s", e)
+    except Exception as e:  # noqa: BLE001  messages about secrets name the key, never the value
+        log.error("config", "%s", e if isinstance(e, ConfigError) else "secrets.json: unusable (%s)"
+                  % type(e).__name__)
         secrets = {}
     try:
         raw = _read_json(path)
         data = check(raw)
     except OSError:
         log.warn("config", "%s missing: using the last good configuration", path)
-    except ValueError as e:
-        log.error("config", "%s; using the last good configuration", e)
+    except Exception as e:  # noqa: BLE001  see load()
+        log.error("config", "%s; using the last good configuration", _why(e, "config.json"))
     else:
         _keep_good(raw, good_path)
         return _ready(data, secrets, "config.json")
     try:
         return _ready(check(_read_json(good_path), "config.good.json"), secrets, "config.good.json")
-    except (OSError, ValueError):
+    except Exception as e:  # noqa: BLE001  OSError (none kept) included
+        if not isinstance(e, OSError):
+            log.error("config", "%s", _why(e, "config.good.json"))
         log.error("config", "no good configuration: safe defaults, no uplink")
         return _ready(check({}), secrets, "defaults")
 

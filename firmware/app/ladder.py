@@ -1,7 +1,8 @@
 """The recovery ladder around one wake cycle, then deep sleep. Never stuck awake.
 
     run():  state from RTC memory -> why we booted -> maintenance pin?
-            -> watchdog armed for the whole wake -> safe mode or the cycle
+            -> watchdog armed (LOAD_WDT_MS) -> configuration read
+            -> watchdog re-armed for the whole wake -> safe mode or the cycle
             -> deep sleep
 
 The recovery ladder: an exception in the cycle is logged whole, kept in
@@ -13,6 +14,14 @@ and health message, and a long sleep; then it tries the application again
 (one more crash and it is back in safe mode). A new configuration or firmware
 leaves safe mode at once. A maintenance pin held at boot (board.json) keeps
 the node awake at the REPL, before any watchdog is armed, for a technician.
+
+The watchdog is armed before the configuration is read, with LOAD_WDT_MS:
+a file that hangs the checker resets the node instead of holding it awake
+(counted as a crash at the next boot, like any hung wake). Once the
+configuration is known, machine.WDT() is called again with the wake's
+timeout: on the ESP32 port a second WDT() reconfigures the one task watchdog
+(esp_task_wdt_reconfigure, ports/esp32/machine_wdt.c), longer or shorter,
+and the simulated board's WDT does the same (a new timeout, fed).
 """
 
 import time
@@ -32,6 +41,7 @@ CAUSES = {
 }
 WAKES = {0: "none", 2: "ext0", 3: "ext1", 4: "timer", 5: "touch", 6: "ulp"}
 WDT_MARGIN_MS = 20000  # sensors, flash and the log, on top of the network budget
+LOAD_WDT_MS = 10000  # reading and checking two files of at most 8 KiB: well under 1 s on the chip
 CRASH_SLEEP_MS = 300000  # after a crash with no usable configuration
 
 
@@ -62,7 +72,7 @@ def run():
         log.warn("maintenance", "pin held at boot: staying awake at the REPL, no sleep")
         return
     cfg = None
-    wdt = None
+    wdt = machine.WDT(timeout=LOAD_WDT_MS)  # before the files: a hang in them resets the node
     try:
         cfg = config.load("config.json", "secrets.json", "config.good.json")
         if not cfg.channels and hw.desc.get("channels"):
@@ -71,9 +81,10 @@ def run():
                 cfg.channels = config.channels(hw.desc["channels"], "board.json")
                 log.info("config", "no channels in config.json: the board's (%s)",
                          " ".join(c.name for c in cfg.channels))
-            except config.ConfigError as e:
+            except Exception as e:  # noqa: BLE001  a bad board.json: no channels, not no wake
                 log.error("config", "%s", e)
-        wdt = machine.WDT(timeout=cfg.network_budget_ms + WDT_MARGIN_MS)
+        wdt = machine.WDT(timeout=cfg.network_budget_ms + WDT_MARGIN_MS)  # the wake's own
+        wdt.feed()
         ms = _wake(st, cfg, hw, cause, wake, t0)
     except Exception as e:  # noqa: BLE001  the ladder: log, keep, count, sleep
         _count_crash(st)
@@ -84,8 +95,7 @@ def run():
         ms = cfg.sample_s * 1000 if cfg is not None else CRASH_SLEEP_MS
         if st.crash_streak >= sm.after_crashes:
             ms = sm.sleep_s * 1000  # crashing again and again: no hurry
-    if wdt is not None:
-        wdt.feed()
+    wdt.feed()
     st.save()
     _before_sleep(hw)
     machine.deepsleep(ms)

@@ -86,7 +86,7 @@ def test_a_filter_error_is_the_nodes_one_config_error():
     e = raises(config.ConfigError, config.check, bad)
     assert config.ConfigError is filters.ConfigError is confcheck.ConfigError
     assert str(e) == ("config.json: channels[0]: channel 't', filter 1 'median': "
-                      "key 'window_size' must be at most 64, got 99")
+                      "key 'window_size' must be an integer in 1..64, got 99")
     # and a filter's own error caught as the filters' class, as before
     raises(filters.ConfigError, config.check, bad)
 

@@ -116,7 +116,7 @@ def test_config_errors_are_one_class_for_the_node():
     e = raises(confcheck.ConfigError, chain, [{"clamp": {"max_value": 1, "min_value": 2}}])
     assert str(e) == "channel 'temp', filter 1 'clamp': min_value is above max_value"
     e = str(raises(confcheck.ConfigError, chain, [{"median": {"window_size": 0}}]))
-    assert e == "channel 'temp', filter 1 'median': key 'window_size' must be an integer >= 1, got 0"
+    assert e == "channel 'temp', filter 1 'median': key 'window_size' must be an integer in 1..64, got 0"
     e = str(raises(confcheck.ConfigError, chain, [{"median": {"sendevery": 1}}]))
     assert e == ("channel 'temp', filter 1 'median': unknown key 'sendevery' "
                  "(expected: window_size, send_every, send_first_at)")
