@@ -29,10 +29,20 @@ then gives a reading (seq: its outbox sequence number, None: this power-on):
 A date made from an offset is as good as the RTC between the stamp and the
 sync (the sleep clock's drift over that time).
 
+NTP is bounded (sync): an answer below the floor or beyond build time + 30
+years is refused; once the clock is known (the RTC has run since the last
+sync, which is the floor) the answer must also agree with what the RTC says
+has elapsed since then: within DRIFT_LEARNT_PPM of that time around the
+drift-corrected RTC when the drift is learnt (pass ppm), else within
+DRIFT_UNKNOWN_PPM of it around the raw RTC, plus SLACK_S either way. After a
+power-on the RTC restarted and there is nothing to compare: only the floor,
+the 30 years and the second answer (a step over a day needs two agreeing
+answers) hold then. Every refusal is logged and counted in `refused`.
+
     clk = Clock(build_unix=1764000000, store=rtcmem.Region(rtc, 1280, 64), path="data/clock")
     clk.begin(outbox.next_seq)      # every wake, once the outbox is open
     t = clk.stamp()                 # for the outbox: unix seconds, or relative
-    clk.sync(ntptime.time)          # when the link is up
+    clk.sync(ntptime.time, ppm)     # when the link is up (ppm: the learnt drift, or None)
     clk.senml_time(t, seq)          # unix seconds, -age, or None (undated)
     unix_ms()                       # the RTC's time now, in Unix milliseconds
 """
@@ -49,8 +59,21 @@ RELATIVE = 1 << 28  # SenML: times below this are relative to "now"
 MAX_AHEAD = 30 * 365 * 86400  # beyond build time + 30 years: a broken or forged answer
 BIG_STEP = 86400  # a step larger than this needs a second, agreeing answer
 AGREE = 5  # seconds two answers may differ
+# how far an answer may be from what the RTC says, per second elapsed since
+# the last sync: a learnt drift's error (app.schedule takes a measurement
+# further than 5000 ppm from its estimate for a new oscillator) and, when none
+# is learnt, the largest error app.schedule takes for drift at all (10 %: the
+# RC sleep clock is off by a few percent; a tighter bound would refuse a
+# node's true time at every sync after the first, for good)
+DRIFT_LEARNT_PPM = 5000
+DRIFT_UNKNOWN_PPM = 100000
+SLACK_S = 5  # on top: NTP and the RTC count whole seconds, plus the round trip
 HISTORY = 4  # power-ons kept on flash: older relative stamps are undated
-_RTC = "<IiBIB"  # floor, offset, has offset, first seq of this power-on (0: none), on flash
+U32 = 0xFFFFFFFF
+# floor, offset, has offset, first seq of this power-on (0: none), on flash.
+# The offset (unix - RTC, > EPOCH_TO_UNIX when set) is unsigned: as "i" it
+# would overflow in 2038; the bytes of an earlier "i" read the same.
+_RTC = "<IIBIB"
 
 
 def unix_ms():
@@ -76,7 +99,7 @@ def _load(path):
         return 0, []
     ons = []
     for i in range(n):
-        first, off, has = struct.unpack("<IiB", raw[5 + 9 * i:14 + 9 * i])
+        first, off, has = struct.unpack("<IIB", raw[5 + 9 * i:14 + 9 * i])
         ons.append([first, off if has else None])
     return good, ons
 
@@ -91,6 +114,7 @@ class Clock:
         self.first = 0  # outbox seq of this power-on's first reading (0: not recorded)
         self.kept = True  # this power-on's first seq and offset are on flash
         self.saved = 0
+        self.refused = 0  # NTP answers refused by this Clock (sync)
         self.earlier = []  # earlier power-ons from flash: [[first seq, offset or None]], oldest first
         if path is not None:
             self.saved, self.earlier = _load(path)
@@ -124,7 +148,7 @@ class Clock:
         sequence number), recorded on flash once. A write that failed is
         tried again at the next wake."""
         if not self.first and not self.known():
-            self.first = next_seq
+            self.first = min(next_seq, U32)  # an outbox past its numbers has 2**32
             self.offset = None
             # numbers at or above next_seq are this power-on's (an outbox
             # that started again reuses none of an old entry's)
@@ -133,25 +157,29 @@ class Clock:
         if not self.kept:
             self._save()
 
-    def sync(self, ntp_time):
+    def sync(self, ntp_time, ppm=None):
         """Set the RTC from ntp_time() (seconds in the port's epoch, as ntptime.time
-        returns). Returns True when the clock is now known. Refused and logged:
-        a time below the floor, beyond build time + 30 years, and a step of
-        more than a day that a second answer does not confirm (one forged
-        reply must not move the clock, nor the floor, for good). OSError from
-        NTP goes to the caller."""
+        returns). Returns True when the clock is now known. Refused, logged
+        and counted in `refused`: a time below the floor, beyond build time +
+        30 years, one that does not agree with the time the RTC says has
+        elapsed since the last sync (when it ran since: the module's
+        docstring; ppm: the learnt drift of the sleep clock, + = the RTC falls
+        behind; None or 0: not learnt), and a step of more than a day that a
+        second answer does not confirm (one forged reply must not move the
+        clock, nor the floor, for good). OSError from NTP goes to the caller."""
         t = ntp_time() + EPOCH_TO_UNIX
         if t < self.floor:
-            log.warn("clock", "ntp time %d refused: below floor %d", t, self.floor)
-            return self.known()
+            return self._refuse("ntp time %d refused: below floor %d" % (t, self.floor))
         if t > self.build + MAX_AHEAD:
-            log.warn("clock", "ntp time %d refused: beyond build time + 30 years", t)
-            return self.known()
+            return self._refuse("ntp time %d refused: beyond build time + 30 years" % t)
+        if self.known():
+            why = self._off_drift(t, ppm)
+            if why:
+                return self._refuse(why)
         if not self.known() or abs(t - self.unix()) > BIG_STEP:
             t2 = ntp_time() + EPOCH_TO_UNIX
             if abs(t2 - t) > AGREE:
-                log.warn("clock", "ntp answers disagree (%d, %d): clock left as it was", t, t2)
-                return self.known()
+                return self._refuse("ntp answers disagree (%d, %d): clock left as it was" % (t, t2))
             t = t2
         before = time.time()  # RTC seconds in the old timeline
         import machine
@@ -165,6 +193,23 @@ class Clock:
         self._save()
         log.info("clock", "set unix=%d", t)
         return True
+
+    def _off_drift(self, t, ppm):
+        """Why t cannot be now by the RTC, which has run since the last sync
+        (the floor); None when it can."""
+        now = self.unix()
+        elapsed = now - self.floor
+        expect = now + elapsed * ppm // 1000000 if ppm else now
+        bound = elapsed * (DRIFT_LEARNT_PPM if ppm else DRIFT_UNKNOWN_PPM) // 1000000 + SLACK_S
+        if abs(t - expect) <= bound:
+            return None
+        return "ntp time %d refused: %+d s from the RTC's %d after %d s, beyond %d s of drift" % (
+            t, t - expect, expect, elapsed, bound)
+
+    def _refuse(self, why):
+        self.refused += 1
+        log.warn("clock", "%s", why)
+        return self.known()
 
     def senml_time(self, stamp, seq=None):
         """A stored stamp as SenML time: Unix seconds, minus the age in
@@ -191,7 +236,7 @@ class Clock:
             ons = self.earlier + [[self.first, self.offset]] if self.first else self.earlier
             body = struct.pack("<IB", self.floor, len(ons))
             for first, off in ons:
-                body += struct.pack("<IiB", first, off or 0, 0 if off is None else 1)
+                body += struct.pack("<IIB", first, off or 0, 0 if off is None else 1)
             try:
                 with open(self.path + ".tmp", "wb") as f:
                     f.write(body + struct.pack("<I", crc32(body) & 0xFFFFFFFF))

@@ -71,8 +71,9 @@ def test_one_forged_answer_cannot_move_the_clock_for_good():
     assert not c.known() and c.floor == BUILD
     assert c.sync(ntp)  # two agreeing answers
     assert abs(c.unix() - TRUE_NOW) < 5
-    late = [ntp() + 5 * 86400, ntp() + 5 * 86400]  # a consistent liar still needs two answers
-    assert c.sync(lambda: late.pop(0))
+    late = [ntp() + 5 * 86400, ntp() + 5 * 86400]  # a consistent liar, just after a sync
+    c.sync(lambda: late.pop(0))
+    assert abs(c.unix() - TRUE_NOW) < 5 and c.refused == 3  # the RTC says seconds have gone by
 
 
 def test_unix_ms_is_the_rtc_in_unix_milliseconds():
@@ -239,3 +240,109 @@ def test_a_damaged_or_old_file_gives_what_it_can():
     assert c.floor == BUILD and c.earlier == []
     c.begin(2)
     assert c.senml_time(100, 1) is None  # no history: undated
+
+
+YEAR = 365 * 86400
+
+
+def deep_sleep(s):
+    try:
+        machine.deepsleep(s * 1000)
+    except simstate.Halt as h:
+        simstate.board.after_halt(h)
+
+
+def at(unix):
+    """An NTP answer (port's epoch) saying unix."""
+    return lambda: unix - clock.EPOCH_TO_UNIX
+
+
+def test_forged_answers_decades_ahead_are_refused_once_the_rtc_has_run_since_a_sync():
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    assert c.sync(ntp) and c.refused == 0
+    deep_sleep(3600)
+    c = clock.Clock(BUILD, region(), path + "/clock")  # the next wake
+    for ppm in (None, 20000):  # drift unknown, learnt
+        c.sync(at(TRUE_NOW + 20 * YEAR), ppm)  # answered twice, as a forger does
+    assert c.refused == 2
+    assert abs(c.unix() - (TRUE_NOW + 3600)) <= 2  # the clock did not move
+    simstate.board.power_on()
+    assert clock.Clock(BUILD, region(), path + "/clock").floor < TRUE_NOW + YEAR  # nor the floor on flash
+    assert c.sync(ntp) and c.refused == 2
+
+
+def test_small_true_corrections_are_accepted_within_the_learnt_drift_and_refused_beyond_it():
+    simstate.board.sleep_drift_ppm = 20000  # the RTC falls 2 % behind in deep sleep
+    c = clock.Clock(BUILD, region())
+    assert c.sync(ntp)
+    deep_sleep(3600)  # 72 s behind
+    c = clock.Clock(BUILD, region())
+    assert abs(ntp() + clock.EPOCH_TO_UNIX - c.unix() - 72) <= 1
+    c.sync(ntp, -20000)  # a learnt drift of the wrong sign: 144 s off its prediction, bound 23 s
+    assert c.refused == 1 and c.unix() < ntp() + clock.EPOCH_TO_UNIX - 60
+    assert c.sync(ntp, 20000) and c.refused == 1  # the drift it learnt: set
+    assert abs(c.unix() - (ntp() + clock.EPOCH_TO_UNIX)) <= 1
+    deep_sleep(3600)
+    c = clock.Clock(BUILD, region())
+    assert c.sync(ntp) and c.refused == 0  # drift not learnt: 72 s is within 10 % of an hour
+    assert abs(c.unix() - (ntp() + clock.EPOCH_TO_UNIX)) <= 1
+
+
+def test_the_drift_bound_edge():
+    c = clock.Clock(BUILD, region())
+    assert c.sync(at(TRUE_NOW))
+    deep_sleep(100000)  # no drift on the board: the RTC says 100000 s went by
+    for ppm, bound in ((None, 10000 + clock.SLACK_S), (10000, 500 + clock.SLACK_S)):
+        c = clock.Clock(BUILD, region())
+        now = c.unix()
+        drift = (now - c.floor) * (ppm or 0) // 1000000  # what the learnt drift predicts: 1000 s
+        n = c.refused
+        c.sync(at(now + drift + bound + 2), ppm)  # beyond (a second of margin for the RTC's own tick)
+        c.sync(at(now + drift - bound - 2), ppm)
+        assert c.refused == n + 2 and c.unix() - now <= 1
+        assert c.sync(at(now + drift + bound - 1), ppm)  # inside: set
+        assert c.refused == n + 2 and abs(c.unix() - (now + drift + bound)) <= 2
+        deep_sleep(100000)
+
+
+def test_after_a_power_on_there_is_no_elapsed_time_and_the_first_sync_keeps_the_old_rules():
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    assert c.sync(ntp)
+    simstate.board.power_on()  # the RTC restarts at 2000: how long it was off, nothing says
+    time.sleep(90 * 86400)  # off for three months
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    assert not c.known()
+    assert c.sync(ntp) and c.refused == 0  # 90 days past the floor: accepted (two agreeing answers)
+    assert abs(c.unix() - (TRUE_NOW + 90 * 86400)) <= 2
+
+
+def test_a_node_that_slept_ten_days_is_bounded_by_what_its_rtc_measured():
+    simstate.board.sleep_drift_ppm = 20000
+    c = clock.Clock(BUILD, region())
+    assert c.sync(ntp)
+    deep_sleep(10 * 86400)  # the RTC falls 4.8 h behind
+    c = clock.Clock(BUILD, region())
+    c.sync(at(c.unix() + 3 * 86400))  # 3 days: more than 10 % of what the RTC counted
+    c.sync(at(c.unix() + YEAR))
+    assert c.refused == 2
+    assert c.sync(ntp, 20000) and c.refused == 2  # the true time, by the learnt drift
+    assert abs(c.unix() - (ntp() + clock.EPOCH_TO_UNIX)) <= 1
+
+
+def test_a_power_on_learning_its_offset_after_2038_keeps_and_uses_it():
+    path, flash = scratch_dir()
+    y2040 = 2208988800  # 2040-01-01: unix - RTC seconds above 2**31
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    c.begin(10)
+    t0 = c.stamp()  # relative: seconds since power-on
+    assert c.sync(at(y2040))
+    dated = c.senml_time(t0, 10)
+    assert abs(dated - y2040) <= 1
+    c = clock.Clock(BUILD, region(), path + "/clock")  # from RTC memory
+    assert c.senml_time(t0, 10) == dated
+    simstate.board.power_on()
+    c = clock.Clock(BUILD, region(), path + "/clock")  # an earlier power-on now, from flash
+    c.begin(20)
+    assert c.senml_time(t0, 10) == dated
