@@ -5,14 +5,18 @@ Regenerate the golden outputs after an intended change with
 PETREL_REGEN_GOLDEN=1 pytest host_tests/host/test_monitor.py (and read the diff).
 """
 
+import io
 import os
 import queue
+import random
 import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import tracemalloc
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -306,3 +310,148 @@ def test_usage_errors_exit_2_and_help_shows_examples():
     assert petrel("loop://", "--exit-after", "ten").returncode == 2
     r = petrel("nosuch://x")
     assert r.returncode == 2 and "not known" in r.stderr
+
+
+# --------------------------------------------------------------------------- hostile streams
+# (issue 14) What the port sends is input from outside: a line without end must
+# not cost unbounded memory or quadratic time, and nothing in it may reach the
+# terminal as a control: C0, DEL, C1 (U+009B is CSI on terminals that take 8-bit
+# controls) and bidi overrides/isolates (U+202E makes a line display reversed).
+READ_SIZE = 4096  # what read_some hands to feed() at most
+
+
+def feed_stream(nbytes, mon=None):
+    """nbytes of 'A' and no newline, fed as the port delivers them; the Monitor."""
+    mon = mon or monitor.Monitor(out=io.StringIO())
+    chunk = b"A" * READ_SIZE
+    for _ in range(nbytes // READ_SIZE):
+        mon.feed(chunk)
+    mon.flush()
+    return mon
+
+
+def best_time(nbytes, runs=5):
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        feed_stream(nbytes)
+        times.append(time.perf_counter() - t0)
+    return min(times)  # the least disturbed run
+
+
+def test_a_stream_without_newline_is_cut_in_bounded_memory_and_linear_time():
+    mib = 1 << 20
+    for nbytes in (mib, 4 * mib):
+        tracemalloc.start()
+        try:
+            mon = feed_stream(nbytes)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 * 1024, "%d bytes held for a %d-byte line" % (peak, nbytes)
+        assert mon.out.getvalue() == "A" * monitor.MAX_LINE + " [... %d more bytes not shown]\n" % (
+            nbytes - monitor.MAX_LINE)
+    # Linear: 4 times the bytes, about 4 times the time (quadratic was 16 times).
+    ratio = best_time(4 * mib) / best_time(mib)
+    assert ratio < 8, "4 MiB took %.1f times as long as 1 MiB" % ratio
+
+
+def test_a_cut_line_keeps_whole_characters_and_the_next_lines_are_whole():
+    out = io.StringIO()
+    mon = monitor.Monitor(out=out)
+    data = (b"x" * 5000 + b"\r\n" + b"a" + "\u00e9".encode() * 600 + b"\r\n"
+            + b"I 000001 boot: cause=poweron\r\n")
+    for i in range(0, len(data), 7):  # \r\n and UTF-8 sequences cut apart
+        mon.feed(data[i:i + 7])
+    mon.flush()
+    assert out.getvalue().splitlines() == [
+        "x" * 1024 + " [... 3976 more bytes not shown]",  # the \r\n is not counted
+        "a" + "\u00e9" * 511 + " [... 178 more bytes not shown]",  # not a half é as \xc3
+        "I 000001 boot: cause=poweron"]
+
+
+def test_line_splitting_does_not_depend_on_how_bytes_arrive():
+    rng = random.Random(14)
+    for _ in range(300):
+        data = bytes(rng.choice(b"ab\r\n\xc3\xa9\xe2\x80\xae") for _ in range(rng.randrange(3000)))
+        whole = monitor.LineSplitter(64)
+        expected = whole.feed(data) + [whole.flush()]
+        cut, got, pos = monitor.LineSplitter(64), [], 0
+        while pos < len(data):
+            n = rng.randrange(1, 200)
+            got += cut.feed(data[pos:pos + n])
+            pos += n
+        assert got + [cut.flush()] == expected
+        for line, dropped in got:
+            assert len(line) <= 64 and dropped >= 0
+
+
+STEERING = {  # characters that act on a terminal, each with how it must be shown
+    "ESC": ("\x1b[2J", "\\x1b[2J"), "BEL": ("\x07", "\\x07"), "CR": ("\r", "\\x0d"),
+    "DEL": ("\x7f", "\\x7f"), "NUL": ("\x00", "\\x00"),
+    "C1 CSI": ("\u009b31m", "\\u009b31m"), "C1 NEL": ("\u0085", "\\u0085"),
+    "C1 OSC": ("\u009d0;title\u009c", "\\u009d0;title\\u009c"),
+    "LRE": ("\u202a", "\\u202a"), "RLE": ("\u202b", "\\u202b"), "PDF": ("\u202c", "\\u202c"),
+    "LRO": ("\u202d", "\\u202d"), "RLO": ("\u202e", "\\u202e"),
+    "LRI": ("\u2066", "\\u2066"), "RLI": ("\u2067", "\\u2067"), "FSI": ("\u2068", "\\u2068"),
+    "PDI": ("\u2069", "\\u2069"), "zero width space": ("\u200b", "\\u200b"),
+    "line separator": ("\u2028", "\\u2028"), "BOM": ("\ufeff", "\\ufeff"),
+    "language tag": ("\U000e0001", "\\U000e0001"),
+    "lone byte 0x9b": (b"\x9b", "\\x9b"),  # not UTF-8: a byte, told apart from U+009B
+}
+
+
+@pytest.mark.parametrize("name", sorted(STEERING))
+def test_characters_that_steer_a_terminal_are_shown_escaped(name):
+    char, shown = STEERING[name]
+    raw = char if isinstance(char, bytes) else char.encode("utf-8")
+    out = io.StringIO()
+    mon = monitor.Monitor(out=out, color=True)
+    mon.feed(b"W 000140 mqtt: <" + raw + b">\r\n" + b"<" + raw + b">\r\n")
+    assert out.getvalue() == ("\x1b[33mW 000140 mqtt: <%s>\x1b[0m\n<%s>\n" % (shown, shown))
+
+
+def test_printable_text_is_shown_as_it_is():
+    text = "I 000120 wifi: ssid=Caf\u00e9-G\u00e4ste\ttemp=22\u00b0C \u65e5\u672c \U0001f600 a\\b"
+    assert monitor.decode(text.encode("utf-8")) == text
+
+
+def safe(text):
+    """No character that can steer a terminal, except \n and our own colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    bad = [c for c in text if c not in "\t\n" and (
+        unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))]
+    return not bad
+
+
+def test_random_bytes_never_reach_the_terminal_raw():
+    rng = random.Random(1414)
+    alphabet = [bytes([b]) for b in range(256)] + [
+        c.encode("utf-8") for c in "\u009b\u0085\u202e\u2066\u2069\u200b\u2028\ufeff\u00e9"]
+    for _ in range(500):
+        out = io.StringIO()
+        mon = monitor.Monitor(out=out, color=rng.random() < 0.5)
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(2000)))
+        for i in range(0, len(data), 61):
+            mon.feed(data[i:i + 61])
+        mon.flush()
+        assert safe(out.getvalue()), repr(data)
+        longest = max(map(len, out.getvalue().splitlines() or [""]))
+        assert longest <= 4 * monitor.MAX_LINE + 64  # an escape is at most 4 characters a byte
+
+
+def test_save_keeps_the_raw_bytes_of_cut_and_escaped_lines():
+    saved = io.BytesIO()
+    mon = monitor.Monitor(out=io.StringIO(), save=saved)
+    data = b"z" * 9000 + "\u009b\u202e".encode() + b"\x1b[2J\r\nI 000001 boot: x\r\n"
+    for i in range(0, len(data), 4096):
+        mon.feed(data[i:i + 4096])
+    assert saved.getvalue() == data  # what the technician needs: the bytes as sent
+    assert "\x1b[2J" not in mon.out.getvalue() and "\u202e" not in mon.out.getvalue()
+
+
+def test_help_says_what_save_keeps():
+    r = subprocess.run([sys.executable, "-m", "petrel.cli", "monitor", "--help"],
+                       capture_output=True, text=True, timeout=30, cwd=paths.ROOT)
+    assert r.returncode == 0
+    assert "raw bytes" in r.stdout and "less" in r.stdout and "[... N more bytes not shown]" in r.stdout

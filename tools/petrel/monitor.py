@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 
 from . import paths
 
@@ -30,6 +31,10 @@ LEVELS = "EWID"  # most severe first, as in eventlog
 RETRY_S = 0.5  # how often a gone port is tried again
 IDLE_FLUSH_S = 0.5  # a partial line (a prompt, a cut-off line) is shown after this much silence
 MAX_TRACEBACK = 200  # lines; a block that never ends is shown anyway
+# Bytes of one line kept and shown; the rest of a longer line is counted, not
+# kept: memory stays bounded and time linear whatever the port sends (a stream
+# with no newline at all, a wrong baud rate). Petrel's own lines are < 200 bytes.
+MAX_LINE = 1024
 
 # ESP32 ROM reset reasons (the `rst:0x..` line printed at every boot).
 RESETS = {
@@ -44,7 +49,14 @@ RESETS = {
 }
 _RST = re.compile(r"rst:0x([0-9a-fA-F]+) \(")
 _TB_FILE = re.compile(r'File "([^"]+)", line (\d+)')
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # everything but tab
+# Characters that may act on the terminal instead of being shown: every one but
+# printable ASCII and tab is looked at (see _escape_char).
+_SUSPECT = re.compile(r"[^\t\x20-\x7e]")
+# Unicode categories shown escaped: controls (C0, DEL, C1 such as U+009B CSI),
+# format characters (bidi overrides and isolates U+202A-U+202E, U+2066-U+2069,
+# zero-width characters), surrogates, private use, unassigned (a newer terminal
+# may know them as controls), and the line/paragraph separators.
+_ESCAPED_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 
 RESET, RED, YELLOW, GREEN, DIM, CYAN, BOLD_RED = (
     "\x1b[0m", "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[2m", "\x1b[36m", "\x1b[1;31m")
@@ -60,9 +72,17 @@ examples:
 
 --level L shows log lines of level L and more severe (E < W < I < D); --tag keeps
 only log lines with those tags. Lines that are not Petrel log lines (ROM banner,
-reset line, tracebacks, REPL) are always shown. Bytes that are not UTF-8 text and
-control characters are shown escaped (\\xNN). A line without its end (a prompt)
-is shown after 0.5 s of silence.
+reset line, tracebacks, REPL) are always shown. Nothing from the port reaches the
+terminal raw: bytes that are not UTF-8 text and control characters (ESC, C0 but
+tab, DEL) are shown as \\xNN, and other characters that can steer a terminal
+(C1 controls such as U+009B, bidi overrides such as U+202E, zero-width and other
+format characters) as \\uNNNN. A line longer than 1024 bytes is shown cut: its
+first 1024 bytes and "[... N more bytes not shown]". A line without its end
+(a prompt) is shown after 0.5 s of silence.
+
+--save FILE appends the raw bytes as received (unfiltered, unescaped, lines not
+cut), for a technician's tools or a bug report: it may hold control sequences,
+so read it with `less` (which shows them escaped) rather than `cat`.
 
 --exit-after takes seconds ("30", "30s", "1.5s") or shown lines ("20l", "20lines").
 
@@ -91,7 +111,8 @@ def register(subparsers):
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour by level with ANSI codes (auto: only on a terminal)")
     p.add_argument("--save", metavar="FILE",
-                   help="also append everything received, raw and unfiltered, to FILE")
+                   help="also append everything received to FILE: the raw bytes, unfiltered, "
+                        "unescaped and not cut (read it with less, not cat)")
     p.add_argument("--no-reset", action="store_true",
                    help="keep DTR and RTS released when opening, so the board is not reset")
     p.add_argument("--exit-after", type=_exit_after, metavar="N[s|l]",
@@ -121,10 +142,95 @@ def _exit_after(text):
     return ("seconds", n)
 
 
+def _escape_char(m):
+    ch = m.group()
+    code = ord(ch)
+    if code < 0x80:  # C0 controls (ESC among them) and DEL
+        return "\\x%02x" % code
+    if unicodedata.category(ch) in _ESCAPED_CATEGORIES:
+        # \u, not \x: U+009B sent as UTF-8 (c2 9b) is told apart from a lone byte 0x9b
+        return "\\u%04x" % code if code <= 0xFFFF else "\\U%08x" % code
+    return ch
+
+
 def decode(raw):
-    """Bytes of one line (terminator removed) -> printable text; never raises."""
+    """Bytes of one line (terminator removed) -> text safe to write to a terminal:
+    only tab, printable ASCII and printable non-ASCII characters are left as they
+    are, everything else is escaped. Never raises; time linear in len(raw)."""
     text = raw.decode("utf-8", "backslashreplace")
-    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+    return _SUSPECT.sub(_escape_char, text)
+
+
+def _utf8_tail(head):
+    """How many bytes at the end of head are an unfinished UTF-8 character
+    (cut by the line limit), 0 if none: they are dropped, not shown as \\xNN."""
+    for back in range(1, min(4, len(head)) + 1):
+        b = head[-back]
+        if b & 0xC0 != 0x80:  # not a continuation byte: a lead byte or ASCII
+            need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
+            return back if need > back else 0
+    return 0
+
+
+class LineSplitter:
+    """Splits a byte stream into lines of at most max_line bytes, in linear time
+    and bounded memory, however the bytes arrive. A pure object (no port, no
+    terminal): feed(bytes) -> [(line, dropped)]; flush() -> (line, dropped) or None.
+    line: the line's first bytes without its terminator (\\n or \\r\\n), cut at a
+    UTF-8 character boundary; dropped: how many bytes of it were not kept."""
+
+    def __init__(self, max_line=MAX_LINE):
+        self.max_line = max_line
+        self.part = bytearray()  # the kept start of the unfinished line
+        self.dropped = 0  # bytes of the unfinished line beyond max_line
+        self.trailing_cr = 0  # \r bytes at its end so far (a \r\n may be cut between reads)
+
+    @property
+    def pending(self):
+        """Whether an unfinished line is held."""
+        return bool(self.part) or self.dropped > 0
+
+    def _take(self, data, start, end):
+        if end <= start:
+            return
+        room = self.max_line - len(self.part)
+        if room > 0:
+            self.part += data[start:min(end, start + room)]
+        self.dropped += max(0, end - start - max(room, 0))
+        run = end
+        while run > start and data[run - 1] == 0x0D:  # each byte looked at once: linear
+            run -= 1
+        self.trailing_cr = self.trailing_cr + end - start if run == start else end - run
+
+    def _finish(self):
+        line, dropped = bytes(self.part), self.dropped
+        # \r before the \n belong to the terminator (\r\n, or \r\r\n from a
+        # print that already ended in \r\n): not shown, not counted as dropped
+        dropped -= min(dropped, self.trailing_cr)
+        if not dropped:
+            line = line.rstrip(b"\r")
+        if dropped:
+            tail = _utf8_tail(line)
+            if tail:
+                line, dropped = line[:-tail], dropped + tail
+        self.part, self.dropped, self.trailing_cr = bytearray(), 0, 0
+        return line, dropped
+
+    def feed(self, data):
+        lines = []
+        start, n = 0, len(data)
+        while start < n:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                self._take(data, start, n)
+                break
+            self._take(data, start, nl)
+            lines.append(self._finish())
+            start = nl + 1
+        return lines
+
+    def flush(self):
+        return self._finish() if self.pending else None
 
 
 def reset_annotation(text):
@@ -137,7 +243,8 @@ def reset_annotation(text):
 
 
 class Monitor:
-    """Turns the port's bytes into shown lines. Feed it bytes; it writes to out."""
+    """Turns the port's bytes into shown lines. Feed it bytes; it writes to out
+    (any object with write() and flush(), e.g. io.StringIO: no port needed)."""
 
     def __init__(self, level="D", tags=None, timestamps=False, color=False,
                  save=None, max_lines=None, out=None):
@@ -149,35 +256,39 @@ class Monitor:
         self.max_lines = max_lines
         self.out = out or sys.stdout
         self.shown = 0
-        self.pending = b""  # an unfinished line
+        self.lines = LineSplitter()
         self.traceback = None  # lines of a traceback being collected
 
     @property
     def done(self):
         return self.max_lines is not None and self.shown >= self.max_lines
 
+    @property
+    def pending(self):
+        """Whether a partial line is held back."""
+        return self.lines.pending
+
     def feed(self, data):
-        self.pending += data
-        while not self.done:
-            nl = self.pending.find(b"\n")
-            if nl < 0:
+        if self.save:  # as received, before any splitting, cutting or escaping
+            self.save.write(data)
+            self.save.flush()
+        for raw, dropped in self.lines.feed(data):
+            if self.done:
                 break
-            raw, self.pending = self.pending[:nl + 1], self.pending[nl + 1:]
-            self._line(raw)
+            self._line(raw, dropped)
 
     def flush(self):
         """Show what is held back: a partial line, an unfinished traceback."""
-        if self.pending and not self.done:
-            raw, self.pending = self.pending, b""
-            self._line(raw)
+        held = self.lines.flush()
+        if held and not self.done:
+            self._line(*held)
         if self.traceback:
             self._end_traceback()
 
-    def _line(self, raw):
-        if self.save:
-            self.save.write(raw)
-            self.save.flush()
-        text = decode(raw.rstrip(b"\n").rstrip(b"\r"))
+    def _line(self, raw, dropped=0):
+        text = decode(raw)
+        if dropped:
+            text += " [... %d more bytes not shown]" % dropped
         record = eventlog.parse(text)
         if self.traceback is not None:
             if text[:1] in (" ", "\t"):
