@@ -3,7 +3,7 @@
     s = Session(cfg, rtc)                 # the budget starts now
     try:
         if s.open():                      # Wi-Fi
-            synced = s.sync_clock(clk)    # NTP: (rtc_ms_before, ms_after) or None
+            synced = s.sync_clock(clk, ppm)  # NTP: (rtc_ms_before, ms_after) or None
             if s.connect():               # MQTT over verified TLS (or TLS-PSK), "online"
                 s.drain(ob, encode, kind) # the outbox, in authenticated batches
                 s.publish(topic, msg)     # e.g. the health record
@@ -118,22 +118,25 @@ class Session:
         self.wifi_ms, self.rssi = self.link.ms, self.link.rssi
         return True
 
-    def sync_clock(self, clk):
+    def sync_clock(self, clk, ppm=None):
         """NTP on every session: cheap next to TLS, and each answer measures
-        the sleep clock's drift since the last one. -> (RTC Unix ms just
-        before, Unix ms just after) when the clock was set, for
-        Schedule.synced; None otherwise."""
+        the sleep clock's drift since the last one. ppm: the learnt drift
+        (None: not learnt), which bounds the step clk.sync accepts. -> (RTC
+        Unix ms just before, Unix ms just after) when the clock was set, for
+        Schedule.synced; None otherwise (an answer refused, counted in
+        clk.refused, sets nothing and measures nothing)."""
         if self.link is None or self.result is not None or self.budget.left() < 2000:
             return None
         import ntptime
 
         before = clock.unix_ms()
+        refused = clk.refused
         try:
-            ok = clk.sync(ntptime.time)
+            ok = clk.sync(ntptime.time, ppm)
         except OSError as e:
             log.warn("clock", "ntp failed: %s", e)
             return None
-        return (before, clock.unix_ms()) if ok else None
+        return (before, clock.unix_ms()) if ok and clk.refused == refused else None
 
     def connect(self, status=b"online"):
         """MQTT over TLS, then the retained status. -> whether connected."""

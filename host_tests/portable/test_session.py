@@ -111,6 +111,39 @@ def test_broker_not_listening_is_a_link_failure_not_an_auth_refusal():
     assert not radio_on()
 
 
+def synced_by_session(clk, ppm=None, answer=None):
+    """One session's NTP step (answer: what NTP says instead of the truth)."""
+    import ntptime
+
+    real = ntptime.time
+    if answer is not None:
+        ntptime.time = lambda: real() + answer  # sent twice when asked twice, as a forger does
+    s = session.Session(node_config(), machine.RTC())
+    try:
+        assert s.open()
+        return s.sync_clock(clk, ppm)
+    finally:
+        ntptime.time = real
+        s.close()
+
+
+def test_ntp_answers_the_rtc_cannot_account_for_are_refused_counted_and_measure_nothing():
+    home_ap()
+    clk = clock.Clock(BUILD, rtcmem.Region(machine.RTC(), 1280, 64))
+    assert synced_by_session(clk) is not None and clk.refused == 0
+    time.sleep(3600)
+    now = clk.unix()
+    for ppm in (None, 20000):
+        assert synced_by_session(clk, ppm, answer=25 * 365 * 86400) is None  # decades ahead
+    assert synced_by_session(clk, None, answer=600) is None  # 10 minutes in an hour: not drift
+    assert synced_by_session(clk, 100000) is None  # the RTC 6 min behind by the learnt drift: it is not
+    assert clk.refused == 4 and abs(clk.unix() - now) <= 2  # nothing moved
+    b = simstate.board
+    b.set_rtc_us(b.rtc_us() - 30 * 1000000)  # the RTC fell 30 s behind: a true correction
+    before, after = synced_by_session(clk)
+    assert 29000 <= after - before <= 31000 and clk.refused == 4
+
+
 def test_no_budget_left_for_the_broker():
     cfg = node_config(budget_ms=5000)
     home_ap()
