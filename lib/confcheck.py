@@ -33,7 +33,7 @@ def show(v):
     if isinstance(v, list):
         return "a list of %d" % len(v)
     if isinstance(v, dict):
-        return "an object of %d keys" % len(v)
+        return "an object of %d key%s" % (len(v), "" if len(v) == 1 else "s")
     if isinstance(v, int) and not isinstance(v, bool) and not -MAX_NUMBER <= v <= MAX_NUMBER:
         return "an integer of %d digits" % len(str(abs(v)))
     r = repr(v)

@@ -379,6 +379,8 @@ class EMA:
         self.shift = shift
         self.every = _count(send_every, "send_every")
         self.first = _count(send_first_at, "send_first_at")
+        if send_first_at > send_every:  # the state holds every - first, >= 0
+            raise ValueError("send_first_at %d exceeds send_every %d" % (send_first_at, send_every))
 
     def emit(self, so):
         return ([_EMA, self.a, self.shift, self.every, so],
@@ -391,6 +393,8 @@ class Window:
         self.size = size
         self.every = _count(send_every, "send_every")
         self.first = _count(send_first_at, "send_first_at")
+        if send_first_at > send_every:  # the state holds every - first, >= 0
+            raise ValueError("send_first_at %d exceeds send_every %d" % (send_first_at, send_every))
         self.q = quantile
 
     def emit(self, so):

@@ -347,7 +347,19 @@ def _load(path, secrets_path, good_path):
         if not isinstance(e, OSError):
             log.error("config", "%s", _why(e, "config.good.json"))
         log.error("config", "no good configuration: safe defaults, no uplink")
-        return _ready(check({}), secrets, "defaults")
+        return _ready(_defaults(), secrets, "defaults")
+
+
+def _defaults():
+    """Config's own defaults: no uplink, no channels (the ladder may take the
+    board's). Built without the checker if even that fails (out of memory)."""
+    try:
+        return check({}, "defaults")
+    except Exception:  # noqa: BLE001
+        cfg = Config()
+        cfg.device_id = default_device_id()
+        cfg.topic = "petrel/" + cfg.device_id
+        return cfg
 
 
 def _ready(cfg, secrets, source):

@@ -252,3 +252,144 @@ def test_the_units_table_is_let_go_once_the_configuration_is_checked():
     write(d + "/config.json", GOOD)
     config.load(d + "/config.json", d + "/secrets.json", d + "/config.good.json")
     assert "senmlunits" not in sys.modules and "filterconf" not in sys.modules
+
+
+# ------------------------------------------------------------ issue 14: totality
+# Each of these escaped config.check as OverflowError, MemoryError or
+# RuntimeError, took 17 s, never ended, or was accepted (NaN thresholds). As
+# JSON text, the way the node reads them: 1e999 is Infinity on both
+# interpreters. (key expected in the message, config.json text)
+T_CHANNEL = '{"channels": [{"name": "t", "sensor": "sht4x.t", "scale": 100, "filters": [%s]}]}'
+HOSTILE = (
+    ("'value'", T_CHANNEL % '{"offset": 1e999}'),
+    ("'value'", T_CHANNEL % '{"offset": -1e999}'),
+    ("'value'", T_CHANNEL % ('{"offset": 1%s}' % ("0" * 30))),
+    ("'min_value'", T_CHANNEL % '{"clamp": {"min_value": -1e999}}'),
+    ("'max_value'", T_CHANNEL % '{"clamp": {"max_value": 1e999}}'),
+    ("'values'", T_CHANNEL % '{"filter_out": [1, 1e999]}'),
+    ("'value'", T_CHANNEL % '{"timeout": {"period": "1s", "value": 1e999}}'),
+    ("'value'", T_CHANNEL % '{"multiply": 1e999}'),
+    ("'datapoints'", T_CHANNEL % '{"calibrate_linear": [[0, 0], [1, 1e999]]}'),
+    ("'datapoints'", T_CHANNEL % '{"calibrate_linear": ["0 -> 0", "1 -> inf"]}'),
+    ("percentage delta", T_CHANNEL % '{"delta": "inf%"}'),
+    ("percentage delta", T_CHANNEL % '{"delta": "nan%"}'),
+    ("'period'", T_CHANNEL % '{"throttle": 1e999}'),
+    ("'count'", T_CHANNEL % ('{"skip_initial": %d}' % 2 ** 31)),
+    ("'send_every'", T_CHANNEL % ('{"median": {"send_every": %d}}' % 2 ** 31)),
+    ("'send_every'", T_CHANNEL % ('{"exponential_moving_average": {"send_every": %d}}' % 2 ** 31)),
+    ("'send_first_at'", T_CHANNEL % ('{"max": {"send_every": 5, "send_first_at": %d}}' % 2 ** 31)),
+    ("'degree'", T_CHANNEL % ('{"calibrate_polynomial": {"degree": 120, "datapoints": [%s]}}'
+                              % ", ".join("[%d, %d]" % (i, i) for i in range(121)))),
+    ("nested more than 4", T_CHANNEL % ('{"or": [' * 200 + '{"delta": 1}' + ']}' * 200)),
+    ("'accuracy_decimals'", T_CHANNEL % '{"round": 1000000}'),
+    ("'accuracy_decimals'", T_CHANNEL % ('{"round": 1%s}' % ("0" * 30))),
+    ("'above'", '{"channels": [{"name": "t", "sensor": "sht4x.t"}], "alarms": [{"channel": "t", "above": 1e999}]}'),
+    ("'below'", '{"channels": [{"name": "t", "sensor": "sht4x.t"}], "alarms": [{"channel": "t", "below": -1e999}]}'),
+    ("'hysteresis'", '{"channels": [{"name": "t", "sensor": "sht4x.t"}], '
+                     '"alarms": [{"channel": "t", "above": 1, "hysteresis": 1e999}]}'),
+)
+
+
+def test_each_hostile_value_from_the_fuzzing_campaign_is_refused_by_name():
+    for key, text in HOSTILE:
+        e = err(json.loads(text))
+        assert e.startswith("config.json: ") and key in e, (text[:80], e)
+        assert len(e) < 600, e  # the value is shown short, never echoed whole
+
+
+def test_nan_and_infinity_are_refused_wherever_a_number_goes():
+    # CPython's json reads NaN and Infinity; the VM's does not, but a float is a float
+    alarm = {"channel": "t", "above": 40}
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for k in ("above", "below", "hysteresis"):
+            e = err(dict(GOOD, alarms=[dict(alarm, **{k: bad})]))
+            assert "alarms[0]" in e and "'%s'" % k in e, (k, bad, e)
+        for flt in ({"offset": bad}, {"multiply": bad}, {"clamp": {"min_value": bad}},
+                    {"exponential_moving_average": {"alpha": bad}}, {"quantile": {"quantile": bad}},
+                    {"hampel": {"n_sigmas": bad}}, {"heartbeat": bad}, {"delta": bad}):
+            ch = {"name": "t", "sensor": "sht4x.t", "filters": [flt]}
+            e = err(dict(GOOD, channels=[ch], alarms=[]))
+            assert "channels[0]" in e and list(flt)[0] in e, (flt, e)
+    assert config.check(dict(GOOD, alarms=[dict(alarm, above=1e9, hysteresis=0.5)])).alarms[0].above == 1e9
+    assert "'above'" in err(dict(GOOD, alarms=[dict(alarm, above=1e9 + 1)]))
+
+
+class _Log:
+    """Stands in for eventlog in app.config: what load() said, by level."""
+
+    def __init__(self):
+        self.lines = []
+
+    def _add(self, level, tag, fmt, *args):
+        self.lines.append((level, tag, fmt % args if args else fmt))
+
+    def error(self, tag, fmt="", *args):
+        self._add("E", tag, fmt, *args)
+
+    def warn(self, tag, fmt="", *args):
+        self._add("W", tag, fmt, *args)
+
+    def info(self, tag, fmt="", *args):
+        self._add("I", tag, fmt, *args)
+
+
+def _load_logged(p, s, g):
+    real = config.log
+    config.log = rec = _Log()
+    try:
+        return config.load(p, s, g), rec.lines
+    finally:
+        config.log = real
+
+
+def test_every_hostile_file_falls_back_to_the_last_good_one_and_says_why():
+    d, flash = scratch_dir()
+    p, s, g = d + "/config.json", d + "/secrets.json", d + "/config.good.json"
+    write(p, dict(GOOD, sample_s=600))
+    assert config.load(p, s, g).source == "config.json"  # kept as the last good one
+    for key, text in HOSTILE:
+        write(p, text)
+        c, lines = _load_logged(p, s, g)
+        assert c.source == "config.good.json" and c.sample_s == 600, text[:80]
+        assert c.channels[0].chain.push(2100, 0) == 2100  # its chains built, ready to run
+        said = [x for x in lines if x[0] == "E"]
+        assert said and said[0][2].startswith("config.json: ") and key in said[0][2], (text[:80], lines)
+        assert "using the last good configuration" in said[0][2]
+
+
+def test_load_survives_whatever_a_checker_could_raise():
+    # the checkers raise only ConfigError; load() still catches anything else,
+    # so a bug or a memory shortage in one cannot leave the wake without a configuration
+    d, flash = scratch_dir()
+    p, s, g = d + "/config.json", d + "/secrets.json", d + "/config.good.json"
+    write(p, dict(GOOD, sample_s=600))
+    config.load(p, s, g)
+    real = config.check
+    failing = {"names": ("config.json",)}
+
+    def check(data, name="config.json"):
+        if name in failing["names"]:
+            raise failing["exc"]("from the checker")
+        return real(data, name)
+
+    config.check = check
+    try:
+        for exc in (MemoryError, RuntimeError, OverflowError, TypeError, KeyError, IndexError):
+            failing["exc"] = exc
+            c, lines = _load_logged(p, s, g)
+            assert c.source == "config.good.json" and c.sample_s == 600, exc
+            assert lines[0][0] == "E" and lines[0][2].startswith("config.json: unusable (%s" % exc.__name__), lines
+            failing["names"] = ("config.json", "config.good.json")
+            c, lines = _load_logged(p, s, g)
+            assert c.source == "defaults" and c.broker is None and c.channels == [], exc
+            assert "config.good.json: unusable (%s" % exc.__name__ in lines[1][2], lines
+            failing["names"] = ("config.json", "config.good.json", "defaults")  # not even the defaults
+            c = config.load(p, s, g)
+            assert c.source == "defaults" and c.broker is None and not c.channels and c.sample_s == 300
+            assert c.topic == "petrel/" + c.device_id
+            failing["names"] = ("config.json",)
+        # a reset or Ctrl-C is no bad file: it goes through
+        failing["exc"] = KeyboardInterrupt
+        raises(KeyboardInterrupt, config.load, p, s, g)
+    finally:
+        config.check = real

@@ -124,3 +124,79 @@ def test_config_errors_are_one_class_for_the_node():
     assert e == "channel 'temp', filter 1 'median': expected a mapping of options, got 5"
     e = str(raises(confcheck.ConfigError, chain, [{"offset": {}}]))
     assert e == "channel 'temp', filter 1 'offset': missing key 'value'"
+
+
+def test_each_bound_takes_its_limit_and_refuses_one_past_it():
+    """The bounds (filterconf's docstring) at their edges: the limit builds a
+    chain, one past it is a ConfigError naming the key."""
+    f = filterconf
+    nest = [{"delta": 1}]
+    for _ in range(f.MAX_DEPTH):
+        nest = [{"or": nest}]
+    pts = [[i, 2 * i] for i in range(f.MAX_POINTS)]
+    poly = [[i, i * i] for i in range(f.MAX_DEGREE + 1)]
+    edges = (  # (at the limit, one past it, what the error names)
+        ({"skip_initial": f.MAX_COUNT}, {"skip_initial": f.MAX_COUNT + 1}, "'count'"),
+        ({"median": {"send_every": f.MAX_COUNT}}, {"median": {"send_every": f.MAX_COUNT + 1}}, "'send_every'"),
+        ({"exponential_moving_average": {"send_every": f.MAX_COUNT}},
+         {"exponential_moving_average": {"send_every": f.MAX_COUNT + 1}}, "'send_every'"),
+        ({"round": f.MAX_DECIMALS}, {"round": f.MAX_DECIMALS + 1}, "'accuracy_decimals'"),
+        ({"calibrate_polynomial": {"degree": f.MAX_DEGREE, "datapoints": poly}},
+         {"calibrate_polynomial": {"degree": f.MAX_DEGREE + 1, "datapoints": poly + [[99, 1]]}}, "'degree'"),
+        ({"calibrate_linear": pts}, {"calibrate_linear": pts + [[99, 1]]}, "datapoints"),
+        ({"filter_out": list(range(f.MAX_POINTS))}, {"filter_out": list(range(f.MAX_POINTS + 1))}, "'values'"),
+        ({"or": [{"delta": 1}] * f.MAX_FILTERS}, {"or": [{"delta": 1}] * (f.MAX_FILTERS + 1)}, "filters"),
+        (nest[0], {"or": nest}, "nested more than %d" % f.MAX_DEPTH),
+        ({"delta": "%d%%" % f.MAX_PERCENT}, {"delta": "%d%%" % (f.MAX_PERCENT + 1)}, "percentage"),
+        ({"multiply": 1e6}, {"multiply": 1.000001e6}, "'value'"),
+    )
+    for ok, bad, named in edges:
+        chain([ok])
+        e = str(raises(filters.ConfigError, chain, [bad]))
+        assert e.startswith("channel 'temp', filter 1 '%s'" % list(bad)[0]) and named in e, (bad, e)
+    chain([{"delta": 1}] * f.MAX_FILTERS)
+    e = str(raises(filters.ConfigError, chain, [{"delta": 1}] * (f.MAX_FILTERS + 1)))
+    assert "at most %d filters" % f.MAX_FILTERS in e
+    # a value in the unit times the scale is bounded too: what a reading holds
+    assert chain([{"timeout": {"period": "1s", "value": f.VALUE_LIMIT / 4}}], 4).filters[0].fallback == f.VALUE_LIMIT
+    e = str(raises(filters.ConfigError, chain, [{"timeout": {"period": "1s", "value": 2 ** 29}}], 4))
+    assert "'value'" in e and "coarser scale" in e
+    chain([{"clamp": {"max_value": 21474}}], scale=100000)
+    e = str(raises(filters.ConfigError, chain, [{"clamp": {"max_value": 21475}}], 100000))
+    assert "'max_value'" in e and "coarser scale" in e
+    raises(filters.ConfigError, filterconf.build_chain, "x", {"scale": f.MAX_SCALE + 1})
+
+
+def test_a_refused_value_is_shown_short_in_the_message():
+    e = str(raises(filters.ConfigError, chain, [{"round": 10 ** 40}]))
+    assert "an integer of 41 digits" in e
+    e = str(raises(filters.ConfigError, chain, [{"throttle": "x" * 5000}]))
+    assert len(e) < 200 and "..." in e
+    e = str(raises(filters.ConfigError, chain, [[[[[[1]]]]]]))
+    assert "got a list of 1" in e
+
+
+def test_a_polynomial_at_the_bounds_builds_or_is_refused_and_never_raises_per_sample():
+    # the widest datapoints the bounds let through (1e9 at scale 2: 2e9 units),
+    # at the highest degree: the normal equations hold x**16 of 2e9 (about
+    # 1e149), inside a double
+    lim = 10 ** 9
+    tries = [
+        [[lim - i, (-1) ** i * lim] for i in range(9)],
+        [[-lim + i * (lim // 4), lim - i] for i in range(9)],
+        [[i, lim if i % 2 else -lim] for i in range(9)],
+        [[0, 0]] * 9,
+    ]
+    built = 0
+    for pts in tries:
+        try:
+            c = chain([{"calibrate_polynomial": {"degree": 8, "datapoints": pts}}], 2)
+        except filters.ConfigError as e:
+            assert "calibrate_polynomial" in str(e)
+            continue
+        built += 1
+        top = filterconf.VALUE_LIMIT
+        for x in (0, 1, -1, 1000, top, -top):
+            y = c.push(x, 0)
+            assert y is None and c.reason == filters.RANGE or -top <= y <= top, (pts, x, y)
+    assert built >= 1

@@ -203,3 +203,19 @@ def test_values_at_the_range_bound_are_refused_and_leave_the_state_alone():
         push(twin, x)
     for x in values(50, 7, 0, 30):  # the refused values left no trace
         assert push(stage, x) == push(twin, x)
+
+
+def test_counts_that_would_not_fit_the_state_array_are_refused_when_built():
+    # skip_initial and send_every live in an array("i"), restored from a
+    # snapshot only below BIAS: 2**31 raised OverflowError under CPython and
+    # wrapped silently on the VM
+    from ptest import raises
+
+    for make in (lambda n: prog.SkipInitial(n), lambda n: prog.Window(prog.MEDIAN, 5, n, 1),
+                 lambda n: prog.EMA(0.5, n, 1), lambda n: prog.Window(prog.MAX, 5, n, n)):
+        for n in (0, prog.BIAS, 2 ** 31, 2 ** 32 + 1):
+            raises(ValueError, make, n)
+        st = prog.Stage([make(prog.BIAS - 1)])
+        snap = st.state()
+        st.load(iter(snap))  # what Stage.load takes back
+        assert st.state() == snap

@@ -270,3 +270,32 @@ def test_time_filters_on_the_simulated_clock_across_the_tick_wrap():
     assert time.ticks_ms() < 30000  # the clock wrapped meanwhile
     time.sleep_ms(25000)  # 65 s: 30 s after the last value that got past the throttle
     assert c.tick(time.ticks_ms()) == 30 and c.flags == filters.STALE
+
+
+def test_float_filters_drop_a_result_no_reading_can_hold_instead_of_raising():
+    # a stored reading is a signed 32-bit int: beyond it, or not finite, the
+    # multiply and the calibrations drop the value as RANGE, counted
+    lim = filters.VALUE_LIMIT
+    c = chain([{"multiply": 1000000}])
+    assert c.push(2147, 0) == 2147000000
+    assert c.push(2148, 0) is None and c.reason == filters.RANGE  # 2.148e9 > 2**31 - 1
+    assert c.push(-2148, 0) is None and c.drops[filters.RANGE] == 2
+    assert c.push(10 ** 12, 0) is None and c.drops[filters.RANGE] == 3  # a long int raw value too
+    c = chain([{"calibrate_linear": [[0, 0], [1, 1000000]]}])
+    assert c.push(lim // 1000000, 0) == lim // 1000000 * 1000000
+    assert c.push(lim // 1000000 + 1, 0) is None and c.reason == filters.RANGE
+    c = chain([{"calibrate_linear": {"method": "exact", "datapoints": [[0, 0], [1, 1000000]]}}])
+    assert c.push(-(lim // 1000000) - 1, 0) is None and c.reason == filters.RANGE
+    c = chain([{"calibrate_polynomial": {"degree": 8, "datapoints": [[x, x ** 8] for x in range(9)]}}])
+    assert c.push(2, 0) == 256 and c.push(14, 0) == 14 ** 8
+    assert c.push(15, 0) is None and c.reason == filters.RANGE  # 15**8 = 2562890625 > 2**31 - 1
+    assert c.push(lim, 0) is None and c.reason == filters.RANGE  # ~4e74: a double, not a reading
+    # what follows in the chain never sees the dropped value
+    c = chain([{"multiply": 1000000}, {"median": {"window_size": 3, "send_every": 1}}])
+    assert c.push(10 ** 6, 0) is None and c.reason == filters.RANGE and c.drops[filters.RANGE] == 1
+
+
+def test_a_fit_with_no_finite_coefficients_is_refused_when_built():
+    # a polynomial's coefficients that come out NaN or infinite: refused once
+    e = str(raises(filters.ConfigError, filters.CalibratePolynomial, 1, [(float("inf"), 1), (2, 2), (3, 3)]))
+    assert "no finite degree 1 fit" in e
