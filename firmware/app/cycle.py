@@ -16,6 +16,7 @@ import machine
 import clock
 import eventlog as log
 import filters
+import outbox
 import rtcmem
 import uplink
 
@@ -155,6 +156,9 @@ class Wake:
                 try:
                     self.ob.append(uplink.pack_reading(i, out, ch.flags), stamp)
                     self.readings += 1
+                except outbox.Exhausted as e:  # no number left: refused, counted, never wrapped
+                    self.st.bump("exhausted")
+                    log.error("outbox", "reading refused channel=%s: %s", c.name, e)
                 except OSError as e:  # the flash refused: this one is lost, counted, not the wake
                     self.st.bump("refused")
                     log.error("outbox", "reading refused channel=%s: %s", c.name, e)
@@ -208,19 +212,20 @@ class Wake:
         s = session.Session(cfg, self.rtc)
         try:
             if s.open():
-                synced = s.sync_clock(self.clk)
-                if synced is not None:
-                    step = self.sched.synced(synced[0], synced[1])
-                    if step is not None:
-                        log.info("schedule", "step_ms=%d ppm=%d", step, self.sched.state["ppm"])
+                self._sync(s)
                 if s.connect():
                     s.drain(self.ob, enc, uplink.time_kind(self.clk))
                     st.bump("rejected", enc.rejected)
                     rec = health.record(st, self.ob.stats(), self.cause, s.rssi, s.wifi_ms,
                                         self._filter_drops(), self.wake, cfg.sample_s,
                                         cfg.sample_s * cfg.uplink_every)
-                    s.publish(cfg.topic + "/health", health.message(
-                        rec, key, cfg.device_id, self.counter, self.clk.unix() if self.clk.known() else None))
+                    try:
+                        msg = health.message(rec, key, cfg.device_id, self.counter,
+                                             self.clk.unix() if self.clk.known() else None)
+                    except ValueError as e:  # seqcounter.Exhausted: nothing can be sealed any more
+                        log.error("uplink", "health record not sealed: %s", e)
+                    else:
+                        s.publish(cfg.topic + "/health", msg)
         finally:
             s.close()
         self.uplink = s.result
@@ -234,6 +239,24 @@ class Wake:
             st.samples = 0
         else:
             session.failed(st, time.time(), self.uplink)
+
+    def _sync(self, s):
+        """NTP, bounded by the drift the schedule learnt; after a refused sync
+        by the bound of an unknown drift, so that a node whose drift changed
+        is not refused its true time for good (a forger gains at most 10 % of
+        the time since the last sync: lib/clock.py). Refusals counted
+        for the health record."""
+        st = self.st
+        ppm = self.sched.state["ppm"] if not st.ntp_streak else None
+        synced = s.sync_clock(self.clk, ppm or None)
+        if self.clk.refused:
+            st.bump("ntp_refused", self.clk.refused)
+            st.bump("ntp_streak")
+        elif synced is not None:
+            st.ntp_streak = 0
+            step = self.sched.synced(synced[0], synced[1])
+            if step is not None:
+                log.info("schedule", "step_ms=%d ppm=%d", step, self.sched.state["ppm"])
 
     def _filter_drops(self):
         n = 0

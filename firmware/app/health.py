@@ -19,6 +19,13 @@ Unix time); one record per field, n = the field's name and v (a number) or vs
     fdrop filter drops (all channels, all reasons but "ok")
     sample_s  sampling interval, s  uplink_s  interval between uplinks, s
               (sample_s x uplink_every: a reader's expire_after)
+    exhausted  readings the outbox refused: no sequence number left (a new
+               device id is needed; lib/outbox.py)
+    ntp_refused  NTP answers refused: below the floor, beyond build + 30
+               years, not what the RTC measured since the last sync, or
+               unconfirmed (lib/clock.py): forged or broken time
+The counters count since power-on (RTC memory), saturating at 65535; drop
+and q are the outbox's own.
 """
 
 import gc
@@ -29,7 +36,8 @@ from app import version
 
 # the pack's order; a new field goes at the end
 FIELDS = ("fw", "boot", "rst", "wake", "heap", "awake", "rssi", "wifi", "q", "drop", "lost", "crash",
-          "safe", "wdt", "auth", "batt", "rej", "refused", "fdrop", "sample_s", "uplink_s")
+          "safe", "wdt", "auth", "batt", "rej", "refused", "fdrop", "sample_s", "uplink_s", "exhausted",
+          "ntp_refused")
 
 
 def free_heap():
@@ -51,7 +59,7 @@ def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake="", s
         "q": s["depth"], "drop": s["drops"], "lost": st.lost_rtc, "crash": st.crashes,
         "safe": st.safe_entries, "wdt": st.wdt_resets, "auth": st.auth_fails, "batt": st.batt_mv,
         "rej": st.rejected, "refused": st.refused, "fdrop": filter_drops,
-        "sample_s": sample_s, "uplink_s": uplink_s,
+        "sample_s": sample_s, "uplink_s": uplink_s, "exhausted": st.exhausted, "ntp_refused": st.ntp_refused,
     }
 
 

@@ -47,13 +47,19 @@ FIELDS = (
     ("rejected", "H"),  # readings the encoder could not send, since power-on
     ("refused", "H"),  # readings the outbox refused (flash failing), since power-on
     ("last_stamp", "I"),  # the last reading's timestamp: the next is always later
+    ("exhausted", "H"),  # readings the outbox refused: no sequence number left, since power-on
+    ("ntp_refused", "H"),  # NTP answers the clock refused (forged or broken), since power-on
+    ("ntp_streak", "B"),  # syncs refused in a row: after one, the drift bound is the unknown one
 )
 FMT = "<" + "".join(code for _, code in FIELDS)
-VERSION = 5
+VERSION = 6
 
 
 # the largest value of each struct code: what bump() saturates at
 _TOP = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF, "b": 0x7F, "h": 0x7FFF, "i": 0x7FFFFFFF}
+# and the smallest: what save() clamps to (struct.pack raises under CPython and
+# wraps on the VM: a value out of its field must neither crash nor read back small)
+_BOTTOM = {"B": 0, "H": 0, "I": 0, "b": -0x80, "h": -0x8000, "i": -0x80000000}
 
 
 class State:
@@ -63,6 +69,7 @@ class State:
     boots = crash_streak = crashes = safe_left = safe_entries = samples = up_fails = 0
     up_next = synced = ppm = awake_ms = alarms = auth_fails = power = batt_mv = 0
     wdt_resets = lost_rtc = cfg_crc = rssi = rejected = refused = last_stamp = 0
+    exhausted = ntp_refused = ntp_streak = 0
 
     def __init__(self, rtc=None):
         self.region = rtcmem.Region(rtc or machine.RTC(), APP[0], APP[1], VERSION)
@@ -84,7 +91,10 @@ class State:
         raise AttributeError(name)
 
     def save(self):
-        self.region.save(struct.pack(FMT, *[getattr(self, name) for name, _ in FIELDS]))
+        """Every field clamped to what it holds (a battery reading of 70000 mV
+        is kept as 65535, not as 4464 nor as a crash)."""
+        self.region.save(struct.pack(FMT, *[max(_BOTTOM[code], min(_TOP[code], getattr(self, name)))
+                                            for name, code in FIELDS]))
 
     def schedule(self):
         """The schedule's part, as the dict app.schedule.Schedule keeps."""

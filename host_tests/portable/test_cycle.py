@@ -177,3 +177,108 @@ def test_a_sensor_that_raises_is_logged_and_its_channels_get_no_value():
     w, ms, log = node.wake()
     assert sorted(r[0] for r in kept(w)) == [0, 1, 2, 2]
     assert lines(log, "sample")[0][3]["t"] != "-"
+
+
+def test_readings_past_the_outboxs_last_number_are_refused_counted_and_those_kept_stay():
+    import outbox
+    import rtcmem
+
+    node = Node({"channels": CHANNELS})
+    # an outbox two numbers from its end (crafted state, or 4 billion readings)
+    os.mkdir(node.dir + "/" + stores.DATA)
+    outbox.Outbox(node.dir + "/" + stores.OUTBOX_PATH,
+                  rtc=rtcmem.Region(machine.RTC(), *state.OUTBOX)).start_at(outbox.MAX_SEQ - 1)
+    w, ms, log = node.wake()
+    assert [s for s, _, _ in w.ob.peek(10)] == [outbox.MAX_SEQ - 1, outbox.MAX_SEQ]  # t and rh kept
+    assert node.st.exhausted == 1 and node.st.refused == 0  # v refused, not wrapped to 0
+    assert "no sequence number left" in [x for x in lines(log, "outbox") if x[0] == "E"][0][4]
+    assert int(lines(log, "wake")[0][3]["sleep_ms"]) == ms > 0  # on to its sleep
+    node.sleep(ms)
+    w, ms, log = node.wake()
+    assert node.st.exhausted == 4 and len(w.ob) == 2
+    from app import health
+
+    assert health.record(node.st, w.ob.stats(), "deepsleep")["exhausted"] == 4
+
+
+PSK = "ab" * 32
+
+
+def uplink_node():
+    """A node that uploads at every wake to a broker that is not there (the
+    NTP step comes before it); its access point up, NTP telling the truth."""
+    node = Node({"channels": CHANNELS, "uplink_every": 1, "wifi": {"ssid": "home"},
+                 "broker": {"host": "127.0.0.1", "port": 1, "ca": "ca.der"}})
+    node.cfg._secrets = {"hmac_key": "11" * 32, "wifi_psk": PSK}
+    simstate.board.aps = [{"ssid": "home", "bssid": "a0b1c2d3e4f5", "channel": 6, "rssi": -61,
+                           "password": PSK, "up": True}]
+    return node
+
+
+def test_ntp_refusals_are_counted_for_health_and_the_next_sync_takes_the_unknown_drift_bound():
+    from app import health
+
+    node = uplink_node()
+    w, ms, log = node.wake()  # the first sync of this power-on: the clock set
+    assert w.clk.known() and node.st.ntp_refused == 0 and node.st.synced
+    node.sleep(ms)
+    node.st.ppm = 90000  # a learnt drift far from this board's (0): the truth is refused
+    node.st.up_next = node.st.up_fails = 0  # no backoff after the missing broker
+    w, ms, log = node.wake()
+    assert node.st.ntp_refused == 1 and node.st.ntp_streak == 1
+    assert any("refused" in x[4] for x in lines(log, "clock"))
+    assert health.record(node.st, None, "deepsleep")["ntp_refused"] == 1
+    synced = node.st.synced
+    node.sleep(ms)
+    node.st.up_next = node.st.up_fails = 0
+    w, ms, log = node.wake()  # after a refusal: the bound of an unknown drift (10 %): set
+    assert node.st.ntp_refused == 1 and node.st.ntp_streak == 0 and node.st.synced > synced
+
+
+def test_a_sequence_counter_past_its_last_number_fails_the_uplink_not_the_wake():
+    import seqcounter
+
+    from app import session
+
+    class Linked:
+        """A session whose link and broker are there: what the wake does with them."""
+        published = []
+
+        def __init__(self, cfg, rtc):
+            self.result, self.sent, self.rssi, self.wifi_ms, self.auth_refused = None, 0, -60, 100, False
+
+        def open(self):
+            return True
+
+        def sync_clock(self, clk, ppm=None):
+            return None
+
+        def connect(self):
+            return True
+
+        def drain(self, ob, enc, kind=None):
+            return 0
+
+        def publish(self, topic, msg):
+            Linked.published.append(topic)
+
+        def close(self):
+            self.result = "ok"
+
+    node = uplink_node()
+    make, real = stores.make, session.Session
+
+    def exhausted_counter(rtc, with_outbox=True):
+        made = make(rtc, with_outbox)
+        made.counter._next = made.counter._limit = seqcounter.MAX + 1  # crafted, at its end
+        made.counter._fresh = False
+        return made
+
+    stores.make, session.Session = exhausted_counter, Linked
+    try:
+        w, ms, log = node.wake()
+    finally:
+        stores.make, session.Session = make, real
+    assert Linked.published == []  # nothing sealed with a repeated or wrapped number
+    assert any("health record not sealed" in x[4] for x in lines(log, "uplink"))
+    assert int(lines(log, "wake")[0][3]["sleep_ms"]) == ms > 0  # on to its sleep

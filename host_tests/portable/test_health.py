@@ -11,6 +11,10 @@ def test_health_record_carries_the_counters():
     assert r["rssi"] == -71 and r["wifi"] == 180  # the session's link, passed as values
     assert health.record(st, None, "poweron")["rssi"] == 0  # no link measured
     assert health.record(st, None, "poweron")["q"] == -1  # outbox not opened (safe mode)
+    st.exhausted, st.ntp_refused = 4, 9
+    r = health.record(st, None, "deepsleep")
+    assert r["exhausted"] == 4 and r["ntp_refused"] == 9
+    assert health.FIELDS[-2:] == ("exhausted", "ntp_refused")  # new fields at the end: old readers keep their order
 
 
 class Counter:

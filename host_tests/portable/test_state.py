@@ -54,3 +54,12 @@ def test_bump_saturates_at_the_fields_size():
     again = state.State()
     assert again.crash_streak == 255 and again.crashes == 65535 and again.up_next == 2 ** 32 - 1
     raises(AttributeError, st.bump, "crashs")  # a misspelt counter is an error, not a new attribute
+
+
+def test_a_value_out_of_its_field_is_saved_clamped_not_wrapped_nor_raised():
+    st = state.State()
+    st.batt_mv, st.rssi, st.ppm, st.synced, st.ntp_streak = 70000, -300, -2 ** 40, 2 ** 32, 256
+    st.save()  # CPython's struct.pack raises here, the VM's wraps: neither
+    again = state.State()
+    assert again.batt_mv == 65535 and again.rssi == -128 and again.ppm == -2 ** 31
+    assert again.synced == 2 ** 32 - 1 and again.ntp_streak == 255
