@@ -14,7 +14,7 @@ the node knew the time, dated on arrival).
 import argparse
 import sys
 
-from .readings import Usage, open_store, parse_time
+from .readings import open_query
 
 
 def series(rows):
@@ -115,16 +115,10 @@ def plot(st, device, channels, out, since=None, until=None):
 
 
 def _cmd(args):
-    try:
-        since = parse_time(args.since) if args.since else None
-        until = parse_time(args.until) if args.until else None
-        st = open_store(args.db)
-    except Usage as e:
-        print("petrel plot: %s" % e, file=sys.stderr)
-        return 2
-    except Exception as e:
-        print("petrel plot: cannot open %s: %s" % (args.db, e), file=sys.stderr)
-        return 1
+    q = open_query(args, "plot")
+    if isinstance(q, int):
+        return q
+    st, since, until = q
     try:
         got = plot(st, args.device, args.channel, args.out, since, until)
     finally:

@@ -142,17 +142,26 @@ def senml_record(r, v):
     return "{" + ", ".join(parts) + "}"
 
 
-def _cmd(args):
+def open_query(args, command):
+    """--db opened, --since/--until parsed -> (store, since, until), or the
+    exit code after saying what is wrong (2 bad usage, 1 store unusable)."""
     try:
         since = parse_time(args.since) if args.since else None
         until = parse_time(args.until) if args.until else None
-        st = open_store(args.db)
+        return open_store(args.db), since, until
     except Usage as e:
-        print("petrel readings: %s" % e, file=sys.stderr)
+        print("petrel %s: %s" % (command, e), file=sys.stderr)
         return 2
     except Exception as e:  # a store that cannot be opened: say which and why
-        print("petrel readings: cannot open %s: %s" % (args.db, e), file=sys.stderr)
+        print("petrel %s: cannot open %s: %s" % (command, args.db, e), file=sys.stderr)
         return 1
+
+
+def _cmd(args):
+    q = open_query(args, "readings")
+    if isinstance(q, int):
+        return q
+    st, since, until = q
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
         rows = st.readings(device=args.device, channel=args.channel, since=since, until=until,
