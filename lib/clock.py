@@ -118,16 +118,25 @@ class Clock:
         self.earlier = []  # earlier power-ons from flash: [[first seq, offset or None]], oldest first
         if path is not None:
             self.saved, self.earlier = _load(path)
-            self.floor = max(self.floor, self.saved)
+            self.floor = self._kept_floor(self.saved)
         if store is not None:
             payload, _ = store.load()
             if payload is not None and len(payload) == struct.calcsize(_RTC):
                 good, off, has_off, self.first, kept = struct.unpack(_RTC, payload)
-                self.floor = max(self.floor, good)
+                self.floor = self._kept_floor(good)
                 self.offset = off if has_off else None
                 self.kept = bool(kept)
         if self.first:  # this power-on's own entry is not an earlier one
             self.earlier = [p for p in self.earlier if p[0] < self.first]
+
+    def _kept_floor(self, good):
+        """A known-good time read back: one beyond build time + 30 years was
+        never set by sync (crafted, or forged before the bound): believed, it
+        would refuse every true answer for good."""
+        if good > self.build + MAX_AHEAD:
+            log.error("clock", "kept time %d beyond build time + 30 years: ignored", good)
+            return self.floor
+        return max(self.floor, good)
 
     def unix(self):
         return time.time() + EPOCH_TO_UNIX

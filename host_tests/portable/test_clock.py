@@ -346,3 +346,17 @@ def test_a_power_on_learning_its_offset_after_2038_keeps_and_uses_it():
     c = clock.Clock(BUILD, region(), path + "/clock")  # an earlier power-on now, from flash
     c.begin(20)
     assert c.senml_time(t0, 10) == dated
+
+
+def test_a_kept_time_beyond_build_plus_30_years_is_ignored_not_a_floor_for_good():
+    import struct
+    from binascii import crc32
+
+    path, flash = scratch_dir()
+    body = struct.pack("<IB", 4000000000, 0)  # 2096: a crafted (CRC-valid) known-good time
+    with open(path + "/clock", "wb") as f:
+        f.write(body + struct.pack("<I", crc32(body) & 0xFFFFFFFF))
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    assert c.floor == BUILD
+    assert c.sync(ntp) and c.refused == 0  # the true time is still taken
+    assert abs(c.unix() - TRUE_NOW) < 5
