@@ -4,6 +4,8 @@ the collector reads, refusals of shared and weak keys, and no secret in the outp
 import base64
 import hashlib
 import json
+import os
+import random
 import secrets
 import sqlite3
 import stat
@@ -136,6 +138,33 @@ def test_an_existing_device_id_is_refused_and_nothing_is_written(tmp_path, capfd
     assert len(rows(reg)) == 1
 
 
+def _shuffled_from(values, n, seed):
+    rng = random.Random(seed)
+    return bytes(rng.choice(values) for _ in range(n))
+
+
+def _changed(key, where):
+    key = bytearray(key)
+    for i in where:
+        key[i] ^= 0x5A
+    return bytes(key)
+
+
+def _half_repeated(seed):
+    """16 random bytes, then the same 16 with half of them replaced: only the
+    repeated-pattern check sees it (22 different bytes, bits balanced)."""
+    rng = random.Random(seed)
+    first = bytes(rng.randrange(256) for _ in range(16))
+    second = bytearray(first)
+    for i in rng.sample(range(16), 8):
+        second[i] = rng.randrange(256)
+    return first + bytes(second)
+
+
+# 16 byte values with four bits set each: only the few-values check sees a shuffle of them
+BALANCED_16 = [0x0F, 0xF0, 0x33, 0xCC, 0x55, 0xAA, 0x3C, 0xC3, 0x5A, 0xA5, 0x69, 0x96,
+               0x17, 0xE8, 0x2B, 0xD4]
+
 WEAK = {
     "all zero": bytes(32),
     "repeated byte": b"\xa5" * 32,
@@ -144,12 +173,26 @@ WEAK = {
     "the broker fixture's PSK": bytes.fromhex("00112233445566778899aabbccddeeff"),
     "pattern": bytes.fromhex("deadbeef") * 8,
     "text": b"my-super-secret-key-for-petrel!!",
+    # issue 14: exactly half its bytes distinct passed the old check
+    "half distinct, period 16": bytes(range(16)) * 2,
+    "period 16, three bytes changed": _changed(bytes(range(16)) * 2, (3, 17, 30)),
+    "period 8 in a 16-byte PSK": bytes(range(40, 48)) * 2,
+    "period 11, not a divisor": (bytes(range(200, 211)) * 3)[:32],
+    "counting by 7, four bytes changed": _changed(bytes(7 * i % 256 for i in range(32)), (0, 9, 20, 31)),
+    "UTF-16 text": "sup3r s3cret passw0rd for node!"[:16].encode("utf-16-le"),
+    "16 byte values shuffled": _shuffled_from(range(0, 256, 16), 32, 1),
+    "8 byte values shuffled, 16-byte PSK": _shuffled_from(range(0, 256, 32), 16, 2),
+    "period 16, half the bytes changed": _half_repeated(5),
+    "16 bit-balanced byte values shuffled": _shuffled_from(BALANCED_16, 32, 6),
+    "sparse bits": _shuffled_from([b for b in range(256) if bin(b).count("1") <= 2], 32, 3),
+    "dense bits": _shuffled_from([b for b in range(256) if bin(b).count("1") >= 6], 32, 4),
 }
 
 
 @pytest.mark.parametrize("name", sorted(WEAK))
 def test_weak_keys_are_refused(tmp_path, capfd, name):
     key = WEAK[name]
+    assert len(key) in (16, 32), name
     f = tmp_path / "key.hex"
     f.write_text(key.hex() + "\n")
     reg = tmp_path / "reg.sqlite"
@@ -161,37 +204,76 @@ def test_weak_keys_are_refused(tmp_path, capfd, name):
     assert key.hex() not in out.lower()
 
 
-def test_random_keys_pass_the_weakness_checks():
-    for n in (16, 32) * 5000:
-        assert provision.weakness(secrets.token_bytes(n)) is None
+def test_generated_keys_always_pass_the_weakness_checks():
+    # 10,000 keys as provisioning draws them (os.urandom), every length it makes;
+    # the checks refuse a random key with probability < 2e-7 (see weakness)
+    for i in range(10000):
+        key = os.urandom(16 + i % 17)
+        assert provision.weakness(key) is None, key.hex()
+
+
+def test_a_random_source_that_gives_weak_keys_is_refused_not_looped_on(tmp_path, capfd, mocker):
+    reg = tmp_path / "reg.sqlite"
+    calls = mocker.patch("petrel.provision.secrets.token_bytes", side_effect=lambda n: bytes(n))
+    rc, out = run(capfd, "--out", tmp_path / "n", "--registry", reg, "--psk")
+    assert rc == 1 and "random source" in out and "nothing was written" in out
+    assert calls.call_count == provision.GENERATE_TRIES + 1  # and one for the device id
+    assert not (tmp_path / "n").exists() and rows(reg) == []
 
 
 def test_a_key_already_given_to_a_device_is_refused(tmp_path, capfd):
     reg = tmp_path / "reg.sqlite"
-    assert run(capfd, "--out", tmp_path / "a", "--registry", reg, "--psk")[0] == 0
+    assert run(capfd, "--out", tmp_path / "a", "--registry", reg, "--psk", "--device-id", "node-a")[0] == 0
     a = json.loads((tmp_path / "a" / "secrets.json").read_text())
-    for option, key in (("--hmac-key-file", a["hmac_key"]), ("--psk-key-file", a["psk_key"]),
-                        ("--psk-key-file", a["hmac_key"])):  # nor across kinds
+    for option, key, whose in (
+            ("--hmac-key-file", a["hmac_key"], "the payload (HMAC) key of device node-a"),
+            ("--psk-key-file", a["psk_key"], "the TLS-PSK key of device node-a"),
+            ("--psk-key-file", a["hmac_key"], "the payload (HMAC) key of device node-a")):  # nor across kinds
         f = tmp_path / "key.hex"
         f.write_text(key)
         rc, out = run(capfd, "--out", tmp_path / "b", "--registry", reg, "--psk", option, f)
         assert rc == 1, out
-        assert "already used as the key of device" in out and "omit the option" in out
-        assert key not in out
+        assert "already used as " + whose in out and "omit the option" in out
+        assert key not in out.lower()
     # a good key of one's own is taken, and then is not anyone else's
     own = secrets.token_bytes(32)
     f.write_text(own.hex())
     assert run(capfd, "--out", tmp_path / "b", "--registry", reg, "--hmac-key-file", f, "--psk")[0] == 0
-    assert provision.load_keys(reg)[json.loads((tmp_path / "b" / "config.json").read_text())
-                                    ["device_id"]] == own
+    b_id = json.loads((tmp_path / "b" / "config.json").read_text())["device_id"]
+    assert provision.load_keys(reg)[b_id] == own
     rc, out = run(capfd, "--out", tmp_path / "c", "--registry", reg, "--hmac-key-file", f, "--psk")
-    assert rc == 1 and "already used as the key of device" in out
+    assert rc == 1 and "already used as the payload (HMAC) key of device " + b_id in out
+    assert own.hex() not in out.lower()
     # nor one key for both jobs on one device
     f.write_text(secrets.token_hex(32))
     rc, out = run(capfd, "--out", tmp_path / "c", "--registry", reg, "--psk",
                   "--hmac-key-file", f, "--psk-key-file", f)
     assert rc == 1 and "this device's payload key" in out
     assert not (tmp_path / "c").exists() and len(rows(reg)) == 2
+
+
+@pytest.mark.parametrize("loose", [0o640, 0o604, 0o620, 0o602, 0o660, 0o644])
+def test_a_registry_others_can_read_or_write_is_refused_and_left_as_it_is(tmp_path, capfd, loose):
+    reg = tmp_path / "reg.sqlite"
+    assert run(capfd, "--out", tmp_path / "a", "--registry", reg, "--psk")[0] == 0
+    reg.chmod(loose)
+    rc, out = run(capfd, "--out", tmp_path / "b", "--registry", reg, "--psk")
+    assert rc == 1, out
+    assert "mode %04o" % loose in out and "chmod 600" in out and "exposed" in out
+    assert mode(reg) == loose  # not tightened behind the operator's back
+    assert not (tmp_path / "b").exists() and len(rows(reg)) == 1
+    reg.chmod(0o600)  # the operator's fix is all it takes
+    assert run(capfd, "--out", tmp_path / "b", "--registry", reg, "--psk")[0] == 0
+    assert len(rows(reg)) == 2 and mode(reg) == 0o600
+
+
+def test_a_new_registry_is_0600_whatever_the_umask(tmp_path, capfd):
+    old = os.umask(0)
+    try:
+        assert run(capfd, "--out", tmp_path / "a", "--registry", tmp_path / "reg.sqlite", "--psk")[0] == 0
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "reg.sqlite") == 0o600
 
 
 def test_a_ca_key_that_is_not_the_cas_is_refused(tmp_path, capfd, pki):
@@ -220,6 +302,7 @@ def test_usage_and_file_errors_say_what_to_do(tmp_path, capfd, pki):
     rc, out = run(capfd, "--out", tmp_path / "n", "--registry", tmp_path / "no" / "reg.sqlite", "--psk")
     assert rc == 1 and "cannot write the registry" in out
     (tmp_path / "junk.sqlite").write_text("not a database, just text that is long enough " * 20)
+    (tmp_path / "junk.sqlite").chmod(0o600)
     rc, out = run(capfd, "--out", tmp_path / "n", "--registry", tmp_path / "junk.sqlite", "--psk")
     assert rc == 1 and "cannot write the registry" in out
     (tmp_path / "full").mkdir()

@@ -13,7 +13,10 @@ collector finds the HMAC key: Verifier(load_keys(registry)). With --psk, the
 line for Mosquitto's psk_file goes to OUT.psk (0600), for the broker operator.
 
 Never prints a secret; refuses shared, reused and weak keys (ETSI EN 303 645
-5.1 and 5.4: no universal default credentials, per-device secrets).
+5.1 and 5.4: no universal default credentials, per-device secrets): a key
+given by file that is periodic, counting, of few byte values or printable, or
+that another device in the registry already has (it says which device). An
+existing registry must have mode 0600 (else refused, with what to do).
 """
 
 import argparse
@@ -24,6 +27,7 @@ import os
 import re
 import secrets
 import sqlite3
+import stat
 import sys
 from pathlib import Path
 
@@ -54,17 +58,39 @@ class Refused(Exception):
 
 
 def weakness(key):
-    """Why key is not fit to be a device key, or None. A random key of 16 or
-    more bytes fails these checks with a probability below 1e-6."""
+    """Why key is not fit to be a device key, or None.
+
+    Each check looks for structure random bytes do not have; for a key of
+    16..32 bytes from os.urandom the chance of a refusal is below 2e-7 (16
+    bytes, mostly "printable text"; 32 bytes: 1.4e-10), and a generated key
+    that fails is simply drawn again (bounds worked out for each length):
+      repeated pattern  for some shift p <= n/2, at least half of the bytes equal
+                        the byte p further on (catches bytes(range(16)) * 2, a
+                        pattern with a few bytes changed, UTF-16 text); < 2e-8
+      counting          at least half of the steps between neighbours equal; < 1e-12
+      few byte values   fewer than 5/8 n different bytes (8 or 16 values
+                        shuffled); < 1e-7
+      bit balance       fewer than 1/4 or more than 3/4 of the bits set; < 5e-9
+      printable text    (95/256)**n: 1.3e-7 at 16 bytes"""
+    n = len(key)
     if key in KNOWN_KEYS:
         return "a well-known test key"
+    if n < 2:
+        return "too short"
     if len(set(key)) == 1:
         return "one repeated byte"
-    steps = set((key[i + 1] - key[i]) % 256 for i in range(len(key) - 1))
-    if len(steps) == 1:
+    for shift in range(1, n // 2 + 1):
+        same = sum(1 for i in range(n - shift) if key[i] == key[i + shift])
+        if 2 * same >= n - shift:
+            return "a repeated pattern"
+    steps = [(key[i + 1] - key[i]) % 256 for i in range(n - 1)]
+    if 2 * max(steps.count(step) for step in set(steps)) >= n - 1:
         return "a counting sequence"
-    if len(set(key)) < len(key) // 2:
-        return "a short repeated pattern"
+    if 8 * len(set(key)) < 5 * n:
+        return "made of too few different byte values"
+    ones = sum(bin(b).count("1") for b in key)
+    if not 2 * n <= ones <= 6 * n:  # 8n bits, a quarter of them is 2n
+        return "mostly %s bits" % ("0" if ones < 2 * n else "1")
     if all(32 <= b < 127 for b in key):
         return "printable text, not random bytes"
     return None
@@ -203,11 +229,27 @@ def _write(path, data, mode=0o644):
 
 
 # ------------------------------------------------------------ registry
+def _check_registry_mode(path):
+    """An existing registry must be its owner's alone: it holds every device's
+    payload key, and whoever can write it can register a key of their own.
+    Refused, not tightened: if others could read it the keys may already be out
+    (chmod would hide that), and a collector that reads it through its group
+    would stop without a word; the operator decides, the message says how."""
+    st = os.stat(path)
+    if st.st_mode & 0o077:
+        raise Refused("the registry %s has mode %04o: it holds every device's payload key, so "
+                      "only its owner may read or write it. If others could read it, treat those "
+                      "keys as exposed (provision the devices again); then `chmod 600 %s` and run "
+                      "again (nothing was written)" % (path, stat.S_IMODE(st.st_mode), path))
+
+
 def _open_registry(path):
     path = Path(path)
     try:
         if not path.exists():
             _write(path, b"", 0o600)  # it holds every device's HMAC key
+        else:
+            _check_registry_mode(path)
         db = sqlite3.connect(str(path), isolation_level=None)
         db.execute("BEGIN IMMEDIATE")  # one provisioning at a time: ids and keys stay unique
         db.execute(SCHEMA)
@@ -222,29 +264,35 @@ def _used_keys(db):
     used = {}
     for dev, hmac_key, psk_hash in db.execute(
             "SELECT device_id, hmac_key, psk_key_sha256 FROM devices"):
-        used[hashlib.sha256(bytes(hmac_key)).hexdigest()] = "the key of device " + dev
+        used[hashlib.sha256(bytes(hmac_key)).hexdigest()] = "the payload (HMAC) key of device " + dev
         if psk_hash:
-            used[psk_hash] = "the key of device " + dev
+            used[psk_hash] = "the TLS-PSK key of device " + dev
     return used
 
 
+GENERATE_TRIES = 64  # a random source that fails this often in a row is broken
+
+
 def _fresh_key(n, used, given=None, what="key"):
-    """A key no device has and no check calls weak: the one given, or a new one."""
-    while True:
-        key = given if given is not None else secrets.token_bytes(n)
-        why = weakness(key)
-        other = used.get(hashlib.sha256(key).hexdigest())
-        if given is None:
-            if why is None and other is None:
-                return key
-            continue  # astronomically rare for random bytes: draw again
+    """A key no device has and no check calls weak: the one given, or a new one
+    from os.urandom. Messages name the check and the device, never the key."""
+    if given is not None:
+        why, other = weakness(given), used.get(hashlib.sha256(given).hexdigest())
         if why:
             raise Refused("%s is %s: every device needs its own random key; omit the option "
                           "to have one generated" % (what, why))
         if other:
             raise Refused("%s is already used as %s: keys are never shared; omit the "
                           "option to have a new one generated" % (what, other))
-        return key
+        return given
+    for _ in range(GENERATE_TRIES):
+        key = secrets.token_bytes(n)  # os.urandom
+        if weakness(key) is None and hashlib.sha256(key).hexdigest() not in used:
+            return key
+        # else: astronomically rare for random bytes: draw again
+    raise Refused("the system's random source gave %d keys in a row that are weak or already "
+                  "used: it is not random; fix it before provisioning (nothing was written)"
+                  % GENERATE_TRIES)
 
 
 # ------------------------------------------------------------ the command
@@ -470,7 +518,8 @@ registered); 2 bad usage.""",
     p.add_argument("--out", required=True, metavar="DIR",
                    help="new or empty folder for the board's files")
     p.add_argument("--registry", required=True, metavar="REGISTRY.sqlite",
-                   help="device registry (SQLite, created 0600 if missing), the collector's key store")
+                   help="device registry (SQLite, created 0600 if missing; an existing one must be "
+                        "0600), the collector's key store")
     p.add_argument("--device-id", metavar="ID",
                    help="the device's id (default: p- and 6 random hex digits)")
     p.add_argument("--broker-host", metavar="H", help="the broker's host name (checked against its certificate)")
