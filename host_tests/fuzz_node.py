@@ -919,7 +919,9 @@ class OutboxKind(Kind):
         if after:
             ob2.ack(after[-1][0])
             ob3 = open_()
-            must(ob3.peek(100000) == [], "acked readings came back")
+            back = [r[0] for r in ob3.peek(100000)]
+            must(back == [], "acked readings came back", "acked up to %d; back: %r; state acked %d floor %d" % (
+                after[-1][0], back[:5], ob2.acked, ob2.floor))
 
 
 class NtpKind(Kind):
@@ -1375,10 +1377,8 @@ def main(argv):
         kind, seed, i = a.repro
         with tempfile.TemporaryDirectory(prefix="petrel-fuzz-") as tmp:
             p = _spawn(kind, int(seed), int(i), 1, tmp, a.vm, verbose=True)
+            # the traceback (stderr), then the worker's lines: E has the input itself
             sys.stdout.write(p.communicate()[0].decode("utf-8", "replace"))
-        x = kind_named(kind).gen(input_rng(int(seed), kind, int(i))) if kind != "monitor" else None
-        if x is not None:
-            print("input: %r" % (x,))
         return 0
     t = _rt.time()
     results = campaign(a.inputs, a.vm_inputs, a.seed, a.kinds.split(",") if a.kinds else None, out=sys.stdout,
