@@ -40,14 +40,6 @@ def show(v):
     return r if len(r) <= SHOWN else r[:SHOWN] + "..."
 
 
-def finite(v):
-    """v is an int or a float that is not NaN or +-Infinity (plain arithmetic:
-    no math.isfinite on every port)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    return isinstance(v, int) or v - v == 0  # inf - inf and nan - nan are nan
-
-
 class Check:
     """Reads one JSON value (an object, or a filter's short form), naming
     `where` in every error. The keys asked for are kept in `seen`, so done()
@@ -85,8 +77,9 @@ class Check:
 
     # ------------------------------------------------------------ values
     def number(self, v, key, lo=-MAX_NUMBER, hi=MAX_NUMBER):
-        """A finite int or float in lo..hi."""
-        if not finite(v) or not lo <= v <= hi:
+        """An int or float in lo..hi: the comparison refuses NaN (it compares
+        False) and +-Infinity (beyond any bound) on both interpreters."""
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
             self.must(key, "a number in %s..%s" % (lo, hi), v)
         return v
 

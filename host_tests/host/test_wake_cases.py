@@ -173,3 +173,82 @@ def test_a_week_of_wakes_with_faults_under_cpython(tmp_path, broker):
     # fast gains 4.5 s a wake, 54 s an hour)
     assert max(abs(o) for o in offs) < 5.0, offs
     rx.close()
+
+
+def _hostile(good, channel_filter_json):
+    """good's text with channel t's filters replaced by raw JSON text: 1e999
+    and 10**30 as the node reads them (Python's json would write Infinity)."""
+    import json
+
+    cfg = json.loads(json.dumps(good))
+    cfg["channels"][0]["filters"] = ["__HOSTILE__"]
+    return json.dumps(cfg).replace('"__HOSTILE__"', channel_filter_json)
+
+
+# each escaped config.load before issue 14 (OverflowError; never ended;
+# MemoryError after 6.5 s on the VM; RuntimeError on the VM)
+HOSTILE_FILES = (
+    ("'value'", '{"offset": 1e999}'),
+    ("'accuracy_decimals'", '{"round": 1%s}' % ("0" * 30)),
+    ("'degree'", '{"calibrate_polynomial": {"degree": 120, "datapoints": [%s]}}'
+     % ", ".join("[%d, %d]" % (i, i) for i in range(121))),
+    ("nested more than", '{"or": [' * 200 + '{"delta": 1}' + ']}' * 200),
+)
+
+
+def test_a_hostile_config_falls_back_to_the_last_good_one_and_loses_nothing(tmp_path, broker):
+    node = SimNode(tmp_path / "flash", broker, "vm")
+    rx = Receiver(broker, node.hmac_key)
+    boots = node.run(2)  # the power-on wake's uplink; config.good.json kept
+    assert all(summary(x) for x in boots) and node.read_file("config.good.json")
+    for key, flt in HOSTILE_FILES:
+        node.write_file("config.json", _hostile(node.config, flt))  # a bad deploy
+        bad = node.run(4)
+        for x in bad:
+            assert x.end == "halt" and x.halt_cause == simstate.DEEPSLEEP_RESET, x.output[-2000:]
+            said = [e for e in x.output.splitlines() if "using the last good configuration" in e]
+            assert said and "config.json: channels[0]: channel 't', filter 1" in said[0] and key in said[0], \
+                x.output[-2000:]
+            assert not events(x, "crash") and summary(x), x.output[-2000:]
+            assert 299000 <= x.sleep_ms <= 300000  # the good file's schedule, not a crash's sleep
+        boots += bad
+    # 16 wakes on the fallback: an uplink went out among them, on time, within the budget
+    assert any(summary(x)["uplink"] == "ok" for x in boots[2:])
+    assert sum(1 for x in boots if x.halt_cause == simstate.WDT_RESET) == 0
+    awake_limits(boots, 10000, 30000)
+    node.write_config(node.config)  # the fix
+    for _ in range(13):  # until the next uplink has sent everything
+        boots += node.run(1)
+        if summary(boots[-1])["uplink"] == "ok":
+            break
+    assert summary(boots[-1])["uplink"] == "ok" and summary(boots[-1])["queue"] == "0", boots[-1].output
+    rx.sub.settle()
+    rx.collect()
+    assert not rx.rejected and not rx.conflicts
+    for ch, scale in (("t", 100), ("rh", 10), ("bat", 1000)):
+        got, took = rx.values(ch, scale), accepted(boots, ch)
+        assert got == took, (ch, first_difference(got, took))  # every reading taken arrived, once
+    rx.close()
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_a_hang_while_reading_the_configuration_ends_at_the_watchdog(tmp_path, broker, interp):
+    from app import ladder
+
+    node = SimNode(tmp_path / "flash", broker, interp)
+    node.run(1)
+    good = node.read_file("app/config.py")
+    # a checker stuck for two minutes (round 10**30 never ended): the clock
+    # moves, and only the watchdog can end it (bounded, so that a regression
+    # fails here instead of hanging the suite)
+    node.write_file("app/config.py", good.replace(
+        "def _load(path, secrets_path, good_path):\n",
+        "def _load(path, secrets_path, good_path):\n    import time\n    for _ in range(1200):\n"
+        "        time.sleep_ms(100)\n", 1))
+    hung = node.run(1)[0]
+    assert hung.end == "halt" and hung.halt_cause == simstate.WDT_RESET, hung.output[-2000:]
+    assert ladder.LOAD_WDT_MS <= hung.awake_ms <= ladder.LOAD_WDT_MS + 1000  # not the wake's 30 s
+    node.write_file("app/config.py", good)
+    after = node.run(1)[0]
+    assert "watchdog reset: the last wake hung crash_streak=1" in after.output
+    assert summary(after) and after.halt_cause == simstate.DEEPSLEEP_RESET
