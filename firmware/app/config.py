@@ -30,6 +30,14 @@ from confcheck import Check, ConfigError, mapping  # config.ConfigError: the nod
 import uplink
 from app import hardware
 
+# The largest magnitude a sensor reports, in its native unit (datasheets:
+# SHT4x -45..130 degC and up to 125 %RH before clipping, BME280 300..1100
+# hPa, DS18B20 -55..125 degC, a battery behind a divider well under 100 V):
+# times the channel's scale it must fit a stored reading (READING_LIMIT,
+# a signed 32-bit int), or every sample of the channel would fail to store.
+SENSOR_MAX = {"Cel": 130, "%RH": 125, "Pa": 110000, "V": 100}
+READING_LIMIT = (1 << 31) - 1  # uplink.pack_reading's "<i"
+
 KEYS = ("format", "device_id", "sample_s", "uplink_every", "batch", "network_budget_ms", "alarms",
         "channels", "wifi", "broker", "topic", "power", "safe_mode", "senml_layout")
 LAYOUTS = ("compact", "named")  # uplink.encoder's: n in every record for readers that need it
@@ -231,6 +239,10 @@ def _channels(c, name):
         except ValueError:
             ch.must("scale", "2^a x 5^b (1, 2, 4, 5, 8, 10, 16, 20, 25, 100, 1000, ...: every value an "
                     "exact decimal), and not 2^14 or finer (too many decimal places to send)", scale)
+        if SENSOR_MAX.get(native_unit, 0) * scale > READING_LIMIT:
+            ch.must("scale", "at most %d for %s (up to %d %s does not fit a reading's 32 bits "
+                    "at a finer one)" % (READING_LIMIT // SENSOR_MAX[native_unit], sensor,
+                                         SENSOR_MAX[native_unit], native_unit), scale)
         flist = ch.get("filters", [])
         try:
             chain = filterconf.build_chain(cname, {"scale": scale, "filters": flist})
