@@ -72,8 +72,9 @@ def run():
         log.warn("maintenance", "pin held at boot: staying awake at the REPL, no sleep")
         return
     cfg = None
-    wdt = machine.WDT(timeout=LOAD_WDT_MS)  # before the files: a hang in them resets the node
+    wdt = None
     try:
+        wdt = machine.WDT(timeout=LOAD_WDT_MS)  # before the files: a hang in them resets the node
         cfg = config.load("config.json", "secrets.json", "config.good.json")
         if not cfg.channels and hw.desc.get("channels"):
             # a node provisioned without channels samples what its board carries
@@ -95,7 +96,8 @@ def run():
         ms = cfg.sample_s * 1000 if cfg is not None else CRASH_SLEEP_MS
         if st.crash_streak >= sm.after_crashes:
             ms = sm.sleep_s * 1000  # crashing again and again: no hurry
-    wdt.feed()
+    if wdt is not None:
+        wdt.feed()
     st.save()
     _before_sleep(hw)
     machine.deepsleep(ms)
