@@ -13,8 +13,8 @@ Total: every checker here returns a valid value or raises ConfigError, and
 nothing else, whatever the JSON holds. Numbers are bounded before anyone
 computes with them: no NaN or Infinity (CPython's json reads them, and 1e999
 is Infinity on both interpreters), and no magnitude above MAX_NUMBER, so a
-value times a channel's scale (at most 10**6) stays an exact float and an int
-well inside 64 bits. An error message shows at most SHOWN characters of the
+value times a channel's scale (at most 10**6) stays finite (1e15, even in the
+ESP32 port's single-precision floats) and an int well inside 64 bits. An error message shows at most SHOWN characters of the
 value it refuses (and only the size of a list or object), so a hostile value
 cannot make the message, or the log line, big or deep.
 """

@@ -19,7 +19,9 @@ neither raise, hang nor allocate without bound, whatever the file says:
   live in filterprog's array("i") state, whose snapshot keeps below 2**29
 - round: accuracy_decimals 0..MAX_DECIMALS (10**decimals is computed)
 - calibrate_polynomial: degree 1..MAX_DEGREE, whose normal equations hold
-  x**(2 * degree): (1e15)**16 = 1e240, inside a double
+  x**(2 * degree): (2**31)**16 ~ 1e149, inside a double (the unix VM,
+  CPython); the ESP32 port's floats are single precision (3.4e38), where a
+  fit that overflows comes out NaN and filters.CalibratePolynomial refuses it
 - datapoints and filter_out values: at most MAX_POINTS each
 - filters in a list: at most MAX_FILTERS; `or` nested at most MAX_DEPTH deep
   (the build and every push recurse once per level)

@@ -179,7 +179,7 @@ def test_a_refused_value_is_shown_short_in_the_message():
 def test_a_polynomial_at_the_bounds_builds_or_is_refused_and_never_raises_per_sample():
     # the widest datapoints the bounds let through (1e9 at scale 2: 2e9 units),
     # at the highest degree: the normal equations hold x**16 of 2e9 (about
-    # 1e149), inside a double
+    # 1e149), inside a double (the ESP32's single floats: NaN, refused)
     lim = 10 ** 9
     tries = [
         [[lim - i, (-1) ** i * lim] for i in range(9)],
