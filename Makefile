@@ -90,7 +90,7 @@ fuzz-collector: $(STAMP)
 # 100,000 mutated and random inputs a kind on CPython and 10,000 on the VM,
 # each answered (a valid object or the component's one error) within 1 s and a
 # memory bound; escapes shown with their shortest input (make test runs a
-# slice: host/test_fuzz_node.py).
+# slice: host/test_fuzz_node.py). About 25 minutes, two workers at a time.
 fuzz: $(STAMP)
 	$(PY) host_tests/fuzz_node.py --inputs 100000 --vm-inputs 10000 --seed 1
 
