@@ -33,7 +33,8 @@ the state is the newest reading of the channel (older resends never replace
 it), and the store keeps the real times.
 
 The health record's fields a fleet owner watches (HEALTH: battery, Wi-Fi
-signal, readings queued, awake time, crashes) are diagnostic entities of the
+signal, readings queued, awake time, crashes, readings dropped or refused, NTP
+answers refused) are diagnostic entities of the
 same device: homeassistant/sensor/<device>/_health_<field>/config, the value
 on petrel/<device>/state/_health/<field> (a channel name never starts with
 "_", so neither can collide with a channel's). They stay available in safe
@@ -66,6 +67,9 @@ HEALTH = {
     "q": ("readings queued", None, None, -1),
     "awake": ("awake time", "ms", "duration", None),
     "crash": ("crashes since power-on", None, None, None),
+    "drop": ("readings dropped (outbox full)", None, None, -1),
+    "exhausted": ("readings refused (numbers used up)", None, None, None),
+    "ntp_refused": ("NTP answers refused", None, None, None),
 }
 
 # SenML unit (RFC 8428 and RFC 8798's secondary units) -> (Home Assistant's
