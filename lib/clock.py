@@ -104,6 +104,11 @@ def _load(path):
     return good, ons
 
 
+def _shown(t):
+    """An out-of-range answer for the log: a huge int is not printed whole."""
+    return "%d" % t if -(1 << 63) < t < (1 << 63) else "(beyond 64 bits)"
+
+
 class Clock:
     def __init__(self, build_unix, store=None, path=None):
         self.build = build_unix
@@ -175,18 +180,20 @@ class Clock:
         docstring; ppm: the learnt drift of the sleep clock, + = the RTC falls
         behind; None or 0: not learnt), and a step of more than a day that a
         second answer does not confirm (one forged reply must not move the
-        clock, nor the floor, for good). OSError from NTP goes to the caller."""
-        t = ntp_time() + EPOCH_TO_UNIX
-        if t < self.floor:
-            return self._refuse("ntp time %d refused: below floor %d" % (t, self.floor))
-        if t > self.build + MAX_AHEAD:
-            return self._refuse("ntp time %d refused: beyond build time + 30 years" % t)
+        clock, nor the floor, for good), and an answer that is not an int
+        (a float, inf, NaN: each answer is checked against every bound
+        before it is used). Raises only the OSError from NTP."""
+        t, why = self._answer(ntp_time())
+        if why:
+            return self._refuse(why)
         if self.known():
             why = self._off_drift(t, ppm)
             if why:
                 return self._refuse(why)
         if not self.known() or abs(t - self.unix()) > BIG_STEP:
-            t2 = ntp_time() + EPOCH_TO_UNIX
+            t2, why = self._answer(ntp_time())  # the same bounds: it is the one set
+            if why:
+                return self._refuse(why)
             if abs(t2 - t) > AGREE:
                 return self._refuse("ntp answers disagree (%d, %d): clock left as it was" % (t, t2))
             t = t2
@@ -202,6 +209,20 @@ class Clock:
         self._save()
         log.info("clock", "set unix=%d", t)
         return True
+
+    def _answer(self, raw):
+        """One NTP answer (port epoch) -> (Unix seconds, None), or (None, why
+        it is refused). Anything but an int is refused before any comparison:
+        ntptime gives an int, and a NaN passes every bound (each comparison
+        is False) while inf or NaN cannot be formatted or dated."""
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            return None, "ntp answer refused: not an integer"
+        t = raw + EPOCH_TO_UNIX
+        if t < self.floor:
+            return None, "ntp time %s refused: below floor %d" % (_shown(t), self.floor)
+        if t > self.build + MAX_AHEAD:
+            return None, "ntp time %s refused: beyond build time + 30 years" % _shown(t)
+        return t, None
 
     def _off_drift(self, t, ppm):
         """Why t cannot be now by the RTC, which has run since the last sync

@@ -360,3 +360,72 @@ def test_a_kept_time_beyond_build_plus_30_years_is_ignored_not_a_floor_for_good(
     assert c.floor == BUILD
     assert c.sync(ntp) and c.refused == 0  # the true time is still taken
     assert abs(c.unix() - TRUE_NOW) < 5
+
+
+def answers(*seq):
+    """An ntp_time giving these answers (Unix seconds, or anything) in turn."""
+    it = iter(seq)
+
+    def ntp_time():
+        a = next(it)
+        return a - clock.EPOCH_TO_UNIX if isinstance(a, int) else a
+
+    return ntp_time
+
+
+def test_an_answer_that_is_not_an_int_is_refused_and_counted_never_raised():
+    # ntptime gives an int; a broken one gave inf/NaN/floats, which escaped
+    # sync (OverflowError, ValueError) at %d, at the drift check and at gmtime
+    path, flash = scratch_dir()
+    odd = (float("inf"), float("-inf"), float("nan"), TRUE_NOW + 0.5, 1e300, -1e300, None, "1767225600")
+    for synced in (False, True):
+        c = clock.Clock(BUILD, region(), path + "/clock")
+        if synced:
+            assert c.sync(ntp)
+            deep_sleep(3600)
+            c = clock.Clock(BUILD, region(), path + "/clock")
+        now, floor = c.unix(), c.floor
+        for a in odd:
+            for second in (TRUE_NOW, float("nan")):
+                n = c.refused
+                assert c.sync(answers(a, second)) is synced
+                assert c.refused == n + 1
+        assert c.floor == floor and c.unix() - now <= 1  # neither the clock nor the floor moved
+        assert c.sync(ntp)  # the true time is still taken
+
+
+def test_a_nan_first_answer_does_not_let_an_unbounded_second_answer_through():
+    # NaN passed every bound (each comparison False), then abs(t2 - nan) > 5
+    # was False too: the second answer set the clock and the floor unchecked
+    path, flash = scratch_dir()
+    for second in (0, 4102444800, 1 << 32, 10 ** 30):  # 1970, 2100, 2106, far beyond
+        c = clock.Clock(BUILD, region(), path + "/clock")
+        assert not c.sync(answers(float("nan"), second))
+        assert c.floor == BUILD and not c.known()
+    simstate.board.power_on()
+    assert clock.Clock(BUILD, region(), path + "/clock").floor == BUILD  # nothing went to flash
+
+
+def test_the_second_answer_is_held_to_the_same_bounds_as_the_first():
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    assert c.sync(at(TRUE_NOW))
+    simstate.board.power_on()  # the floor TRUE_NOW is kept on flash, the RTC restarts
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    assert c.floor == TRUE_NOW
+    # the first answer is on the floor, the second agrees within 5 s but lies below it
+    assert not c.sync(answers(TRUE_NOW, TRUE_NOW - 3)) and c.refused == 1
+    assert c.floor == TRUE_NOW and not c.known()
+    top = BUILD + clock.MAX_AHEAD  # and at the other end: 30 years from build time
+    assert not c.sync(answers(top, top + 3)) and c.refused == 2
+    assert c.floor == TRUE_NOW
+
+
+def test_huge_integer_answers_are_refused_not_printed_whole():
+    c = clock.Clock(BUILD, region())
+    for a in (10 ** 30, -(10 ** 30), 1 << 64, 10 ** 400):
+        n = c.refused
+        assert not c.sync(answers(a, a))
+        assert c.refused == n + 1
+    assert c.floor == BUILD
+    assert "beyond 64 bits" in clock._shown(10 ** 400) and clock._shown(-5) == "-5"
