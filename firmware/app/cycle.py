@@ -25,6 +25,7 @@ from app.hardware import quantity
 from app.schedule import Schedule
 
 POWER_NAMES = ("ok", "low", "critical")
+READING_MIN = -filters.VALUE_LIMIT - 1  # a reading is a signed 32-bit int (uplink.pack_reading)
 
 
 def _now_ms():
@@ -152,6 +153,14 @@ class Wake:
             out = ch.push(v, now)
             if out is None:
                 out = ch.tick(now)
+            if out is not None and not (isinstance(out, int) and READING_MIN <= out <= filters.VALUE_LIMIT):
+                # a driver's value beyond what a reading stores (a chain without
+                # a filter that bounds it passes it on): pack_reading would raise
+                # struct.error under CPython and wrap on the chip. Dropped and
+                # counted as the filters count theirs (health: fdrop)
+                ch.drops[filters.RANGE] += 1
+                log.warn("filter", "value beyond a reading dropped channel=%s", c.name)
+                out = None
             if out is not None:
                 try:
                     self.ob.append(uplink.pack_reading(i, out, ch.flags), stamp)

@@ -282,3 +282,34 @@ def test_a_sequence_counter_past_its_last_number_fails_the_uplink_not_the_wake()
     assert Linked.published == []  # nothing sealed with a repeated or wrapped number
     assert any("health record not sealed" in x[4] for x in lines(log, "uplink"))
     assert int(lines(log, "wake")[0][3]["sleep_ms"]) == ms > 0  # on to its sleep
+
+
+def test_a_sensor_value_beyond_a_reading_is_dropped_counted_and_never_wrapped():
+    # pack_reading stores a signed 32-bit int: a driver's value beyond it raised
+    # struct.error under CPython (the wake caught only OSError) and wrapped on the VM
+    from filters import RANGE
+
+    node = Node({"channels": CHANNELS})
+    read = node.hw.read
+    top = (1 << 31) - 1
+    values = {}
+
+    def broken_driver(sensor):
+        return values if sensor == "sht4x" else read(sensor)
+
+    node.hw.read = broken_driver
+    # t: 1/1000 Cel at scale 10 (native / scale = 100); rh: 1/1000 %RH at scale 1
+    for t_raw, rh_raw, t_kept, rh_kept in (
+            (top * 100, -(1 << 31) * 1000, top, -(1 << 31)),  # the edges: kept as they are
+            ((top + 1) * 100, (-(1 << 31) - 1) * 1000, None, None),  # one beyond: dropped
+            (1 << 80, -(1 << 80), None, None)):
+        values.update({"sht4x.t": t_raw, "sht4x.rh": rh_raw})
+        ranged = [node.cfg.channels[i].chain.drops[RANGE] for i in (0, 1)]
+        w, ms, log = node.wake()
+        this_wake = kept(w)[-w.readings:]
+        node.sleep(ms)
+        assert [(ch, v) for ch, v, _ in this_wake] == [(c, v) for c, v in ((0, t_kept), (1, rh_kept), (2, this_wake[-1][1]))
+                                                       if v is not None]  # the wake went on: battery too
+        n = 0 if t_kept is not None else 1
+        assert [w.chains[i].drops[RANGE] - ranged[i] for i in (0, 1)] == [n, n]  # counted (health: fdrop)
+        assert len(lines(log, "filter")) == 2 * n
