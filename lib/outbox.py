@@ -42,6 +42,15 @@ Recovery at boot never crashes on what it finds: a torn or corrupted record is
 skipped and counted and the good records after it are kept (the segment is
 rewritten without it, so it is counted once); a segment from another version
 or a foreign file is discarded and logged; a bad state file is replaced.
+Records are kept only in ascending order: a record above the floor whose
+number is at or below one kept before it (the outbox never writes one) is
+damage, skipped, counted in `corrupt` and rewritten away like a torn record,
+so peek() returns what recovery kept. A CRC-valid state whose acked lies
+above its floor (never written: ack raises both) is damaged: acked is
+lowered to the floor and `corrupt` counts it. The floor is what is gone
+(peek, ack and recovery all go by it): what lies above it is delivered,
+once more at worst (the collector stores each number once), and is then
+acked for good; sequence numbers never go down.
 """
 
 import os
@@ -355,6 +364,15 @@ class Outbox:
         if why == "bad":
             self.discarded = _sat(self.discarded + 1)
             log.warn("outbox", "state file damaged, starting from the segments")
+        elif why == "ok" and self.acked > self.floor:
+            # never written (ack raises floor with acked): ack would compare
+            # with acked and peek with floor, so acked readings came back at
+            # every wake. floor says what is gone; what lies above it is
+            # delivered, once more at worst, and then acked for good
+            self.corrupt = _sat(self.corrupt + 1)
+            log.warn("outbox", "state damaged: acked %d above floor %d, acked lowered", self.acked, self.floor)
+            self.acked = self.floor
+            why = "damaged"
         names = []
         dirty = False
         for name in os.listdir(self.path):
@@ -398,7 +416,7 @@ class Outbox:
             self._discard(path, "not a version %d segment" % VERSION)
             return last, True
         good = []
-        damaged = 0
+        damaged = 0  # torn or corrupted stretches, and records out of order
         first = None
         top = last
         for seq, t, payload, _end in decode(data, 4):
@@ -406,7 +424,13 @@ class Outbox:
                 damaged += 1
                 continue
             if seq <= top:
-                continue  # already acked, dropped, or a duplicate
+                # at or below the floor: acked or dropped, peek skips it too.
+                # Above it: a number at or below one kept before it (in this
+                # segment or an earlier one), which the outbox never writes:
+                # peek would return it out of order, so it is damage
+                if seq > self.floor:
+                    damaged += 1
+                continue
             good.append(encode(seq, t, payload))
             if first is None:
                 first = seq
@@ -418,7 +442,7 @@ class Outbox:
             self._remove(segno)
             return last, damaged > 0
         body = SEG_HEADER + b"".join(good)
-        if damaged:  # rewrite without the damage, so it is counted once
+        if damaged:  # rewrite without the damage: counted once, and peek reads what recovery kept
             tmp = path + ".tmp"
             with open(tmp, "wb") as f:
                 f.write(body)
