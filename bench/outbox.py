@@ -56,9 +56,9 @@ START_SEQ = 0x1234567  # a fresh outbox numbers from a random point below 2**30 
 T0 = 1700000000
 READINGS_PER_DAY = CHANNELS * 86400 // SAMPLE_S  # the life columns: the firmware's default rate
 CYCLES = 100000
-CYCLES_SOURCE = ("100,000 program/erase cycles per sector: the minimum SPI NOR datasheets "
-                 "rate (e.g. GigaDevice GD25Q32C, 'Minimum 100,000 Program/Erase Cycles'); "
-                 "Espressif publishes no figure for the module's flash")
+CYCLES_SOURCE = ("100,000 erase cycles per sector: Espressif's FAQ on NVS ('Typical flash "
+                 "lifetime is 100 k erase cycles', docs.espressif.com/projects/esp-faq, "
+                 "software-framework/storage/nvs); a module's flash chip may differ")
 
 
 class Rtc:
