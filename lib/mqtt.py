@@ -15,7 +15,11 @@ with pipelined publishes, and a deadline on every wait.
   identity and key, and only PSK cipher suites offered. Plain TCP exists only
   with insecure=True, and says so on the log at every connect.
 - Every packet goes out in one write (no header/body split for Nagle to stall),
-  QoS 1 publishes are pipelined up to `window` in flight.
+  QoS 1 publishes are pipelined up to `window` in flight. TCP_NODELAY on the
+  socket where the port has it (the ESP32's does): no delayed-ACK wait inside
+  the TLS handshake either.
+- subscribe() is pipelined too (wait_all() waits for its SUBACK); messages
+  published to us land in `inbox` (mqtt_keepalive: its bound and refusals).
 - Every read has a deadline (timeout_ms); keepalive pings; a broker that stops
   answering is an MQTTError within keepalive + timeout, never a hang.
 - A malformed or oversized packet from the broker closes the connection with an
@@ -106,7 +110,7 @@ class MQTTClient:
         self.pid = self.last_send = self.connect_ms = 0
         self.inflight = {}  # packet id -> ticks_ms sent
         self.acked = []  # packet ids confirmed by PUBACK, in arrival order
-        # self.inbox: [(topic, message)] published to us, made by the first one
+        # self.inbox: [(topic, message, retained)] published to us, made by the first one
 
     def connect(self):
         """Open the connection, do the TLS handshake, CONNECT; returns whether
@@ -126,6 +130,10 @@ class MQTTClient:
         try:
             addr = socket.getaddrinfo(self.addr[0], self.addr[1])[0][-1]
             self.raw = self.sock = socket.socket()
+            if hasattr(socket, "TCP_NODELAY"):  # the ESP32's lwip has it, before the TLS wrap:
+                # mbedTLS sends a handshake flight in several writes, and with Nagle
+                # the last one waits out the broker's delayed ACK (~40 ms on Linux)
+                self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.raw.settimeout(self.timeout_ms / 1000)
             self.raw.connect(addr)
             if self.context is not None:
@@ -184,8 +192,17 @@ class MQTTClient:
             self.inflight[pid] = time.ticks_ms()
         return pid
 
+    def subscribe(self, topic, qos=1):
+        """SUBSCRIBE in one write, not waited for (pipelined like publish):
+        its packet id is in inflight, so wait_all() waits for the SUBACK
+        too. -> the packet id. A refused one (SUBACK 0x80) is listed in
+        refused_subs; messages to us land in inbox (mqtt_keepalive)."""
+        import mqtt_keepalive
+
+        return mqtt_keepalive.subscribe(self, topic, qos, _head, _str)
+
     def wait_all(self, timeout_ms=None):
-        """Wait for every outstanding PUBACK; MQTTError at the deadline."""
+        """Wait for every outstanding PUBACK (and SUBACK); MQTTError at the deadline."""
         deadline = time.ticks_add(time.ticks_ms(), timeout_ms or self.timeout_ms)
         while self.inflight:
             self._process(deadline)
@@ -260,7 +277,7 @@ class MQTTClient:
             self.acked.append(pid)
         elif kind == 0xD0 and not body:  # PINGRESP
             self.ping_sent = None
-        elif kind == 0x30:  # a PUBLISH to us (a persistent session's): rare, loaded then
+        elif kind == 0x30 or kind == 0x90:  # a PUBLISH to us, a SUBACK: rare, loaded then
             import mqtt_keepalive
 
             mqtt_keepalive.incoming(self, first, body, MQTTError)

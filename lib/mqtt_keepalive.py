@@ -1,15 +1,24 @@
 """What only a session that lasts needs, loaded when used: keepalive (a
-session longer than its keepalive) and messages published to us (a persistent
-session's subscriptions). A wake that connects, publishes and leaves never
-loads it.
+session longer than its keepalive), subscriptions and messages published to
+us. A wake that connects, publishes and leaves never loads it.
 
 check(): keepalive between publishes. Handles what the broker has already
 sent (never waits), sends PINGREQ once the session has been idle for 3/4 of
 the keepalive, and fails the session (MQTTError) when a ping is not answered
 within timeout_ms.
 
-incoming(): a PUBLISH to the client (a persistent session's, QoS 0 or 1,
-acknowledged) goes to client.inbox, made by the first one, 16 at most.
+subscribe(): SUBSCRIBE (one topic) in one write, not waited for: its packet
+id goes into client.inflight with the value None (a PUBACK for it is a
+protocol error), so wait_all() waits for the SUBACK as for a PUBACK.
+
+incoming(): a SUBACK pops its packet id; a refusal (return code 0x80) is
+appended to client.refused_subs (a list of packet ids, made by subscribe()):
+the session goes on, the caller decides. A PUBLISH to the client (QoS 0 or
+1) goes to client.inbox as (topic, message, retained), the list made by the
+first one. The inbox holds 16 at most, until the caller takes them: a QoS 1
+message that finds it full is not acknowledged (so not accepted: the broker
+sends it again at the next connect of a persistent session), a QoS 0 one is
+dropped, as QoS 0 allows.
 
 Both raise the client's error class, handed in as `error` (mqtt.MQTTError):
 this module imports nothing of mqtt's.
@@ -37,17 +46,44 @@ def check(c, error):
         c._process(time.ticks_add(time.ticks_ms(), c.timeout_ms))
 
 
+def subscribe(c, topic, qos, head, string):
+    if qos not in (0, 1):
+        raise ValueError("QoS must be 0 or 1")
+    if not hasattr(c, "refused_subs"):
+        c.refused_subs = []
+    deadline = time.ticks_add(time.ticks_ms(), c.timeout_ms)
+    while len(c.inflight) >= c.window:  # the same window as publish
+        c._process(deadline)
+    pid = c.pid
+    while pid == c.pid or pid in c.inflight:  # the next id not in flight
+        pid = pid % 65535 + 1
+    c.pid = pid
+    body = bytes((pid >> 8, pid & 255)) + string(topic) + bytes((qos,))
+    c._send(head(0x82, len(body)) + body)
+    c.inflight[pid] = None  # a SUBSCRIBE's: only a SUBACK takes it
+    return pid
+
+
 def incoming(c, first, body, error):
+    if first >> 4 == 9:  # SUBACK: packet id, one return code
+        pid = body[0] << 8 | body[1] if len(body) == 3 and first == 0x90 else 0
+        if pid not in c.inflight or c.inflight[pid] is not None:
+            c.close()
+            raise error("unexpected SUBACK")
+        del c.inflight[pid]
+        if body[2] == 0x80:
+            c.refused_subs.append(pid)
+        return
     i = 2 + struct.unpack("!H", body[:2])[0] if len(body) > 1 else 0
     q = first & 2  # 2 bytes of packet id at QoS 1
     if first & 6 > 2 or not i or len(body) < i + q:  # QoS 2 is never asked for
         c.close()
         raise error("malformed PUBLISH 0x%02x" % first)
-    if q:
-        c._send(b"\x40\2" + body[i:i + 2])
     try:
         inbox = c.inbox
     except AttributeError:
         inbox = c.inbox = []
-    if len(inbox) < 16:
-        inbox.append((body[2:i], body[i + q:]))
+    if len(inbox) < 16:  # else not accepted: a QoS 1 one comes again at the next connect
+        inbox.append((body[2:i], body[i + q:], bool(first & 1)))
+        if q:
+            c._send(b"\x40\2" + body[i:i + 2])

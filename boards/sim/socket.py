@@ -11,6 +11,8 @@ one and time is the board's:
   per connect, per name lookup and for the first read after a write, plus the
   bytes at board.radio_kbps, booked as "radio" in the ledger (simstate.py). A
   read that times out for real lets the virtual clock run its timeout;
+- setsockopt() goes to the host socket: TCP_NODELAY (IPPROTO_TCP, as the
+  ESP32 port names them) turns Nagle off on the real connection;
 - TLS: the client's ClientHello (record 0x16, handshake 1) books the handshake
   as "tls": board.tls_psk_us when only PSK suites are offered, else
   board.tls_cert_us. Round trips and bytes of the handshake are inside that
@@ -46,6 +48,12 @@ else:
 for _n in dir(_real):
     if _n[0].isupper() and _n[1:2].isupper():  # AF_INET, SOCK_STREAM, SOL_SOCKET ...
         globals()[_n] = getattr(_real, _n)
+
+# The ESP32 port's socket has these (lwip's values, the same as Linux's); the
+# unix port's lacks them, and setsockopt passes them to the host socket as is.
+if "TCP_NODELAY" not in globals():
+    IPPROTO_TCP = 6
+    TCP_NODELAY = 1
 
 host = _real  # the host's own socket module, for a test's peer (a broker stand-in)
 EAI_FAIL = -202  # what getaddrinfo raises on the ESP32 without a link
@@ -203,6 +211,7 @@ class socket(_Base):
         self.settimeout(None if flag else 0)
 
     def setsockopt(self, level, opt, value):
+        """Passed to the host socket (TCP_NODELAY really changes its segments)."""
         board.alive()
         self._s.setsockopt(level, opt, value)
 

@@ -202,7 +202,8 @@ class FakeBroker:
     (b"\x40\xff\xff\xff\xff\x7f", 3, "malformed remaining length"),
     (b"\x30\xff\xff\x03" + b"x" * 10, 3, "exceeds"),
     (b"\x40\x02\x12\x34", 3, "unknown packet id"),
-    (b"\x90\x03\x00\x01\x00", 3, "unexpected packet"),
+    (b"\x90\x03\x00\x01\x00", 3, "unexpected SUBACK"),  # for a PUBLISH's id: no SUBSCRIBE sent
+    (b"\xb0\x02\x00\x01", 3, "unexpected packet"),  # UNSUBACK: never asked for
     (b"\x40\x05\x00", 3, "timeout"),  # announces 5 bytes, sends 1, then nothing
     (b"\x40", 0, "connection closed"),
     (b"\x34\x03\x00\x01t", 3, "malformed PUBLISH"),  # QoS 2, never asked for
@@ -241,7 +242,7 @@ print("INBOX", c.inbox, c.acked)
 """
     rc, out = run_vm(script, [fake.port], timeout=20)
     assert rc == 0, out
-    assert "INBOX [(b't', b'hi')] [1]" in out, out
+    assert "INBOX [(b't', b'hi', False)] [1]" in out, out
 
 
 KEEPALIVE = """
@@ -276,3 +277,77 @@ def test_keepalive_notices_a_frozen_broker(broker):
     assert "GAVE UP" in out and "ping" in out, out
     ms = int(out.split("after ")[1].split()[0])
     assert ms < 6000  # frozen at ~1 s; noticed within keepalive + timeout (+ a busy machine), not a hang
+
+
+# Subscriptions against the real Mosquitto: each packet the client handles is
+# logged in the order it arrived (M: a message to us, R: a retained one,
+# S: our SUBACK, A: a PUBACK of ours).
+SUBSCRIBER = """
+import sys, time, mqtt
+port, cid, clean, topic = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "clean", sys.argv[4]
+c = mqtt.MQTTClient(cid, "127.0.0.1", port, insecure=True, clean=clean, timeout_ms=3000)
+print("PRESENT", c.connect())
+sid = c.subscribe(topic, qos=1) if sys.argv[5] == "sub" else None
+print("SUB_IN_FLIGHT", sid in c.inflight)
+for i in range(int(sys.argv[6])):
+    c.publish("petrel/%s/up" % cid, b"own %d" % i, qos=1)
+if sys.argv[7] == "log":
+    log = []
+    deadline = time.ticks_add(time.ticks_ms(), 3000)
+    while c.inflight:
+        n_in, n_ack, sub = len(getattr(c, "inbox", ())), len(c.acked), sid in c.inflight
+        c._process(deadline)
+        if len(getattr(c, "inbox", ())) > n_in:
+            log.append("R" if c.inbox[-1][2] else "M")
+        elif len(c.acked) > n_ack:
+            log.append("A")
+        elif sub and sid not in c.inflight:
+            log.append("S")
+    print("LOG", "".join(log))
+else:
+    c.wait_all()
+print("SUB_IN_FLIGHT_AFTER", sid in c.inflight, "REFUSED", getattr(c, "refused_subs", None))
+print("INBOX", getattr(c, "inbox", []))
+c.disconnect()
+"""
+
+
+def subscriber(broker, cid, clean, topic, sub, own, log):
+    rc, out = run_vm(SUBSCRIBER, [broker.ports["plain"], cid, "clean" if clean else "keep", topic,
+                                  "sub" if sub else "-", own, "log" if log else "-"], timeout=30)
+    assert rc == 0, out
+    return out
+
+
+def publish(broker, topic, payload, retain=False):
+    import paho.mqtt.publish as paho_publish
+
+    paho_publish.single(topic, payload, qos=1, retain=retain, hostname="127.0.0.1",
+                        port=broker.ports["plain"], client_id="host-pub")
+
+
+def test_a_persistent_session_gets_what_was_published_while_it_slept_before_its_own_pubacks(broker):
+    topic = "petrel/vm-persist/down"
+    out = subscriber(broker, "vm-persist", False, topic, True, 0, False)
+    assert "SUB_IN_FLIGHT True" in out  # subscribe() did not wait
+    assert "SUB_IN_FLIGHT_AFTER False REFUSED []" in out  # wait_all() waited for the SUBACK
+    for i in range(3):  # while the node sleeps
+        publish(broker, topic, b"cmd %d" % i)
+    out = subscriber(broker, "vm-persist", False, topic, False, 2, True)
+    assert "PRESENT True" in out, out  # the broker kept the session
+    assert "LOG MMMAA" in out, out  # the queued messages first, then the PUBACKs of ours
+    assert "INBOX [(b'petrel/vm-persist/down', b'cmd 0', False), (b'petrel/vm-persist/down', b'cmd 1', " \
+           "False), (b'petrel/vm-persist/down', b'cmd 2', False)]" in out, out
+    # they were acknowledged: a third connect finds none waiting
+    out = subscriber(broker, "vm-persist", False, topic, False, 1, True)
+    assert "LOG A" in out and "INBOX []" in out, out
+
+
+def test_a_fresh_subscription_gets_the_retained_message_before_the_pubacks_after_its_suback(broker):
+    topic = "petrel/vm-ret/config"
+    publish(broker, topic, b"interval=300", retain=True)
+    out = subscriber(broker, "vm-ret", True, topic, True, 2, True)
+    assert "PRESENT False" in out, out
+    assert "LOG SRAA" in out, out
+    assert "INBOX [(b'petrel/vm-ret/config', b'interval=300', True)]" in out, out
+    assert "REFUSED []" in out, out

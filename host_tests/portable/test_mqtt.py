@@ -47,3 +47,115 @@ def test_waiting_past_the_deadline_is_an_error_not_a_spin():
     raises(mqtt.MQTTError, c.wait_all)
     assert c.sock is None  # closed, not left half-open
     srv.close()
+
+
+def connected_pair(window=8):
+    """A client already past CONNECT on a loopback socket, and the broker's end
+    of it (a plain socket: the test writes the broker's packets) -> (c, peer, srv)."""
+    import socket
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for port in range(47830, 47850):
+        try:
+            srv.bind(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+            break
+        except OSError:
+            continue
+    srv.listen(1)
+    c = mqtt.MQTTClient("node", "127.0.0.1", port, insecure=True, timeout_ms=2000, window=window)
+    c.raw = c.sock = socket.socket()
+    c.raw.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+    peer, _ = srv.accept()
+    peer.settimeout(2)
+    return c, peer, srv
+
+
+def read_exactly(peer, n):
+    got = b""
+    while len(got) < n:
+        got += peer.recv(n - len(got))
+    return got
+
+
+def test_subscribe_is_one_write_not_waited_for_and_wait_all_waits_for_its_suback():
+    c, peer, srv = connected_pair()
+    pid = c.subscribe("petrel/n1/down", qos=1)
+    # SUBSCRIBE (0x82), remaining length, packet id, the topic, the QoS asked
+    want = b"\x82\x13" + bytes((pid >> 8, pid & 255)) + b"\x00\x0epetrel/n1/down\x01"
+    assert read_exactly(peer, len(want)) == want
+    assert pid in c.inflight  # returned at once, its SUBACK still to come
+    pid2 = c.publish("petrel/n1/up", b"x", qos=1)
+    assert pid2 != pid
+    read_exactly(peer, 2 + 2 + 12 + 1)
+    peer.send(b"\x90\x03" + bytes((pid >> 8, pid & 255)) + b"\x01")
+    peer.send(b"\x40\x02" + bytes((pid2 >> 8, pid2 & 255)))
+    c.wait_all()
+    assert not c.inflight and c.acked == [pid2]  # a SUBACK is not a PUBACK
+    assert c.refused_subs == [] and c.sock is not None
+    for x in (peer, srv):
+        x.close()
+    c.close()
+
+
+def test_a_refused_subscription_is_listed_and_the_session_goes_on():
+    c, peer, srv = connected_pair()
+    ok = c.subscribe("petrel/n1/down")
+    bad = c.subscribe("$SYS/#")
+    peer.send(b"\x90\x03" + bytes((bad >> 8, bad & 255)) + b"\x80")
+    peer.send(b"\x90\x03" + bytes((ok >> 8, ok & 255)) + b"\x00")
+    c.wait_all()
+    assert c.refused_subs == [bad]
+    assert c.sock is not None
+    c.close()
+    for x in (peer, srv):
+        x.close()
+
+
+def test_acks_that_do_not_match_a_subscription_close_the_session():
+    for wrong, why in ((b"\x90\x03\x00\x07\x00", "SUBACK"),  # for an id never used
+                       (b"\x40\x02\x00\x01", "unknown packet id 1"),  # PUBACK for the SUBSCRIBE's id
+                       (b"\x92\x03\x00\x01\x00", "SUBACK"),  # reserved flags set
+                       (b"\x90\x03\x00\x02\x00", "SUBACK")):  # for the PUBLISH's id
+        c, peer, srv = connected_pair()
+        assert c.subscribe("t") == 1
+        assert c.publish("t", b"x", qos=1) == 2
+        peer.send(wrong)
+        assert why in str(raises(mqtt.MQTTError, c.wait_all))
+        assert c.sock is None
+        for x in (peer, srv):
+            x.close()
+
+
+def test_messages_to_us_keep_topic_payload_and_retained_flag_and_qos1_is_acked():
+    c, peer, srv = connected_pair()
+    c.subscribe("cmd/#")
+    read_exactly(peer, 2 + 2 + 7 + 1)
+    # a retained QoS 1 message (id 9), a live QoS 0 one, then the SUBACK
+    peer.send(b"\x33\x0b\x00\x05cmd/a\x00\x09on")
+    peer.send(b"\x30\x09\x00\x05cmd/bhi")
+    peer.send(b"\x90\x03\x00\x01\x01")
+    c.wait_all()
+    assert c.inbox == [(b"cmd/a", b"on", True), (b"cmd/b", b"hi", False)]
+    assert read_exactly(peer, 4) == b"\x40\x02\x00\x09"  # the QoS 1 one acknowledged
+    c.close()
+    for x in (peer, srv):
+        x.close()
+
+
+def test_a_full_inbox_does_not_accept_more():
+    c, peer, srv = connected_pair()
+    c.subscribe("cmd/#")
+    read_exactly(peer, 2 + 2 + 7 + 1)
+    for i in range(17):  # QoS 1, ids 100..116: the 17th finds the inbox full
+        peer.send(b"\x32\x0b\x00\x05cmd/a" + bytes((0, 100 + i)) + b"%02d" % i)
+    peer.send(b"\x90\x03\x00\x01\x01")
+    c.wait_all()
+    assert len(c.inbox) == 16 and c.inbox[-1][1] == b"15"
+    acks = read_exactly(peer, 16 * 4)
+    assert acks[-4:] == b"\x40\x02\x00\x73"  # id 115 is the last acknowledged
+    peer.settimeout(0.2)
+    raises(OSError, peer.recv, 4)  # no PUBACK for 116: the broker keeps it for the next connect
+    c.close()
+    for x in (peer, srv):
+        x.close()

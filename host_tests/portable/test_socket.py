@@ -231,3 +231,18 @@ def test_the_interpreters_own_tls_client_hello_is_booked():
         assert b.phases()["tls"] - before == charge, kind
         for x in (c, s, srv):
             x.close()
+
+
+def test_tcp_nodelay_is_offered_as_on_the_esp32_and_reaches_the_host_socket():
+    # lwip's values, which Linux shares: the client sets it where hasattr says so
+    assert (socket.IPPROTO_TCP, socket.TCP_NODELAY) == (6, 1)
+    w, c, s, srv = session()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not MP:  # CPython can read it back from the host socket
+        assert c._s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    # the host kernel sees what is passed: an option it does not know is its error
+    assert raises(OSError, c.setsockopt, socket.IPPROTO_TCP, 9999, 1).args[0] == 92  # ENOPROTOOPT (Linux)
+    c.send(b"after")
+    assert s.recv(5) == b"after"
+    for x in (c, s, srv):
+        x.close()
