@@ -165,7 +165,8 @@ def test_home_assistant_reads_device_values_and_availability_from_the_broker(bro
         assert c["unit_of_measurement"] == "°C" and c["device_class"] == "temperature"
         node.publish("petrel/%s/health" % dev, testmsg.health(key, dev, 2, {
             "fw": "0.7.0", "uplink_s": 3600, "sample_s": 300, "batt": 3010, "rssi": 0, "q": 5,
-            "crash": 1, "awake": 327, "exhausted": 0, "ntp_refused": 2}, bt=T0 + 600), qos=1)
+            "crash": 1, "awake": 327, "exhausted": 0, "ntp_refused": 2, "cfgv": 1767225600123, "dref": 3,
+            "dwhy": "forged:2 replay:1"}, bt=T0 + 600), qos=1)
         wait_for(lambda: h.entity("t")[2].get("expire_after") == 2 * 3600 + ha.EXPIRE_MARGIN_S)
         # the health record's fields: diagnostic entities of the same device
         s, avail, c = wait_for(lambda: h.entity("_health_batt")[0] and h.entity("_health_batt"))
@@ -176,6 +177,11 @@ def test_home_assistant_reads_device_values_and_availability_from_the_broker(bro
         assert wait_for(lambda: h.entity("_health_awake")[0]) == "327"
         assert wait_for(lambda: h.entity("_health_ntp_refused")[0]) == "2"
         assert wait_for(lambda: h.entity("_health_exhausted")[0]) == "0"
+        # the downlink's: the config version applied (a large int, shown exactly) and refusals
+        s, avail, c = wait_for(lambda: h.entity("_health_cfgv")[0] and h.entity("_health_cfgv"))
+        assert s == "1767225600123" and c["entity_category"] == "diagnostic" and avail is True
+        s, avail, c = wait_for(lambda: h.entity("_health_dref")[0] and h.entity("_health_dref"))
+        assert s == "3" and c["entity_category"] == "diagnostic"
         assert ha.discovery_topic(dev, "_health_rssi") not in h.configs  # 0: not measured
         for ch in ("t", "rh", "bat"):
             c = h.entity(ch)[2]

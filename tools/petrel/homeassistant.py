@@ -34,7 +34,8 @@ it), and the store keeps the real times.
 
 The health record's fields a fleet owner watches (HEALTH: battery, Wi-Fi
 signal, readings queued, awake time, crashes, readings dropped or refused, NTP
-answers refused) are diagnostic entities of the
+answers refused, the config version applied and downlink messages refused) are
+diagnostic entities of the
 same device: homeassistant/sensor/<device>/_health_<field>/config, the value
 on petrel/<device>/state/_health/<field> (a channel name never starts with
 "_", so neither can collide with a channel's). They stay available in safe
@@ -70,6 +71,9 @@ HEALTH = {
     "drop": ("readings dropped (outbox full)", None, None, -1),
     "exhausted": ("readings refused (numbers used up)", None, None, None),
     "ntp_refused": ("NTP answers refused", None, None, None),
+    # the downlink (issue 16): 0 is meaningful for both (none pushed yet, none refused)
+    "cfgv": ("config version applied", None, None, None),
+    "dref": ("downlinks refused since power-on", None, None, None),
 }
 
 # SenML unit (RFC 8428 and RFC 8798's secondary units) -> (Home Assistant's
