@@ -1,0 +1,133 @@
+"""The downlink's messages on the node: what the fleet side sends a sleeping
+node, opened and checked before anything is done with it. Loaded only on a wake that
+received something (a wake with an empty mailbox never imports it).
+
+    k_mac, k_enc = downmsg.keys(hmac_key, down_key)     # down_key: None = derived
+    version, body = downmsg.open_message("config", msg, k_mac, b"p-a1b2c3")
+    text = downmsg.config_text(body)
+    secrets = downmsg.secrets(body, k_enc)              # {"wifi_psk": "..."}
+    minutes, exp = downmsg.hold(body)
+    t_ms, nonce = downmsg.time_answer(body)
+
+The wire format (README, "Managing nodes in the field"): a COSE_Mac0
+(RFC 9052) under the device's downlink MAC key, its sequence number the
+message's version (one counter per device on the fleet side, strictly
+increasing), external_aad b"petrel down <kind>" so a message of one kind can
+never be taken for another, nor an uplink message for a downlink one; the
+payload a CBOR map {"k": kind, ...}. Secrets are encrypted, then MACed:
+AES-256-CBC under K_enc with a random IV and PKCS#7 padding, so the broker
+and anyone subscribed see only ciphertext, and a forged ciphertext is refused
+by its MAC before it is decrypted.
+
+Keys: a provisioned down_key (secrets.json) is the root; without one the
+root is derived from the uplink key (HMAC-SHA256(hmac_key, "petrel downlink
+key")), distinct from it. K_mac and K_enc are derived from the root.
+
+Every refusal is a Refused(reason, detail) with a reason of REASONS; nothing
+in a message can raise anything else (the callers count and report them).
+"""
+
+import cose
+
+KINDS = ("config", "secrets", "hold", "time")
+REASONS = ("forged", "replay", "oversized", "malformed", "invalid", "stale", "reverted")
+MAX_MESSAGE = 3072  # a whole message; a config.json of 2 KiB fits with its envelope
+MAX_CONFIG = 2048
+MAX_HOLD_MIN = 120
+
+
+class Refused(Exception):
+    """args: (reason, detail): reason one of REASONS, detail for the log
+    (never a secret's value)."""
+
+
+def keys(hmac_key, down_key=None):
+    """-> (K_mac, K_enc), 32 bytes each."""
+    root = down_key or cose.hmac_sha256(hmac_key, b"petrel downlink key")
+    return cose.hmac_sha256(root, b"petrel down mac"), cose.hmac_sha256(root, b"petrel down enc")
+
+
+def open_message(kind, msg, k_mac, kid):
+    """A message from the topic of `kind` -> (version, body dict); Refused
+    when it is too big, not a COSE_Mac0 of ours, or its body is not a map of
+    that kind. The version is for the caller to compare with its last."""
+    if kind not in KINDS:
+        raise Refused("malformed", "unknown kind")
+    if not isinstance(msg, (bytes, bytearray)) or len(msg) > MAX_MESSAGE:
+        raise Refused("oversized", "%d bytes" % len(msg))
+    try:
+        got, version, payload = cose.verify(k_mac, msg, b"petrel down " + kind.encode())
+    except ValueError as e:
+        why = str(e)
+        raise Refused("forged" if "verify" in why or "alg" in why else "malformed", why[:60])
+    except Exception as e:  # noqa: BLE001  anything a crafted message could cause
+        raise Refused("malformed", type(e).__name__)
+    if got != kid:
+        raise Refused("malformed", "another device's kid")
+    try:
+        import cbor
+
+        body = cbor.loads(payload)
+    except Exception as e:  # noqa: BLE001  ValueError, or what a crafted payload causes
+        raise Refused("malformed", "payload: %s" % str(e)[:40])
+    if not isinstance(body, dict) or body.get("k") != kind:
+        raise Refused("malformed", "payload is not a %s" % kind)
+    return version, body
+
+
+def _field(body, name, types):
+    v = body.get(name)
+    if not isinstance(v, types) or isinstance(v, bool):
+        raise Refused("malformed", "field %s" % name)
+    return v
+
+
+def config_text(body):
+    """-> the new config.json's text (checked by the caller's checker)."""
+    raw = _field(body, "cfg", bytes)
+    if len(raw) > MAX_CONFIG:
+        raise Refused("oversized", "config of %d bytes" % len(raw))
+    try:
+        return raw.decode()
+    except Exception:  # noqa: BLE001  UnicodeError
+        raise Refused("malformed", "config is not UTF-8")
+
+
+def secrets(body, k_enc):
+    """-> the secrets to set, a dict (its form checked by the caller).
+    Decrypted only after the MAC held (open_message): no padding oracle."""
+    iv = _field(body, "iv", bytes)
+    ct = _field(body, "ct", bytes)
+    if len(iv) != 16 or not ct or len(ct) % 16:
+        raise Refused("malformed", "ciphertext")
+    try:
+        import cryptolib
+    except ImportError:
+        import ucryptolib as cryptolib
+    pt = cryptolib.aes(k_enc, 2, iv).decrypt(ct)  # 2: CBC
+    n = pt[-1]
+    if not 1 <= n <= 16 or pt[-n:] != bytes((n,)) * n:
+        raise Refused("malformed", "padding")
+    try:
+        import json
+
+        out = json.loads(pt[:-n].decode())
+    except Exception:  # noqa: BLE001  not UTF-8, not JSON
+        raise Refused("malformed", "secrets are not JSON")
+    if not isinstance(out, dict):
+        raise Refused("malformed", "secrets are not an object")
+    return out
+
+
+def hold(body):
+    """-> (minutes, exp): stay awake that long; stale after Unix second exp."""
+    minutes = _field(body, "min", int)
+    exp = _field(body, "exp", int)
+    if not 1 <= minutes <= MAX_HOLD_MIN:
+        raise Refused("invalid", "hold of %d min (1..%d)" % (minutes, MAX_HOLD_MIN))
+    return minutes, exp
+
+
+def time_answer(body):
+    """-> (the fleet side's Unix ms when it answered, the nonce it answers)."""
+    return _field(body, "t", int), _field(body, "n", int)
