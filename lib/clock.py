@@ -73,7 +73,8 @@ U32 = 0xFFFFFFFF
 # floor, offset, has offset, first seq of this power-on (0: none), on flash.
 # The offset (unix - RTC, > EPOCH_TO_UNIX when set) is unsigned: as "i" it
 # would overflow in 2038; the bytes of an earlier "i" read the same.
-_RTC = "<IIBIB"
+_RTC = "<IIBIBiI"  # ... and the authenticated time's uncertainty (s, -1 none) and when it came
+_RTC_OLD = "<IIBIB"  # before the authenticated time: read as "none yet"
 
 
 def unix_ms():
@@ -120,6 +121,8 @@ class Clock:
         self.kept = True  # this power-on's first seq and offset are on flash
         self.saved = 0
         self.refused = 0  # NTP answers refused by this Clock (sync)
+        self.unc = -1  # s either side of the last authenticated time (trusted); -1: none this power-on
+        self.trusted_at = 0  # Unix s when it came
         self.earlier = []  # earlier power-ons from flash: [[first seq, offset or None]], oldest first
         if path is not None:
             self.saved, self.earlier = _load(path)
@@ -127,7 +130,10 @@ class Clock:
         if store is not None:
             payload, _ = store.load()
             if payload is not None and len(payload) == struct.calcsize(_RTC):
-                good, off, has_off, self.first, kept = struct.unpack(_RTC, payload)
+                good, off, has_off, self.first, kept, self.unc, self.trusted_at = struct.unpack(_RTC, payload)
+            elif payload is not None and len(payload) == struct.calcsize(_RTC_OLD):
+                good, off, has_off, self.first, kept = struct.unpack(_RTC_OLD, payload)
+            if payload is not None and len(payload) in (struct.calcsize(_RTC), struct.calcsize(_RTC_OLD)):
                 self.floor = self._kept_floor(good)
                 self.offset = off if has_off else None
                 self.kept = bool(kept)
@@ -231,10 +237,49 @@ class Clock:
         elapsed = now - self.floor
         expect = now + elapsed * ppm // 1000000 if ppm else now
         bound = elapsed * (DRIFT_LEARNT_PPM if ppm else DRIFT_UNKNOWN_PPM) // 1000000 + SLACK_S
+        if self.unc > 0:  # the authenticated time's own width: NTP may refine within it
+            bound += self.unc
         if abs(t - expect) <= bound:
             return None
         return "ntp time %d refused: %+d s from the RTC's %d after %d s, beyond %d s of drift" % (
             t, t - expect, expect, elapsed, bound)
+
+    def trusted(self, lo, hi):
+        """An authenticated time (the fleet side's clock, app.mailbox): the
+        true time now is in [lo, hi], Unix ms. The stronger source: the RTC
+        is set to the middle when it is outside (a forged NTP answer that
+        moved it is undone, and this power-on's offset with it), the floor
+        goes to lo even when that lowers it (a forged floor on flash would
+        refuse true time for good), and NTP is held to it from then on
+        (sync: the interval's half-width on top of the drift bound). ->
+        whether it was taken (an interval beyond the bounds NTP gets is not)."""
+        if not isinstance(lo, int) or not isinstance(hi, int) or hi < lo \
+                or lo // 1000 < self.build or hi // 1000 > self.build + MAX_AHEAD:
+            log.error("clock", "authenticated time refused: outside build time .. + 30 years")
+            return False
+        half = (hi - lo) // 2
+        now = unix_ms()
+        if not lo - SLACK_S * 1000 <= now <= hi + SLACK_S * 1000:
+            t = (lo + half) // 1000
+            before = time.time()
+            import machine
+
+            tm = time.gmtime(t - EPOCH_TO_UNIX)
+            machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], 0))
+            if before + EPOCH_TO_UNIX < self.floor:  # unknown until now: dates this power-on's stamps
+                self.offset = t - before
+            elif self.offset is not None:  # set in this power-on by an answer now undone
+                self.offset += t - before - EPOCH_TO_UNIX
+            log.warn("clock", "set by authenticated time unix=%d, RTC was %+d s off", t,
+                     t - before - EPOCH_TO_UNIX)
+        self.kept = not self.first if self.offset is not None else self.kept
+        if lo // 1000 < self.saved:  # a floor on flash above the true time: rewritten now
+            self.kept = False
+        self.floor = lo // 1000
+        self.unc = half // 1000 + 1
+        self.trusted_at = self.unix()
+        self._save()
+        return True
 
     def _refuse(self, why):
         self.refused += 1
@@ -280,4 +325,4 @@ class Clock:
         if self.store is not None:
             has = self.offset is not None
             self.store.save(struct.pack(_RTC, self.floor, self.offset if has else 0, 1 if has else 0,
-                                        self.first, 1 if self.kept else 0))
+                                        self.first, 1 if self.kept else 0, self.unc, self.trusted_at))

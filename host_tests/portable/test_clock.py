@@ -429,3 +429,65 @@ def test_huge_integer_answers_are_refused_not_printed_whole():
         assert c.refused == n + 1
     assert c.floor == BUILD
     assert "beyond 64 bits" in clock._shown(10 ** 400) and clock._shown(-5) == "-5"
+
+
+# ------------------------------------------------------ authenticated time
+def true_ms():
+    return TRUE_NOW * 1000 + (simstate.board.true_rtc_us() // 1000 - (TRUE_NOW - clock.EPOCH_TO_UNIX) * 1000)
+
+
+def test_authenticated_time_undoes_a_forged_power_on_sync_and_lowers_the_floor():
+    # after a power-on two agreeing forged answers set the clock 20 years
+    # ahead (nothing to compare them with); the fleet side's authenticated
+    # time then puts it back, floor and flash included, and dates this
+    # power-on's relative readings right
+    path, flash = scratch_dir()
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    c.begin(1)
+    t0 = c.stamp()  # relative
+    time.sleep(60)
+    ahead = 20 * 365 * 86400
+    assert c.sync(lambda: ntp() + ahead)
+    assert c.unix() > TRUE_NOW + ahead - 100 and c.floor > TRUE_NOW + ahead - 100
+    c.sync(ntp)  # the true time is now "below the floor": refused
+    assert c.refused == 1 and c.unix() > TRUE_NOW + ahead - 100
+    now = true_ms()
+    assert c.trusted(now - 20, now + 80)  # answered within 100 ms of the request
+    assert abs(c.unix() - now // 1000) <= 1 and c.floor <= now // 1000
+    assert c.unc == 1  # 50 ms either side, in whole seconds, rounded up
+    assert abs(c.senml_time(t0) - (now // 1000 - 60)) <= 1  # the forged offset undone
+    simstate.board.power_on()  # the forged floor on flash was rewritten: true time taken again
+    c = clock.Clock(BUILD, region(), path + "/clock")
+    assert c.floor < TRUE_NOW + ahead - 100
+    assert c.sync(ntp)
+
+
+def test_ntp_may_refine_within_the_authenticated_interval_and_not_past_it():
+    c = clock.Clock(BUILD, region())
+    now = true_ms()
+    assert c.trusted(now - 30000, now + 30000)  # a wide answer: +-30 s
+    assert c.unc == 31
+    time.sleep(10)
+    assert c.sync(lambda: ntp() + 20)  # 20 s off the RTC, inside the interval: a refinement
+    refused = c.refused
+    c.sync(lambda: ntp() + 3600)  # an hour off: beyond the interval and the drift, refused
+    assert c.refused == refused + 1
+    assert abs(c.unix() - (ntp() + clock.EPOCH_TO_UNIX + 20)) <= 1
+
+
+def test_a_known_clock_inside_the_interval_is_not_stepped():
+    c = clock.Clock(BUILD, region())
+    assert c.sync(ntp)
+    before = c.unix()
+    now = true_ms()
+    assert c.trusted(now - 2000, now + 2000)
+    assert abs(c.unix() - before) <= 1 and c.unc == 3
+
+
+def test_an_authenticated_time_outside_the_bounds_is_refused():
+    c = clock.Clock(BUILD, region())
+    assert not c.trusted((BUILD - 10) * 1000, BUILD * 1000)  # before the build
+    assert not c.trusted((BUILD + clock.MAX_AHEAD + 10) * 1000, (BUILD + clock.MAX_AHEAD + 20) * 1000)
+    assert not c.trusted(TRUE_NOW * 1000, TRUE_NOW * 1000 - 1)  # an empty interval
+    assert not c.trusted(1.5, 2.5)
+    assert not c.known() and c.unc == -1
