@@ -28,9 +28,17 @@ publish, verifies it, stores it, and only then acknowledges it to the broker.
   unreachable or locked: the batch is retried with backoff, unacknowledged.
 - SIGTERM/SIGINT: stop queueing, commit and acknowledge what is queued,
   disconnect, exit 0.
+- The time service (issue 16; on unless --no-time-service): a health record
+  whose treq is a nonzero int is a node asking for trusted time within the
+  same session (it waits about a second). It is verified and answered in the
+  network thread as it arrives, ahead of the committer's queue and batches:
+  a sealed `time` message (t: our clock in Unix ms, n: treq) under the
+  device's downlink key on <prefix>/<device>/down/time, QoS 1, not retained.
+  The record itself is then queued and stored as any other.
 """
 
 import argparse
+import collections
 import logging
 import queue
 import signal
@@ -39,7 +47,7 @@ import sys
 import threading
 import time
 
-from . import homeassistant
+from . import downlink, homeassistant
 
 log = logging.getLogger("petrel.collect")
 
@@ -63,12 +71,16 @@ class Collector:
     """One collector. store: a store.Store; keys: {device: hmac key}.
     on_stored(msg, stored, duplicates) is called in the committer thread after
     each message's commit. reload_keys: a callable returning fresh keys,
-    tried (at most every 10 s) when a message names an unknown device."""
+    tried (at most every 10 s) when a message names an unknown device.
+    time_service: answer health records' time requests (treq); down_keys:
+    {device: provisioned downlink root key} (others derive theirs from the
+    hmac key); reload_down_keys: a callable returning them afresh."""
 
     def __init__(self, store, keys, host="127.0.0.1", port=8883, *, ca=None, cert=None, key=None,
                  insecure_plain=False, client_id=None, group=None, topic_prefix="petrel",
                  username=None, password=None, inflight=500, batch=BATCH, on_stored=None,
-                 homeassistant_prefix=None, reload_keys=None):
+                 homeassistant_prefix=None, reload_keys=None, time_service=True, down_keys=None,
+                 reload_down_keys=None):
         from . import verify
 
         if ca is None and not insecure_plain:
@@ -77,13 +89,17 @@ class Collector:
         self.verify = verify
         self.verifier = verify.Verifier(keys, prefix=topic_prefix)
         self.reload_keys = reload_keys
+        self.reload_down_keys = reload_down_keys
         self._reloaded = 0.0
+        self.timesvc = downlink.TimeService(keys, down_keys, topic_prefix) if time_service else None
+        self.time_latency = collections.deque(maxlen=1000)  # s from a request's arrival to its answer
         self.host, self.port = host, port
         self.group = group
         self.prefix = topic_prefix
         self.batch = max(1, batch)
         self.on_stored = on_stored
-        self.counts = {"messages": 0, "readings": 0, "duplicates": 0, "refused": 0, "retained": 0}
+        self.counts = {"messages": 0, "readings": 0, "duplicates": 0, "refused": 0, "retained": 0,
+                       "time": 0}
         self.subscribed = threading.Event()
         self.unsubscribed = threading.Event()
         self.connected = threading.Event()
@@ -165,7 +181,11 @@ class Collector:
             self.counts["retained"] += 1
             self._ack(m.mid, m.qos, self._gen)
             return
-        item = (m.topic, m.payload, m.mid, m.qos, time.time(), self._gen)
+        received = time.time()
+        pre = None
+        if self.timesvc is not None and m.topic.endswith("/health"):
+            pre = self._time_answer(m.topic, m.payload, received)
+        item = (m.topic, m.payload, m.mid, m.qos, received, self._gen, pre)
         while not self._closing.is_set():
             try:
                 self._q.put(item, timeout=0.2)
@@ -173,6 +193,28 @@ class Collector:
             except queue.Full:
                 continue
         # closing: left unacknowledged, the broker sends it again next time
+
+    def _time_answer(self, topic, payload, received):
+        """A verified health record asking for the time: answered now, before
+        it waits in the queue. -> the verified message (the committer does not
+        verify it again), or None (the committer verifies and refuses it)."""
+        t0 = time.monotonic()
+        try:
+            msg = self.verifier.open(topic, payload, received)
+        except Exception:  # refused (or a verifier bug): the committer counts and logs it
+            return None
+        nonce = downlink.time_request(msg.health) if msg.kind == "health" else None
+        if nonce is not None:
+            try:
+                answer = self.timesvc.answer(msg.device, nonce)
+                if answer is not None:
+                    self.client.publish(answer[0], answer[1], qos=1, retain=False)
+                    self.counts["time"] += 1
+                    self.time_latency.append(time.monotonic() - t0)
+                    log.debug("time answered %s", _printable(msg.device))
+            except Exception as e:  # never lose the record over its answer
+                log.error("time answer to %s failed: %s", _printable(msg.device), type(e).__name__)
+        return msg
 
     def _ack(self, mid, qos, gen):
         with self._gen_lock:
@@ -218,7 +260,10 @@ class Collector:
             return False
         self._reloaded = time.monotonic()
         try:
-            self.verifier = self.verify.Verifier(self.reload_keys(), prefix=self.prefix)
+            keys = self.reload_keys()
+            self.verifier = self.verify.Verifier(keys, prefix=self.prefix)
+            if self.timesvc is not None:
+                self.timesvc.update(keys, self.reload_down_keys() if self.reload_down_keys else None)
         except Exception as e:
             log.warning("cannot reload the device keys: %s", e)
             return False
@@ -227,8 +272,11 @@ class Collector:
     def _handle(self, batch):
         Rejected = self.verify.Rejected
         msgs, acks = [], []
-        for topic, payload, mid, qos, received, gen in batch:
+        for topic, payload, mid, qos, received, gen, pre in batch:
             acks.append((mid, qos, gen))
+            if pre is not None:
+                msgs.append(pre)
+                continue
             try:
                 msgs.append(self._open(topic, payload, received))
             except Rejected as e:
@@ -397,6 +445,12 @@ def _cmd(args):
         print("petrel collect: cannot read the registry %s: %s" % (args.registry, e), file=sys.stderr)
         return 1
     try:
+        down_keys = downlink.load_down_keys(args.registry)
+    except Exception as e:
+        print("petrel collect: cannot read the registry's downlink keys %s: %s" % (args.registry, e),
+              file=sys.stderr)
+        return 1
+    try:
         st = _store.open(args.db)
     except Exception as e:
         print("petrel collect: cannot open the store %s: %s" % (args.db, e), file=sys.stderr)
@@ -409,7 +463,9 @@ def _cmd(args):
                   topic_prefix=args.topic_prefix, username=args.username, password=password,
                   inflight=args.inflight,
                   homeassistant_prefix=None if args.no_homeassistant else args.ha_prefix,
-                  reload_keys=lambda: provision.load_keys(args.registry))
+                  reload_keys=lambda: provision.load_keys(args.registry),
+                  time_service=not args.no_time_service, down_keys=down_keys,
+                  reload_down_keys=lambda: downlink.load_down_keys(args.registry))
     log.info("%d devices in %s, storing into %s", len(keys), args.registry, args.db)
     c.start()
     if args.retire:
@@ -437,7 +493,10 @@ commit. Refusals are counted in the store and logged as "refused DEVICE REASON".
 With Home Assistant discovery on (the default) it publishes, retained, a
 config per device and channel on HA_PREFIX/sensor/DEVICE/CHANNEL/config and the
 latest value on PREFIX/DEVICE/state/CHANNEL: the broker account needs write
-access there. SIGTERM or Ctrl-C: commits what is in flight, exits 0.
+access there. As the fleet's time service (unless --no-time-service) it
+answers a health record's time request (treq) at once with a sealed `time`
+message on PREFIX/DEVICE/down/time (write access there too). SIGTERM or
+Ctrl-C: commits what is in flight, exits 0.
 
 Exit codes: 0 stopped by a signal (--retire: drained, session ended); 1 the
 registry or store cannot be used, or the service failed; 2 bad usage.""",
@@ -472,6 +531,8 @@ registry or store cannot be used, or the service failed; 2 bad usage.""",
     p.add_argument("--ha-prefix", default=homeassistant.PREFIX,
                    help="Home Assistant's discovery prefix (default homeassistant)")
     p.add_argument("--no-homeassistant", action="store_true", help="publish no Home Assistant discovery")
+    p.add_argument("--no-time-service", action="store_true",
+                   help="do not answer the nodes' time requests (health treq) with authenticated time")
     p.add_argument("--retire", action="store_true",
                    help="take this --client-id out of service for good: store what the broker kept for "
                         "it, then end its session (a stopped group member otherwise keeps receiving its "
