@@ -35,9 +35,14 @@ PORT is a serial device (/dev/ttyUSB0, /dev/ttyACM0, COM3) or a pyserial URL suc
 socket://127.0.0.1:9876 (an emulator). List the serial ports with:
   python -m serial.tools.list_ports
 
+Before anything is written, IMAGE is checked: an ESP firmware image (magic 0xE9)
+built for the profile's chip (the chip id in its header); the profile names where
+to download the right MicroPython .bin.
+
 Exit codes: 0 flashed and verified; 1 the board was asked and the operation failed
 (no answer, wrong chip, verify or read-back mismatch); 2 bad usage, nothing tried
-(unknown board, missing image, a port that does not exist).
+(unknown board, missing image, an image for another chip or no image at all, a
+port that does not exist).
 """
 
 EPILOG = """\
@@ -54,8 +59,9 @@ def register(subparsers):
     p = subparsers.add_parser("flash", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", metavar="IMAGE", help="the firmware image (.bin) to write")
-    p.add_argument("--port", required=True,
-                   help="serial port of the board, or a pyserial URL (socket://HOST:PORT)")
+    p.add_argument("--port",
+                   help="serial port of the board, or a pyserial URL (socket://HOST:PORT); "
+                        "default: the only board found")
     p.add_argument("--board", default="esp32-devkitc",
                    help="board profile in boards/ (default: esp32-devkitc; known: %s)"
                         % ", ".join(boards.names()))
@@ -85,6 +91,16 @@ def run(args):
     size = image.stat().st_size
     if size == 0:
         return _usage("image %s is empty" % image)
+    wrong = check_image(image, prof)
+    if wrong:
+        return _usage(wrong)
+    from . import serialport
+
+    if args.port is None:
+        try:
+            args.port = serialport.choose(None, "flash")
+        except serialport.PortError as e:
+            return _usage(str(e))
     # Only device paths can be checked up front; URLs and COM names go to esptool.
     if args.port.startswith("/") and not os.path.exists(args.port):
         return _usage("port %s does not exist.\n%s" % (args.port, _ports_hint()))
@@ -103,12 +119,22 @@ def run(args):
     _say("%s %s (%d bytes) at %s on %s (%s) via %s" % (
         "erasing the flash, then writing" if args.erase else "writing", image, size, offset,
         prof["name"], prof["chip"], args.port))
-    for i, (what, cmd) in enumerate(steps):
-        after = "hard-reset" if i == len(steps) - 1 else "no-reset"
-        _say(what)
-        code, out = run_esptool(base + ["--after", after] + cmd)
-        if code != 0:
-            return _failed(what, out, prof, args, image, offset)
+    try:
+        lock = serialport.Lock(args.port, "flash") if "://" not in args.port else None
+        if lock:
+            lock.__enter__()
+    except serialport.PortError as e:
+        return _fail(str(e))
+    try:
+        for i, (what, cmd) in enumerate(steps):
+            after = "hard-reset" if i == len(steps) - 1 else "no-reset"
+            _say(what)
+            code, out = run_esptool(base + ["--after", after] + cmd)
+            if code != 0:
+                return _failed(what, out, prof, args, image, offset)
+    finally:
+        if lock:
+            lock.__exit__()
     if args.read_back:
         if not filecmp.cmp(str(image), args.read_back, shallow=False):
             return _fail("read back: %s differs from %s: the flash at %s does not hold the image. "
@@ -117,6 +143,41 @@ def run(args):
     _say("done: %s is on the board at %s%s" % (
         image, offset, "" if args.no_verify else " (verified)"))
     return 0
+
+
+# esp_chip_id_t in an image's extended header (ESP-IDF esp_app_format.h)
+CHIP_IDS = {"esp32": 0, "esp32s2": 2, "esp32c3": 5, "esp32s3": 9, "esp32c2": 12, "esp32c6": 13,
+            "esp32h2": 16, "esp32p4": 18, "esp32c5": 23, "esp32c61": 20}
+
+
+def check_image(image, prof):
+    """Why IMAGE cannot be right for the profile's chip, or None. The first
+    image in a MicroPython .bin (the bootloader at 0x1000 on the ESP32, 0x0
+    on S3/C3) starts with the ESP image header: magic 0xE9, and at byte 12
+    the chip id it was built for."""
+    with open(image, "rb") as f:
+        head = f.read(24)
+    where = _where(prof)
+    if len(head) < 24 or head[0] != 0xE9:
+        return ("%s is not an ESP firmware image (it starts with %s, not the image magic 0xE9): "
+                "%s" % (image, "0x%02x" % head[0] if head else "nothing", where))
+    chip = int.from_bytes(head[12:14], "little")
+    want = CHIP_IDS.get(prof["chip"])
+    if want is not None and chip != want:
+        named = [n for n, c in CHIP_IDS.items() if c == chip]
+        fits = [n for n in boards.names() if _chip_of(n) in named]
+        return ("%s is built for %s (chip id %d in its header), but board profile %s is for %s: "
+                "%s" % (image, named[0] if named else "an unknown chip", chip, prof["name"],
+                        prof["chip"], ("use --board " + " or --board ".join(fits) + ", or ")
+                        if fits else "") + where)
+    return None
+
+
+def _where(prof):
+    mp = prof.get("micropython")
+    if not mp:
+        return "use the MicroPython firmware .bin for %s from https://micropython.org/download/" % prof["chip"]
+    return "download %s from %s" % (mp["file"], mp["download"])
 
 
 def run_esptool(argv):
