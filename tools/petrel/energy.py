@@ -7,6 +7,15 @@ source (../shared/reference/energy.md, Espressif datasheets). Nothing here is
 a loopback timing: phases a simulation cannot know (Wi-Fi association, DHCP,
 a TLS handshake on the chip) take the profile's figures.
 
+The TLS handshake's delayed-ACK waits: with Nagle on the node's socket, the
+client's last handshake flight (mbedTLS writes it in three pieces) waits for
+the broker's ACK of the first piece, which a Linux broker delays by
+"delack_ms" (Linux's TCP_DELACK_MIN, 40 ms). The profile says how many such
+waits a PSK and a certificate handshake have ("tls_psk_stalls",
+"tls_cert_stalls") and whether the node sets TCP_NODELAY ("tcp_nodelay": lib/mqtt
+does where the port has it, and the ESP32's does): the report states what the
+option saves per uplink and over the battery's life (nodelay_saving()).
+
 Beside the model: simulated(profile, phases) prices a simulated run, the
 ledger of virtual time per phase the simulated board keeps (boot, cpu, radio,
 tls, sleep; bootrun.Boot.phases, BootRunner.totals()).
@@ -33,10 +42,43 @@ def phases(e, scenario):
            ("sample", e["cpu_ma"], e["sample_ms"], "wake")]
     wifi_ms = {"dhcp": e["wifi_dhcp_ms"], "static": e["wifi_static_ms"],
                "cached": e["wifi_cached_ms"]}[scenario.wifi]
-    tls_ms = e["tls_cert_ms"] if scenario.tls == "cert" else e["tls_psk_ms"]
+    tls_ms = (e["tls_cert_ms"] if scenario.tls == "cert" else e["tls_psk_ms"]) + stall_ms(e, scenario.tls)
     out += [("wifi", e["radio_ma"], wifi_ms, "uplink"),
             ("tls", e["radio_ma"], tls_ms, "uplink"),  # the radio stays up through it
             ("mqtt", e["radio_ma"], e["mqtt_ms"], "uplink")]
+    return out
+
+
+def stall_ms(e, tls):
+    """Delayed-ACK waits in one handshake: none with TCP_NODELAY on the node
+    (or a profile that does not say), else the profile's count x delack_ms."""
+    if e.get("tcp_nodelay", True) or "delack_ms" not in e:
+        return 0
+    return e["tls_%s_stalls" % tls] * e["delack_ms"]
+
+
+def nodelay_saving(profile, sample_s, every):
+    """What TCP_NODELAY on the node saves against a Linux broker, from the
+    profile's figures. -> {tls: (ms per uplink, mC per uplink, years without,
+    years with)} for "psk" and "cert" (the best scenario's Wi-Fi), or {}
+    when the profile has no delayed-ACK figures."""
+    import copy
+
+    e = profile["energy"]
+    if "delack_ms" not in e:
+        return {}
+    out = {}
+    for tls in ("psk", "cert"):
+        sc = Scenario("x", every, SCENARIOS[-1].wifi, tls)
+        years = []
+        for nodelay in (False, True):
+            p = copy.deepcopy(profile)
+            p["energy"]["tcp_nodelay"] = nodelay
+            years.append(life_years(p, sum(daily(p, sample_s, sc).values())))
+        p = copy.deepcopy(profile)
+        p["energy"]["tcp_nodelay"] = False
+        ms = stall_ms(p["energy"], tls)
+        out[tls] = (ms, e["radio_ma"] * ms / 1000.0, years[0], years[1])
     return out
 
 
@@ -122,10 +164,44 @@ SCENARIOS = (
 )
 
 
-def report(board, sample_s, uplink_s, out=sys.stdout, png=None):
+def with_energy():
+    """The board profiles that have an energy section."""
+    out = []
+    for n in boards.names():
+        try:
+            if "energy" in boards.load(n):
+                out.append(n)
+        except boards.ProfileError:
+            pass
+    return out
+
+
+def check_args(board, sample_s, uplink_s, png):
+    """A user's mistake as one line (ProfileError, exit 2), before anything is
+    computed or written. -> the profile."""
+    if sample_s < 1:
+        raise boards.ProfileError("--sample-s %d: the seconds between samples must be at least 1" % sample_s)
+    if uplink_s < 1:
+        raise boards.ProfileError("--uplink-s %d: the seconds between uplinks must be at least 1" % uplink_s)
+    if png:
+        import os
+
+        folder = os.path.dirname(os.path.abspath(png))
+        if not os.path.isdir(folder):
+            raise boards.ProfileError("--png %s: no folder %s to write the chart in" % (png, folder))
+        if not os.access(folder, os.W_OK):
+            raise boards.ProfileError("--png %s: the folder %s is not writable" % (png, folder))
     profile = boards.load(board)
     if "energy" not in profile:
-        raise boards.ProfileError("board profile %s has no energy section" % board)
+        have = with_energy()
+        raise boards.ProfileError(
+            "board profile %s has no energy section (currents and phase times with their sources): "
+            "use --board %s, or add one to boards/%s.json" % (board, " or --board ".join(have) or "?", board))
+    return profile
+
+
+def report(board, sample_s, uplink_s, out=sys.stdout, png=None):
+    profile = check_args(board, sample_s, uplink_s, png)
     e = profile["energy"]
     every = max(1, uplink_s // sample_s)
     rows = []
@@ -151,10 +227,31 @@ def report(board, sample_s, uplink_s, out=sys.stdout, png=None):
       % (rows[-1][0].name, rows[-1][3]))
     for what, _before, after in levers(profile, sample_s, every):
         w("  %-62s %5.1f years\n" % (what, after))
+    saving = nodelay_saving(profile, sample_s, every)
+    if saving:
+        w("\nTCP_NODELAY on the node (lib/mqtt sets it where the port has it; the ESP32's does):\n"
+          "without it, each TLS handshake waits %d x %d ms (PSK) / %d x %d ms (certificate) for a\n"
+          "Linux broker's delayed ACK with the radio on; the option saves per uplink:\n"
+          % (e["tls_psk_stalls"], e["delack_ms"], e["tls_cert_stalls"], e["delack_ms"]))
+        for tls, name in (("psk", "TLS-PSK"), ("cert", "certificate TLS")):
+            ms, mc, before, after = saving[tls]
+            w("  %-16s %4d ms of radio, %5.1f mC; battery life %.2f -> %.2f years\n"
+              % (name, ms, mc, before, after))
     if png:
-        chart(rows, names, png)
+        chart(rows, names, png, assumes(profile, board, sample_s, every))
         w("\nchart: %s\n" % png)
     return rows
+
+
+def assumes(profile, board, sample_s, every):
+    """What the chart assumes, said on it."""
+    e = profile["energy"]
+    return ("%s (boards/%s.json, its sources there): sample every %d s, uplink every %d samples; "
+            "sleep %g uA, CPU %g mA, radio %g mA; battery %d mAh, %.0f%%/year self-discharge; "
+            "TCP_NODELAY %s. A model from sourced figures, not a measurement."
+            % (profile["name"], board, sample_s, every, e["sleep_ua"], e["cpu_ma"], e["radio_ma"],
+               e["battery_mah"], e["self_discharge_per_year"] * 100,
+               "on" if e.get("tcp_nodelay", True) else "off"))
 
 
 def levers(profile, sample_s, every):
@@ -187,7 +284,7 @@ def levers(profile, sample_s, every):
     return out
 
 
-def chart(rows, names, path):
+def chart(rows, names, path, assumptions=""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,7 +305,14 @@ def chart(rows, names, path):
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     ax.set_ylim(0, max(bottom) * 1.3)
-    fig.tight_layout()
+    if assumptions:  # what the bars rest on, under the chart
+        import textwrap
+
+        fig.text(0.01, 0.01, "\n".join(textwrap.wrap("Assumes: " + assumptions, 150)), fontsize=6.5,
+                 va="bottom")
+        fig.tight_layout(rect=(0, 0.09, 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -218,6 +322,9 @@ def _cmd(args):
         report(args.board, args.sample_s, args.uplink_s, png=args.png)
     except boards.ProfileError as e:
         print("petrel energy: %s" % e, file=sys.stderr)
+        return 2
+    except OSError as e:  # the chart's file, refused after the checks (a full disk)
+        print("petrel energy: cannot write the chart: %s" % e, file=sys.stderr)
         return 2
     return 0
 
@@ -230,7 +337,8 @@ def register(sub):
                     "compares scenarios: uplink at every sample, hourly batches, with a cached "
                     "BSSID and static IP, certificate TLS against TLS-PSK. Example: "
                     "petrel energy --board esp32-node --sample-s 300 --uplink-s 3600 --png energy.png")
-    p.add_argument("--board", default="esp32-node", help="board profile with an energy section")
+    p.add_argument("--board", default="esp32-node",
+                   help="board profile with an energy section (default esp32-node, the one that has it)")
     p.add_argument("--sample-s", type=int, default=300, help="seconds between samples (default 300)")
     p.add_argument("--uplink-s", type=int, default=3600, help="seconds between batched uplinks (default 3600)")
     p.add_argument("--png", help="also write a chart of the charge breakdown")
