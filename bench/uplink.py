@@ -57,6 +57,63 @@ c.disconnect()
 print("RESULT heap_ok 1")
 """
 
+# umqtt.simple's pattern doing the same job, as its users write it: its own
+# TLS context (tls.SSLContext), nothing of lib/mqtt loaded.
+HEAP_UMQTT_SCRIPT = r"""
+import sys, tls, umqtt_pattern
+f = open(sys.argv[4], "rb"); msg = f.read(); f.close()
+f = open(sys.argv[3], "rb"); ca = f.read(); f.close()
+ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+ctx.verify_mode = tls.CERT_REQUIRED
+ctx.load_verify_locations(ca)
+c = umqtt_pattern.MQTTClient(sys.argv[1], "127.0.0.1", int(sys.argv[2]), ssl=ctx)
+c.connect()
+c.publish("petrel/bench/up", msg, qos=1)
+c.disconnect()
+print("RESULT heap_ok 1")
+"""
+
+# The 36- and 60-reading messages of the wire and heap rows, encoded by the node's encoder.
+ENCODE_SCRIPT = r"""
+import sys, uplink
+class Clock:
+    def senml_time(self, stamp, seq=None):
+        return stamp
+class Counter:
+    def next(self):
+        return 1001
+enc = uplink.encoder("p-a1b2c3", [("t", "Cel", 100), ("h", "%RH", 100), ("p", "Pa", 1)],
+                     bytes(range(32)), Counter(), Clock())
+for n in (36, 60):
+    recs = []
+    for k in range(n):
+        i = k // 3
+        recs.append((k, 1767225600 + 300 * i, uplink.pack_reading(k % 3, (2153 + i, 4512 - i, 100325 + i)[k % 3])))
+    f = open("%s/batch%d.bin" % (sys.argv[1], n), "wb")
+    f.write(enc(recs))
+    f.close()
+print("RESULT encoded 1")
+"""
+
+# Ten 36-reading publishes, each to its PUBACK, for the byte count on the wire.
+WIRE_SCRIPT = r"""
+import sys, time, mqtt
+msg = open(sys.argv[3], "rb").read()
+c = mqtt.MQTTClient("bench-wire", "127.0.0.1", int(sys.argv[1]), ssl_context=mqtt.tls_context(ca=open(sys.argv[2], "rb").read()),
+                    server_hostname="localhost")
+c.connect()
+print("RESULT payload_bytes", len(msg))
+time.sleep_ms(300)
+for i in range(10):
+    c.publish("petrel/bench/up", msg, qos=1)
+    c.wait_all()
+time.sleep_ms(300)
+c.disconnect()
+"""
+
+DEVICE = "p-bench1"
+KEY = bytes(range(32))  # the device key the VM's encoder seals with
+
 # The same with the payload encoded in the VM as the node does it, in the order
 # uplink.drain() goes: connected first, then the batch's outbox records (as
 # outbox.peek gives them) encoded by uplink.encoder and published.
@@ -110,122 +167,112 @@ def smallest_heap(args, path, script):
         worst = max(worst, int(found[:-1]))
     return "%dk" % worst
 
-VM_SCRIPT = r"""
-import sys, time, gc
-import mqtt
-mode, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-what = sys.argv[4]
-
-def context():
-    if mode == "psk":
-        return mqtt.tls_context(psk_identity=b"node-1", psk_key=bytes.fromhex(secret))
-    return mqtt.tls_context(ca=open(secret, "rb").read())
-
-def client():
-    return mqtt.MQTTClient("bench-" + what, "127.0.0.1", port, ssl_context=context(),
-                           server_hostname="localhost", timeout_ms=10000, window=8)
+# A node's upload, as firmware/app/session.py does it: readings in a real
+# outbox (lib/outbox on the VM's filesystem), drained by uplink.drain() in
+# batches the node's encoder (uplink.encoder: SenML CBOR in a COSE_Mac0, the
+# next sequence number each) makes, connect -> last PUBACK -> DISCONNECT.
+# Beside it the umqtt.simple pattern (umqtt_pattern.py) doing the same job:
+# the same outbox, encoder and TLS, one publish at a time to its PUBACK.
+UPLOAD_SCRIPT = r"""
+import sys, os, time
+import uplink
+from outbox import Outbox
+who, mode, port, secret, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+reps, seq0, jobs = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8].split(",")
+DEV = "%(dev)s"
+TOPIC = "petrel/%%s/up" %% DEV
+CHANNELS = [("t", "Cel", 100), ("h", "%%RH", 100), ("p", "Pa", 1)]
 
 class Clock:  # outbox stamps already in Unix time
     def senml_time(self, stamp, seq=None):
         return stamp
 
-class Counter:
-    n = 1000
+class Counter:  # the COSE sequence number: a new one for every message
+    n = seq0
     def next(self):
         self.n += 1
         return self.n
 
-ENC = None
-def payload(readings):
-    # a batch of readings (a sample is 3 channels) as the node encodes it
-    global ENC
-    import uplink
-    if ENC is None:
-        ENC = uplink.encoder("p-a1b2c3", [("t", "Cel", 100), ("h", "%RH", 100), ("p", "Pa", 1)],
-                             bytes(range(32)), Counter(), Clock())
-    recs = []
+ENC = uplink.encoder(DEV, CHANNELS, bytes(range(32)), Counter(), Clock())
+BOX = [0]
+
+def outbox(readings):
+    BOX[0] += 1
+    path = "%%s/ob%%d" %% (folder, BOX[0])
+    os.mkdir(path)
+    ob = Outbox(path, capacity=262144)  # the rate run's 3600 readings, none dropped
+    ob.start_at(seq0 * 10 + 1)  # reading ids distinct across the run too
     for k in range(readings):
         i = k // 3
-        recs.append((k, 1767225600 + 300 * i, uplink.pack_reading(k % 3, (2153 + i, 4512 - i, 100325 + i)[k % 3])))
-    return ENC(recs)
+        ob.append(uplink.pack_reading(k %% 3, (2153 + i, 4512 - i, 100325 + i)[k %% 3]), 1767225600 + 300 * i)
+    return ob
 
-if what == "connect":
-    times = []
-    for i in range(7):
-        c = client()
+def petrel_context():
+    import mqtt
+    if mode == "psk":
+        return mqtt.tls_context(psk_identity=b"node-1", psk_key=bytes.fromhex(secret))
+    return mqtt.tls_context(ca=open(secret, "rb").read())
+
+def umqtt_context():  # as a umqtt.simple user sets one up, without lib/mqtt
+    import tls
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    if mode == "psk":
+        ctx.verify_mode = tls.CERT_NONE
+        ctx.psk_identity = b"node-1"
+        ctx.psk_key = bytes.fromhex(secret)
+        ctx.set_ciphers([c for c in ctx.get_ciphers() if c.startswith("TLS-PSK-WITH-")])
+    else:
+        ctx.verify_mode = tls.CERT_REQUIRED
+        ctx.load_verify_locations(open(secret, "rb").read())
+    return ctx
+
+def upload(ob, batch):
+    # -> (connect us, connect -> last PUBACK us, connect -> disconnected us, readings)
+    if who == "umqtt":
+        import umqtt_pattern
+        c = umqtt_pattern.MQTTClient("bench-node", "127.0.0.1", port, ssl=umqtt_context())
+        t0 = time.ticks_us()
         c.connect()
-        times.append(c.connect_ms)
-        c.disconnect()
-    times.sort()
-    print("RESULT connect_ms", times[3])
-elif what.startswith("rate"):
-    per_msg = int(what[4:])  # readings per message: samples x 3 channels
-    msg = payload(per_msg)
-    topic = "petrel/bench/rate%d" % per_msg
-    c = client()
-    c.connect()
-    rates = []
-    sent = 0
-    acked = 0
-    for r in range(3):  # lib/mqtt: pipelined, one write per packet
-        # at least a second of publishing, so the wait for the last PUBACKs
-        # (up to a delayed ACK, 40 ms: Mosquitto's Nagle, see main()) weighs
-        # what it weighs in a long drain, not 96% of a 2 ms run
+        t1 = time.ticks_us()
         n = 0
+        while True:
+            recs = ob.peek(batch)
+            if not recs:
+                break
+            c.publish(TOPIC, ENC(recs), qos=1)  # returns on its PUBACK
+            ob.ack(recs[-1][0])
+            n += len(recs)
+    else:
+        import mqtt
+        c = mqtt.MQTTClient("bench-node", "127.0.0.1", port, ssl_context=petrel_context(),
+                            server_hostname="localhost", timeout_ms=10000, window=4)
         t0 = time.ticks_us()
-        while n < 8 or time.ticks_diff(time.ticks_us(), t0) < 1000000:
-            c.publish(topic, msg, qos=1)
-            n += 1
-            if len(c.acked) > 512:  # counted and let go: a second's ids outgrow the heap
-                acked += len(c.acked)
-                c.acked = []
-        c.wait_all()
-        rates.append(n * per_msg * 1000000 // time.ticks_diff(time.ticks_us(), t0))
-        sent += n
-    rates.sort()
-    print("RESULT rate", rates[1])  # the median
-    print("RESULT sent", sent)
-    print("RESULT acked", acked + len(c.acked))
-    # one pipelined burst of `window` messages: the wait for the last PUBACKs
-    tails = []
-    for r in range(7):
-        for i in range(c.window):
-            c.publish(topic + "/tail", msg, qos=1)
-        t0 = time.ticks_us()
-        c.wait_all()
-        tails.append(time.ticks_diff(time.ticks_us(), t0))
-    tails.sort()
-    print("RESULT tail_us", tails[3])
-    # the common client pattern: header and body apart, one PUBACK at a time
-    n = 20
-    t0 = time.ticks_us()
-    for i in range(n):
-        body = mqtt._str(topic + "/base") + b"\x00\x01" + msg
-        pkt = mqtt._head(0x32, len(body)) + body
-        head = len(pkt) - len(body)
-        c.sock.write(pkt[:head])
-        c.sock.write(pkt[head:])
-        c.inflight[1] = 0
-        c.wait_all()
-    print("RESULT baseline", n * per_msg * 1000000 // time.ticks_diff(time.ticks_us(), t0))
+        c.connect()
+        t1 = time.ticks_us()
+        n = uplink.drain(c, ob, TOPIC, ENC, batch=batch)  # ends with wait_all(): the last PUBACK
+    t2 = time.ticks_us()
     c.disconnect()
-elif what == "wire":
-    msg = payload(36)
-    c = client()
-    c.connect()
-    print("RESULT payload_bytes", len(msg))
-    time.sleep_ms(300)
-    for i in range(10):
-        c.publish("petrel/bench/up", msg, qos=1)
-        c.wait_all()
-    time.sleep_ms(300)
-    c.disconnect()
-elif what == "encode":
-    with open(sys.argv[5], "wb") as f:
-        f.write(payload(60))
-    print("RESULT encoded", 1)
-"""
+    t3 = time.ticks_us()
+    return time.ticks_diff(t1, t0), time.ticks_diff(t2, t0), time.ticks_diff(t3, t0), n
 
+for job in jobs:
+    name, readings, batch = job.split(":")
+    readings, batch = int(readings), int(batch)
+    if name == "rate":  # end to end on an open connection: peek, encode, publish, PUBACK, ack
+        ob = outbox(readings)
+        recs = ob.peek(readings)
+        t0 = time.ticks_us()
+        for i in range(0, readings, batch):
+            ENC(recs[i:i + batch])
+        enc_us = time.ticks_diff(time.ticks_us(), t0)
+        recs = None
+        conn, radio, total, n = upload(ob, batch)
+        print("ROW", name, readings, batch, enc_us, conn, radio - conn, n, ENC.counter.n)
+        continue
+    for r in range(reps):
+        conn, radio, total, n = upload(outbox(readings), batch)
+        print("ROW", name, readings, batch, conn, radio, total, n, ENC.counter.n)
+"""
 
 class CountingProxy:
     """Forwards one TCP connection to the broker and counts the bytes the node sends."""
@@ -270,34 +317,7 @@ class CountingProxy:
         pump(a, b, True)
 
 
-class Delivered:
-    """Counts, per topic, the messages the broker delivered to an independent
-    subscriber (paho, on the plain listener): what was PUBACKed also arrived."""
-
-    def __init__(self, broker):
-        import paho.mqtt.client as paho
-
-        self.count = {}
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-count")
-        self.c.on_message = lambda c, u, m: self.count.__setitem__(m.topic, self.count.get(m.topic, 0) + 1)
-        ready = threading.Event()
-        self.c.on_subscribe = lambda *a: ready.set()
-        self.c.on_connect = lambda c, *a: c.subscribe("petrel/bench/#", qos=0)
-        self.c.connect("127.0.0.1", broker.ports["plain"])
-        self.c.loop_start()
-        assert ready.wait(5)
-
-    def settled(self, topic, quiet=0.5):
-        import time
-
-        n = -1
-        while n != self.count.get(topic, 0):
-            n = self.count.get(topic, 0)
-            time.sleep(quiet)
-        return n
-
-
-def run_vm(args, heapsize=None, path=None, script=VM_SCRIPT):
+def run_vm(args, heapsize=None, path=None, script=None):
     env = dict(os.environ, MICROPYPATH=path or ".frozen:%s" % paths.LIB)
     # the script in a folder of its own: the VM looks for modules first where
     # the script is, and a stray mqtt.mpy in /tmp would be measured instead
@@ -309,55 +329,200 @@ def run_vm(args, heapsize=None, path=None, script=VM_SCRIPT):
     if heapsize:
         cmd += ["-X", "heapsize=%s" % heapsize]
     p = subprocess.run(cmd + [name] + [str(a) for a in args], env=env, capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=600)
     shutil.rmtree(tmp)
-    out = {}
+    out = {"rows": []}
     for line in p.stdout.splitlines():
         if line.startswith("RESULT"):
             _, k, v = line.split()
             out[k] = int(v)
-    if not out:
-        out["error"] = (p.stdout + p.stderr).strip().splitlines()[-1:] or ["no output"]
+        elif line.startswith("ROW"):
+            f = line.split()
+            out["rows"].append([f[1]] + [int(x) for x in f[2:]])
+    if p.returncode or (len(out) == 1 and not out["rows"]):
+        out["error"] = (p.stdout + p.stderr).strip().splitlines()[-3:] or ["no output"]
     return out
 
 
+class Verified:
+    """Every message the node published, as the collector receives it: an
+    independent subscriber (paho, plain listener, QoS 1) hands each to the
+    collector's verifier (tools/petrel/verify.py, no code shared with the
+    node). Counts what verified, refusals by reason, and sequence numbers
+    seen twice (a replay the collector would refuse)."""
+
+    def __init__(self, broker):
+        import paho.mqtt.client as paho
+
+        from petrel.verify import Verifier
+
+        self.verifier = Verifier({DEVICE: KEY})
+        self.messages = self.readings = 0
+        self.refused = {}
+        self.seqs = set()
+        self.repeated = 0
+        self.lock = threading.Lock()
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-collector")
+        self.c.on_message = self._on_message
+        ready = threading.Event()
+        self.c.on_subscribe = lambda *a: ready.set()
+        self.c.on_connect = lambda c, *a: c.subscribe("petrel/%s/up" % DEVICE, qos=1)
+        self.c.connect("127.0.0.1", broker.ports["plain"])
+        self.c.loop_start()
+        assert ready.wait(5)
+
+    def _on_message(self, c, u, m):
+        from petrel.verify import Rejected
+
+        with self.lock:
+            try:
+                msg = self.verifier.open(m.topic, m.payload)
+            except Rejected as e:
+                self.refused[e.reason] = self.refused.get(e.reason, 0) + 1
+                return
+            if msg.seq in self.seqs:
+                self.repeated += 1
+            self.seqs.add(msg.seq)
+            self.messages += 1
+            self.readings += len(msg.readings)
+
+    def settled(self, quiet=0.5):
+        import time
+
+        n = -1
+        while n != self.messages + sum(self.refused.values()):
+            n = self.messages + sum(self.refused.values())
+            time.sleep(quiet)
+        self.c.loop_stop()
+        self.c.disconnect()
+        return self
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+# Wake kinds (the firmware's defaults: a sample every 5 min, 3 channels,
+# uplink every 12 samples, batch 36 readings, window 4):
+WAKES = (("hourly", 36, 36),  # an uplink wake: 12 samples x 3 channels, one message
+         ("catch-up", 144, 36))  # after an outage: a full window, 4 messages
+RATE = ("rate", 3600, 60)  # end to end over one connection: 60 messages of 60 readings
+REPS = 7
+
+
 def main():
+    build = Path(tempfile.mkdtemp(prefix="petrel-mpy-"))
+    deploy.build(build, "x64")  # lib/ as `petrel deploy` puts it on a node (the VM's arch)
+    lib = build / "lib"
+    p = subprocess.run([deploy.mpy_cross(), "-march=x64", "-o", str(lib / "umqtt_pattern.mpy"),
+                        str(ROOT / "bench" / "umqtt_pattern.py")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    # the ESP32 port's socket names TCP_NODELAY, the unix port's does not:
+    # on this path lib/mqtt finds it, as on the chip
+    esp_socket = build / "esp32socket"
+    esp_socket.mkdir()
+    (esp_socket / "socket.py").write_text(
+        "from usocket import *  # noqa\nIPPROTO_TCP = 6  # lwip's values (and Linux's)\nTCP_NODELAY = 1\n")
+    node_path = {True: ".frozen:%s:%s" % (esp_socket, lib), False: ".frozen:%s" % lib}
+    jobs = ",".join("%s:%d:%d" % w for w in WAKES)
+    print("uplink bench: a node's upload on the MicroPython VM (%s), lib/ as deployed (mpy-cross),"
+          % sys.platform)
+    from petrel.broker import mosquitto_binary, ensure_installed
+
+    ensure_installed()
+    v = subprocess.run([mosquitto_binary(), "-h"], capture_output=True, text=True).stdout.splitlines()[:1]
+    print("%s with TLS on loopback; every message verified by the collector's verifier."
+          % (v[0].strip() if v else "Mosquitto"))
+    print("Each row: median of %d uploads, a new connection each (client id, TLS context and" % REPS)
+    print("outbox new each time, as at a wake); lib/mqtt window 4, batch 36 (the firmware's defaults).")
+    print("Loopback: round trips are ~0, so what remains is CPU and the TCP stalls (Nagle against a")
+    print("delayed ACK, 40 ms on Linux): compare rows, not absolute radio times.")
+    results = {}
+    seq0 = 0
+    for broker_nodelay in (True, False):
+        with Broker(tcp_nodelay=broker_nodelay) as broker:
+            ca = broker.pki["ca"].with_suffix(".der")
+            ident, key = next(iter(broker.psk.items()))
+            modes = {"psk": [broker.ports["psk"], key], "cert": [broker.ports["tls"], ca]}
+            col = Verified(broker)
+            published = [0, 0]  # messages, readings
+            for who, node_nodelay in (("petrel", True), ("petrel", False), ("umqtt", False)):
+                for mode in ("psk", "cert"):
+                    folder = tempfile.mkdtemp(prefix="petrel-ob-")
+                    seq0 += 100000
+                    more = "," + "%s:%d:%d" % RATE if (broker_nodelay and mode == "psk"
+                                                      and node_nodelay) else ""
+                    r = run_vm([who, mode] + modes[mode] + [folder, REPS, seq0, jobs + more],
+                               path=node_path[node_nodelay], script=UPLOAD_SCRIPT % {"dev": DEVICE})
+                    shutil.rmtree(folder)
+                    if "error" in r:
+                        print("  %s %s: %s" % (who, mode, r["error"]))
+                        continue
+                    for row in r["rows"]:  # n readings confirmed, in messages of `batch`
+                        published[0] += -(-row[-2] // row[2])
+                        published[1] += row[-2]
+                    for row in r["rows"]:
+                        results.setdefault((broker_nodelay, who, node_nodelay, mode, row[0]), []).append(row)
+            col.settled()
+            results[("verified", broker_nodelay)] = (published, col)
+    report(results)
+    print()
+    run_vm([build], path=node_path[False], script=ENCODE_SCRIPT)
+    wire(build)
+    heap(build, lib)
+    shutil.rmtree(build)
+
+
+def report(results):
+    print()
+    for broker_nodelay in (True, False):
+        published, col = results[("verified", broker_nodelay)]
+        print("broker set_tcp_nodelay %s%s:" % ("true" if broker_nodelay else "false",
+                                               "" if broker_nodelay else " (Mosquitto's default)"))
+        print("  %-34s %-5s %-9s %12s %16s %14s" % ("client", "TLS", "wake", "connect ms",
+                                                   "connect->PUBACK", "+disconnect"))
+        for who, nd, label in (("petrel", True, "lib/mqtt, TCP_NODELAY on the node"),
+                               ("petrel", False, "lib/mqtt, Nagle on the node"),
+                               ("umqtt", False, "umqtt.simple pattern")):
+            for mode in ("psk", "cert"):
+                for kind, readings, _batch in WAKES:
+                    rows = results.get((broker_nodelay, who, nd, mode, kind))
+                    if not rows:
+                        print("  %-34s %-5s %-9s (no result)" % (label, mode, kind))
+                        continue
+                    print("  %-34s %-5s %-9s %12.1f %13.1f ms %11.1f ms" % (
+                        label, mode, "%s %d" % (kind, readings), median([r[3] for r in rows]) / 1000,
+                        median([r[4] for r in rows]) / 1000, median([r[5] for r in rows]) / 1000))
+        print("  ratio umqtt.simple pattern / lib/mqtt (TCP_NODELAY), connect -> last PUBACK:")
+        for mode in ("psk", "cert"):
+            for kind, readings, _batch in WAKES:
+                a = results.get((broker_nodelay, "petrel", True, mode, kind))
+                b = results.get((broker_nodelay, "umqtt", False, mode, kind))
+                if a and b:
+                    print("    %-5s %-13s %.1fx" % (mode, "%s %d" % (kind, readings),
+                                                   median([r[4] for r in b]) / median([r[4] for r in a])))
+        print("  collector: %d of %d messages verified (%d readings of %d), refused %s, sequence numbers"
+              " seen twice: %d" % (col.messages, published[0], col.readings, published[1], col.refused or "none",
+                                   col.repeated))
+        print()
+    rate = results.get((True, "petrel", True, "psk", "rate"))
+    if rate:
+        _, readings, batch, enc_us, conn, drain_us, n, _ = rate[0]
+        print("readings/s end to end, %d readings in messages of %d over one TLS-PSK connection"
+              % (readings, batch))
+        print("(peek, encode, publish, PUBACK, ack in the outbox; connect not counted; broker nodelay on):")
+        print("  the node's encoder alone (outbox records -> sealed message)  %9d readings/s"
+              % (readings * 1000000 // enc_us))
+        print("  lib/mqtt drain, end to end                                   %9d readings/s (%d confirmed)"
+              % (readings * 1000000 // drain_us, n))
+
+
+def wire(build):
     with Broker() as broker:
         ca = broker.pki["ca"].with_suffix(".der")
-        ident, key = next(iter(broker.psk.items()))
-        tls = ["tls", broker.ports["tls"], ca]
-        psk = ["psk", broker.ports["psk"], key]
-        print("uplink bench: lib/mqtt on the MicroPython VM, Mosquitto %s on loopback"
-              % "2.0 (Debian)")
-        print()
-        print("connect (TCP + TLS + CONNACK), median of 7:")
-        for name, args in (("certificate TLS (ECDSA P-256)", tls), ("TLS-PSK", psk)):
-            r = run_vm(args + ["connect"])
-            print("  %-32s %s ms" % (name, r.get("connect_ms", r)))
-        print()
-        print("QoS 1 over certificate TLS, 3 channels per sample. lib/mqtt: pipelined (window 8),")
-        print("at least 1 s of publishing ended by the last PUBACK, median of 3; delivered: counted")
-        print("by an independent subscriber. One-at-a-time: 20 messages, each to its PUBACK.")
-        print("  %-10s %14s %17s %22s %8s" % ("rdg/msg", "lib/mqtt rdg/s", "acked/delivered",
-                                              "one-at-a-time rdg/s", "ratio"))
-        sub = Delivered(broker)
-        tails = {}
-        for per_msg in (1, 12, 60):
-            r = run_vm(tls + ["rate%d" % per_msg])
-            if "rate" in r:
-                got = sub.settled("petrel/bench/rate%d" % per_msg)
-                print("  %-10d %14d %8d/%-8d %22d %7.1fx" % (per_msg, r["rate"], r["acked"], got,
-                                                         r["baseline"], r["rate"] / r["baseline"]))
-                tails[per_msg] = r["tail_us"]
-            else:
-                print("  %-10d %s" % (per_msg, r))
-        print("  the wait for the last PUBACKs after a burst of 8 (median of 7): %s ms"
-              % ", ".join("%.1f" % (tails[k] / 1000) for k in sorted(tails)))
-        print("  (petrel.broker runs Mosquitto with `set_tcp_nodelay true`; with its default,")
-        print("  Nagle on, the last PUBACKs wait for the node's delayed ACK: ~40 ms here)")
-        print()
         proxy = CountingProxy(broker.ports["tls"])
-        r = run_vm(["tls", proxy.port, ca, "wire"])
+        r = run_vm([proxy.port, ca, build / "batch36.bin"], script=WIRE_SCRIPT)
         chunks = proxy.sent_chunks
         # the 10 publishes are the node's last 10 sends before DISCONNECT
         publish_bytes = [n for _, n in chunks[-11:-1]]
@@ -367,20 +532,24 @@ def main():
         print("  one QoS 1 PUBLISH as TLS records %.0f B (MQTT + TLS framing included)" % per_msg)
         print("  per reading                      %.1f B" % (per_msg / 36))
         print()
-        print("smallest -X heapsize for a 60-reading batch over TLS (lib/ as deployed; the")
-        print("smallest from which every larger size tried completes too, the largest of 3 client ids):")
-        build = Path(tempfile.mkdtemp(prefix="petrel-mpy-"))
-        deploy.build(build, "x64")  # lib/ as `petrel deploy` puts it on a node (the VM's arch)
+
+
+def heap(build, lib):
+    print("smallest -X heapsize for a TLS connect (certificate) + one 60-reading batch (QoS 1, its")
+    print("PUBACK) + disconnect, modules as .mpy, the unix port's own socket (no TCP_NODELAY shim);")
+    print("the smallest from which every larger size tried completes too, the largest of 3 client ids:")
+    with Broker() as broker:
+        ca = broker.pki["ca"].with_suffix(".der")
         msg = build / "batch60.bin"
-        run_vm(tls + ["encode", msg])
-        path = ".frozen:%s" % (build / "lib")
+        path = ".frozen:%s" % lib
         args = [broker.ports["tls"], ca]
-        print("  client alone (message encoded beforehand): %s"
+        print("  lib/mqtt alone (message encoded beforehand)           %s"
               % smallest_heap(args + [msg], path, HEAP_SCRIPT))
-        print("  client + the node's encoder (uplink.encoder) in the same VM: %s"
+        print("  umqtt.simple pattern, the same job, same VM and TLS   %s"
+              % smallest_heap(args + [msg], path, HEAP_UMQTT_SCRIPT))
+        print("  lib/mqtt + the node's encoder (uplink.encoder)        %s"
               % smallest_heap(args, path, HEAPALL_SCRIPT))
         print("  (64-bit VM: object sizes about twice the ESP32's)")
-        shutil.rmtree(build)
 
 
 if __name__ == "__main__":

@@ -149,9 +149,12 @@ def make_pki(folder):
 
 # ------------------------------------------------------------ broker
 class Broker:
-    def __init__(self, folder=None, psk=None, persistence=False):
+    def __init__(self, folder=None, psk=None, persistence=False, tcp_nodelay=True):
         """persistence: sessions and queued messages saved in folder when the
-        broker stops, so restart() keeps them (as a service restart would)."""
+        broker stops, so restart() keeps them (as a service restart would).
+        tcp_nodelay=False: Mosquitto's own default (Nagle on), as a user's
+        broker may be: bench/uplink.py measures both."""
+        self.tcp_nodelay = tcp_nodelay
         self._tmp = None
         self.persistence = persistence
         if folder is None:
@@ -179,7 +182,7 @@ class Broker:
             # a node's pipelined batch ends waiting on the broker's last PUBACK:
             # with Nagle on, that waits a delayed ACK (~40 ms here, longer on
             # lwIP), radio time a node pays at every uplink
-            "set_tcp_nodelay true",
+            "set_tcp_nodelay %s" % ("true" if self.tcp_nodelay else "false"),
             "log_dest file %s" % (self.folder / "mosquitto.log"),
             "log_type error", "log_type warning", "log_type notice",
             "psk_file %s" % pskfile,
