@@ -1,30 +1,36 @@
-"""Uplink benchmark: lib/mqtt on the MicroPython VM against a real Mosquitto with
-TLS on loopback, everything measured in one run.
+"""Uplink benchmark: what a node's upload costs, lib/mqtt on the MicroPython VM
+against a real Mosquitto with TLS on loopback, everything from one run.
 
     make bench-uplink       (.venv/bin/python bench/uplink.py)
 
-Prints:
-- connect time (TCP + TLS handshake + MQTT CONNACK), certificate TLS vs TLS-PSK;
-- QoS 1 readings per second over TLS with batches of 1, 12 and 60 readings per
-  message (lib/mqtt pipelined): at least a second of publishing ended by the
-  last PUBACK, median of 3 runs, and the messages an independent subscriber
-  received counted against those acknowledged. (Timing 60 messages, as this
-  once did, measured 2 ms of publishing plus, or not, one 40 ms wait for the
-  last PUBACKs, which Mosquitto's Nagle holds until the node's delayed ACK:
-  best of 3 picked the runs without it, hence 2.3M readings/s and 7x spread.)
-  Next to it the common MicroPython client pattern: one publish at a time,
-  header and body in separate writes, each waiting for its PUBACK (the
-  Nagle/delayed-ACK trap of toolchain.md);
-- bytes on the wire per reading for a batch of 12 samples x 3 channels, counted
-  by a TCP proxy between the node and the broker (SenML + COSE + MQTT + TLS);
-- the smallest -X heapsize that completes a 60-reading batch over TLS with
-  lib/ as deployed (petrel.deploy.build: precompiled by mpy-cross, host-only
-  modules left out; README, "Memory budget"): the client alone (message
-  encoded beforehand) and with the node's encoder (uplink.encoder, from outbox
-  records) in the same VM, each the smallest size from which every larger
-  size tried completes too, the largest of three client ids (where the
-  heap's holes fall moves with a few bytes: README, "Memory budget").
-Loopback times are not radio times: compare the rows, not the absolute values.
+Prints, with the conditions beside each figure:
+- per wake kind (an hourly uplink: 36 readings in one message; a catch-up
+  after an outage: 144 readings, 4 messages), TLS-PSK and certificate TLS:
+  connect, connect -> last PUBACK (what the radio is on for) and the
+  DISCONNECT, median of REPS uploads. Each upload is what the firmware does:
+  readings in a real outbox (lib/outbox), drained by uplink.drain() with the
+  node's encoder (uplink.encoder, a new COSE sequence number per message),
+  acknowledged in the outbox on their PUBACKs. Every message is verified by
+  the collector's verifier (tools/petrel/verify.py) on an independent
+  subscriber, sequence numbers seen twice counted;
+- the same for lib/mqtt without TCP_NODELAY on the node's socket, and for the
+  umqtt.simple pattern (umqtt_pattern.py: its writes, one publish at a time to
+  its PUBACK, no TCP_NODELAY) doing the same job with the same encoder, outbox
+  and TLS; each on a broker with `set_tcp_nodelay true` and with Mosquitto's
+  default (false), since a user's broker is not ours to configure;
+- readings/s end to end (peek, encode, publish, PUBACK, outbox ack) over one
+  connection, the encoder alone beside it;
+- bytes on the wire per reading for a 36-reading batch, counted by a TCP
+  proxy between the node and the broker (SenML + COSE + MQTT + TLS);
+- the smallest -X heapsize that completes a TLS connect + one 60-reading
+  QoS 1 batch + disconnect with the modules as deployed (petrel.deploy.build:
+  mpy-cross), lib/mqtt alone and the umqtt.simple pattern alone, and lib/mqtt
+  with the node's encoder: each the smallest size from which every larger
+  size tried completes too, the largest of three client ids (README, "Memory
+  budget").
+On loopback a round trip is ~0: what remains is CPU and the TCP stalls (Nagle
+against Linux's 40 ms delayed ACK). Compare rows, not absolute radio times;
+`petrel energy` prices the stalls on a Wi-Fi link from sourced figures.
 """
 
 import os
