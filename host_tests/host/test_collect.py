@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import cbor2
 import paho.mqtt.client as paho
 import pytest
 
@@ -426,3 +427,57 @@ def test_a_device_provisioned_while_it_runs_is_known_without_a_restart(broker, k
         col.stop()
         st.close()
         pub.close()
+
+
+def test_a_time_request_is_answered_within_the_nodes_wait_even_behind_a_backlog(broker, keys, tmp_path):
+    """The node waits about a second in its session for the answer to its
+    health record's treq: measured from the node's publish to the answer's
+    arrival, idle and while the committer works through a burst of 600
+    messages of 60 readings (the kill tests' burst)."""
+    msgs, expected = feed(keys, 600)
+    d = DEVICES[0]
+    st = _store.open(tmp_path / "r.sqlite")
+    col = Collector(st, keys, "127.0.0.1", broker.ports["plain"], insecure_plain=True,
+                    client_id="time-backlog").start()
+    answers = {}
+    w = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="time-watch")
+    ready = threading.Event()
+    w.on_subscribe = lambda *a: ready.set()
+    w.on_message = lambda c, u, m: answers.setdefault(cbor2.loads(cbor2.loads(m.payload).value[2])["n"],
+                                                      time.monotonic())
+    w.connect("127.0.0.1", broker.ports["plain"])
+    w.loop_start()
+    w.subscribe("petrel/%s/down/time" % d, 1)
+    node = Publisher(broker.ports["plain"], "node-asks-time")
+    pub = Publisher(broker.ports["plain"], "nodes-time-burst")
+    try:
+        assert col.subscribed.wait(10) and ready.wait(5)
+
+        def ask(nonce, seq):
+            t0 = time.monotonic()
+            node.c.publish("petrel/%s/health" % d, testmsg.health(keys[d], d, seq, {"treq": nonce}), qos=1)
+            wait_for(lambda: nonce in answers, 5, "the time answer")
+            return answers[nonce] - t0
+
+        idle = [ask(100 + i, 300 + i) for i in range(5)]  # seqs above the burst's 1..200
+        pub.send(msgs, rate=3000)
+        wait_for(lambda: col._q.qsize() > 100, 10, "a backlog in the committer's queue")
+        backlog = col._q.qsize()
+        busy = ask(200, 310)
+        stored_when_answered = st.counts()["messages"]
+        pub.wait()
+        wait_for(lambda: st.counts()["messages"] == 606, 60, "everything stored")
+        lat = sorted(col.time_latency)
+        print("time answer, node publish -> answer received: idle max %.1f ms; behind a queue of %d "
+              "messages (%d of 606 stored) %.1f ms; in the collector (arrival -> publish) max %.2f ms"
+              % (max(idle) * 1000, backlog, stored_when_answered, busy * 1000, lat[-1] * 1000))
+        assert max(idle) < 0.5 and busy < 0.5  # well inside the node's second
+        assert stored_when_answered < 606  # answered ahead of the queue, not after it
+        assert col.counts["time"] == 6 and sorted(answers) == [100, 101, 102, 103, 104, 200]
+    finally:
+        col.stop()
+        st.close()
+        pub.close()
+        node.close()
+        w.loop_stop()
+        w.disconnect()
