@@ -173,6 +173,39 @@ def test_each_kind_is_sealed_under_its_own_aad_and_verifies_with_pycose():
         downlink.config_body(b" " * 2049)
 
 
+def test_the_nodes_own_opener_takes_what_the_host_seals():
+    """Interop with lib/downmsg.py (the node's code, under CPython): each kind
+    opened with the node's keys, secrets decrypted by its cryptolib path, a
+    message of one kind refused on another's topic as forged."""
+    from petrel import harness
+
+    harness.install()
+    import downmsg
+
+    hk, dk = os.urandom(32), os.urandom(32)
+    for down in (None, dk):
+        k_mac, k_enc = downlink.keys(hk, down)
+        assert downmsg.keys(hk, down) == (k_mac, k_enc)
+        raw = json.dumps({"format": 1, "device_id": "p-x1"}).encode()
+        v, body = downmsg.open_message("config", downlink.seal("config", "p-x1", 1767225600999,
+                                                               downlink.config_body(raw), k_mac), k_mac, b"p-x1")
+        assert v == 1767225600999 and downmsg.config_text(body) == raw.decode()
+        secret = {"wifi_psk": os.urandom(32).hex(), "psk_key": os.urandom(16).hex()}
+        _, body = downmsg.open_message("secrets", downlink.seal("secrets", "p-x1", 2, downlink.secrets_body(
+            secret, k_enc), k_mac), k_mac, b"p-x1")
+        assert downmsg.secrets(body, k_enc) == secret
+        _, body = downmsg.open_message("hold", downlink.seal("hold", "p-x1", 3, downlink.hold_body(
+            120, 1767229200), k_mac), k_mac, b"p-x1")
+        assert downmsg.hold(body) == (120, 1767229200)
+        _, body = downmsg.open_message("time", downlink.seal("time", "p-x1", 4, downlink.time_body(
+            1767225600123, -99), k_mac), k_mac, b"p-x1")
+        assert downmsg.time_answer(body) == (1767225600123, -99)
+        with pytest.raises(downmsg.Refused) as e:
+            downmsg.open_message("hold", downlink.seal("config", "p-x1", 5, downlink.config_body(raw), k_mac),
+                                 k_mac, b"p-x1")
+        assert e.value.args[0] == "forged"
+
+
 def test_secrets_are_encrypted_then_maced_and_decrypt_with_the_derived_key():
     hk = os.urandom(32)
     k_mac, k_enc = hand_keys(hk)
@@ -344,6 +377,17 @@ def test_a_plain_subscriber_sees_no_secret_and_nothing_secret_is_printed(broker,
         assert petrel("secrets", "push", dev, "--psk-key-file", tmp_path / "psk.hex",
                       *broker_args(broker, reg2)) == 1
         assert other in capsys.readouterr().err
+        reg3 = registry(tmp_path / "three.sqlite", {dev: hk})  # a revoked device's key is never used again
+        db = sqlite3.connect(str(reg3))
+        db.execute("CREATE TABLE revoked (device_id TEXT NOT NULL, hmac_key_sha256 TEXT NOT NULL, "
+                   "psk_key_sha256 TEXT, revoked TEXT NOT NULL)")
+        db.execute("INSERT INTO revoked VALUES ('p-gone', ?, ?, '2026-01-01')",
+                   (hashlib.sha256(os.urandom(32)).hexdigest(), hashlib.sha256(psk).hexdigest()))
+        db.commit()
+        db.close()
+        assert petrel("secrets", "push", dev, "--psk-key-file", tmp_path / "psk.hex",
+                      *broker_args(broker, reg3)) == 1
+        assert "p-gone" in capsys.readouterr().err
         assert petrel("secrets", "push", dev, *broker_args(broker, reg)) == 2  # nothing to push
         assert petrel("secrets", "push", dev, "--wifi-psk-hex", "12ab", *broker_args(broker, reg)) == 2
         assert petrel("secrets", "push", dev, "--wifi-passphrase-file", tmp_path / "wifi.txt",

@@ -276,6 +276,11 @@ def _fresh_psk(args, device, key):
         for d, hk, ph in db.execute("SELECT device_id, hmac_key, psk_key_sha256 FROM devices"):
             if d != device and (ph == h or hashlib.sha256(bytes(hk)).hexdigest() == h):
                 raise Refused("the key in --psk-key-file is already device %s's: keys are never shared" % d)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'revoked'").fetchone():
+            for d, hh, ph in db.execute("SELECT device_id, hmac_key_sha256, psk_key_sha256 FROM revoked"):
+                if h in (hh, ph):
+                    raise Refused("the key in --psk-key-file was revoked device %s's: keys are never "
+                                  "used again" % d)
         row = db.execute("SELECT psk_identity FROM devices WHERE device_id = ?", (device,)).fetchone()
     finally:
         db.close()
