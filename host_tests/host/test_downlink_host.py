@@ -225,8 +225,10 @@ def test_secrets_are_encrypted_then_maced_and_decrypt_with_the_derived_key():
         pass
     with pytest.raises(downlink.Refused, match="must learn a new uplink key"):
         downlink.secrets_body({"hmac_key": "ab" * 32}, k_enc)
-    with pytest.raises(downlink.Refused):
+    with pytest.raises(downlink.Refused, match="registry's key"):
         downlink.secrets_body({"down_key": "ab" * 32}, k_enc)
+    with pytest.raises(downlink.Refused, match="not one a node takes"):
+        downlink.secrets_body({"wifi_ssid": "home"}, k_enc)
 
 
 # ------------------------------------------------------------ versions

@@ -179,6 +179,9 @@ def secrets_body(secrets, k_enc, iv=None):
         if k == "hmac_key":
             raise Refused("hmac_key cannot be pushed: the collector must learn a new uplink key "
                           "first (not supported yet); provision the device again instead", 2)
+        if k == "down_key":
+            raise Refused("down_key cannot be pushed: every later push is sealed with the registry's "
+                          "key, which would no longer be the node's (not supported yet)", 2)
         if k not in SECRET_KEYS:
             raise Refused("secret %r is not one a node takes (%s)" % (k, ", ".join(SECRET_KEYS)), 2)
     iv = os.urandom(16) if iv is None else iv
