@@ -421,7 +421,10 @@ def test_hold_publishes_a_sealed_retained_hold_and_bad_usage_exits_2(broker, tmp
         assert petrel("hold", dev, "--minutes", 5, "--registry", tmp_path / "missing.sqlite",
                       "--insecure-plain") == 2
         assert petrel("hold", dev, "--minutes", 5, "--registry", reg) == 2  # no --ca, no --insecure-plain
-        assert petrel("fleet") == 2
+        assert petrel("fleet") == 2 and petrel("secrets") == 2
+        for cmd in (["hold"], ["fleet", "status"], ["secrets", "push"], ["config", "push"]):
+            assert petrel(*cmd, "--help") == 0
+        assert "Exit codes" in capsys.readouterr().out
         time.sleep(0.3)
         assert len(w.got) == 1
     finally:
