@@ -46,12 +46,29 @@ def test_five_wakes_of_the_boot_counter(tmp_path, interp):
     assert all(b.end == "halt" and b.halt_cause == simstate.DEEPSLEEP_RESET for b in boots)
 
 
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_the_break_in_window_follows_a_power_on_and_costs_timer_wakes_nothing(tmp_path, interp):
+    flash = simflash.populate(tmp_path / "flash")
+    boots = bootrun.BootRunner(flash, interp).run(3)
+    windows = [log_events(b, "main") for b in boots]
+    assert windows[0] and "press Ctrl-C within 2 s" in boots[0].output  # the power-on
+    assert windows[1:] == [[], []]  # the timer wakes: not a line, not a millisecond
+    first_boot_line = [e for e in boots[0].output.splitlines() if " boot: cause=poweron" in e][0]
+    assert eventlog.parse(first_boot_line)[1] >= 2000  # the wake starts after the window
+    assert all(eventlog.parse([e for e in b.output.splitlines() if " boot: " in e][0])[1] < 100
+               for b in boots[1:])
+    # no console on the runner's UART: the window passes untaken, the wake runs
+    assert all(b.end == "halt" and b.halt_cause == simstate.DEEPSLEEP_RESET for b in boots)
+
+
 @pytest.mark.parametrize("interp", INTERPRETERS)
 def test_power_cut_loses_rtc_memory_and_boot_count_restarts(tmp_path, interp):
     flash = simflash.populate(tmp_path / "flash")
 
     def cut_during_third_sleep(board):
-        board.schedule(board.world_us + 2 * 300000000 + 1000000, "power_cut")
+        # well into the third sleep (the first boot is 2 s longer: the break-in window)
+        board.schedule(board.world_us + 2 * 300000000 + 100000000, "power_cut")
 
     boots = bootrun.BootRunner(flash, interp, prepare=cut_during_third_sleep).run(5)
     assert [b.reset_cause for b in boots] == [1, 4, 4, 1, 4]

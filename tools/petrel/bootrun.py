@@ -187,7 +187,9 @@ class BootRunner:
         saved_cwd = os.getcwd()
         os.chdir(self.flash)  # the firmware's relative paths land in the flash, as on the VM
         try:
-            with contextlib.redirect_stdout(out):
+            # no console on the UART (io.StringIO cannot be polled): the break-in window
+            # passes untaken, whatever this process's own stdin is
+            with contextlib.redirect_stdout(out), _stdin(io.StringIO()):
                 try:
                     for name in ("boot.py", "main.py"):
                         f = self.flash / name
@@ -231,7 +233,8 @@ class BootRunner:
                 env["PETREL_SIM_SETUP"] = self.setup
             cmd = [paths.micropython_binary(), str(paths.SIM / "vmboot.py")]
             try:
-                proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
+                # no console on the UART: the break-in window passes untaken
+                proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, timeout=self.boot_timeout_s)
                 text = proc.stdout.decode("utf-8", "replace")
             except subprocess.TimeoutExpired as e:
@@ -276,6 +279,15 @@ def apply_profile(board, profile):
             setattr(board, attr, int(e[key] * scale))
     board.net_timing = dict(e.get("wifi_timing", {}))
     return profile
+
+
+@contextlib.contextmanager
+def _stdin(stream):
+    saved, sys.stdin = sys.stdin, stream
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 class _Tee(io.TextIOBase):
