@@ -455,3 +455,22 @@ def test_help_says_what_save_keeps():
                        capture_output=True, text=True, timeout=30, cwd=paths.ROOT)
     assert r.returncode == 0
     assert "raw bytes" in r.stdout and "less" in r.stdout and "[... N more bytes not shown]" in r.stdout
+
+
+def test_a_tag_filter_leaves_out_the_roms_boot_lines_unless_it_is_boot(capsys):
+    with replay((GOLDEN / "boots.log").read_bytes()) as url:
+        _, out, _ = run_monitor(capsys, url, "--color", "never", "--reconnect-limit", "0", "--tag", "sleep")
+    assert out.splitlines() == ["I 000000 sleep: ms=300000"] * 3  # no ets/rst/[boot] lines, no blanks
+    with replay((GOLDEN / "boots.log").read_bytes()) as url:
+        _, out, _ = run_monitor(capsys, url, "--color", "never", "--reconnect-limit", "0", "--tag", "boot")
+    assert out.count("rst:0x") == 3 and out.count("[boot] reset:") == 3
+
+
+def test_a_missing_port_lists_the_ports_there_are(capsys, tmp_path, monkeypatch):
+    from petrel import serialport
+
+    monkeypatch.setenv("PETREL_RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(serialport, "_usb_ports", lambda: [("/dev/ttyUSB3", "CP2102 USB to UART")])
+    rc, out, err = run_monitor(capsys, "/dev/ttyUSB9", "--reconnect-limit", "0")
+    assert rc == 1
+    assert "cannot open /dev/ttyUSB9" in err and "ports present now: /dev/ttyUSB3" in err

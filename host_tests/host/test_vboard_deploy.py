@@ -1,6 +1,9 @@
 """The virtual board with unmodified mpremote, and `petrel deploy` onto it: the
-deployed firmware boots and runs its wake cycle there."""
+deployed firmware boots and runs its wake cycle there; a sleeping node is
+reached again through its break-in window; what cannot run is refused before
+anything is written; one tool at a time on a port."""
 
+import json
 import subprocess
 import sys
 import time
@@ -16,12 +19,41 @@ from petrel.vboard import VirtualBoard
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 
 
+@pytest.fixture(autouse=True)
+def run_dir(tmp_path, monkeypatch):
+    """Virtual boards' control sockets and port locks of this test only (other
+    test runs on the machine have their own)."""
+    d = tmp_path / "run"
+    d.mkdir()
+    monkeypatch.setenv("PETREL_RUN_DIR", str(d))
+    return d
+
+
 @pytest.fixture
-def vboard(tmp_path):
+def vboard(tmp_path, run_dir):
     vb = VirtualBoard(tmp_path / "flash").start()
     time.sleep(0.3)
     yield vb
     vb.stop()
+
+
+def petrel(*args, timeout=180):
+    p = subprocess.run([sys.executable, "-m", "petrel.cli"] + [str(a) for a in args],
+                       capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def node_folder(tmp_path, config=None, secrets=None):
+    """A node folder as petrel provision writes one (TLS-PSK, no certificates)."""
+    d = tmp_path / "node"
+    d.mkdir(exist_ok=True)
+    cfg = {"format": 1, "device_id": "p-a1b2c3", "topic": "petrel/p-a1b2c3",
+           "broker": {"host": "broker.lan", "port": 8883, "tls": "psk", "psk_identity": "p-a1b2c3"},
+           "wifi": {"ssid": "home"}}
+    sec = {"hmac_key": "5a" * 16 + "c3" * 16, "psk_key": "71" * 16 + "9e" * 16, "wifi_psk": "ab" * 32}
+    (d / "config.json").write_text(json.dumps(cfg if config is None else config(cfg)))
+    (d / "secrets.json").write_text(json.dumps(sec if secrets is None else secrets(sec)))
+    return d
 
 
 def mpremote(vb, *args):
@@ -106,22 +138,20 @@ def test_deploy_dry_run_on_a_fresh_board_lists_everything_and_changes_nothing(vb
     assert list(vboard.flash.iterdir()) == []
 
 
-def test_deploy_cli_reports_a_missing_board(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "petrel.cli", "deploy", "--port", str(tmp_path / "ttyUSB9"),
-                        "--board", "sim"], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 1
-    assert "petrel deploy:" in p.stderr and "mpremote connect" in p.stderr
+def test_deploy_cli_reports_a_missing_board_in_one_line(tmp_path):
+    rc, out, err = petrel("deploy", "--port", tmp_path / "ttyUSB9", "--board", "sim")
+    assert rc == 2  # nothing was tried, as flash says for a missing port
+    assert err.startswith("petrel deploy: port %s does not exist" % (tmp_path / "ttyUSB9"))
+    assert len(err.strip().splitlines()) == 1 and "import" not in err  # not the remote script
 
 
 def test_deploy_installs_the_nodes_configuration_and_secrets(vboard, tmp_path):
-    cfg = tmp_path / "node"
+    cfg = node_folder(tmp_path)
     (cfg / "certs").mkdir(parents=True)
-    (cfg / "config.json").write_text('{"device_id": "p-a1b2c3"}')
-    (cfg / "secrets.json").write_text('{"hmac_key": "..."}')
     (cfg / "certs" / "ca.der").write_bytes(b"\x30\x82der")
     folders, copy, remove = deploy.deploy(vboard.path, "sim", config=cfg, say=lambda s: None)
     assert "certs" in folders and "config.json" in copy and "certs/ca.der" in copy
-    assert (vboard.flash / "secrets.json").read_text() == '{"hmac_key": "..."}'
+    assert (vboard.flash / "secrets.json").read_text() == (cfg / "secrets.json").read_text()
     assert (vboard.flash / "certs" / "ca.der").read_bytes() == b"\x30\x82der"
 
 
@@ -135,3 +165,124 @@ def test_deploy_builds_lib_without_the_host_only_modules(tmp_path):
     # a board's old copy of one goes, whatever its form; the node's own stay
     folders, copy, remove = deploy.plan({}, {"lib/senml.mpy": "x", "lib/cbordec.py": "x", "lib/cbor.mpy": "x"})
     assert remove == ["lib/cbordec.py", "lib/senml.mpy"]
+
+
+def test_a_sleeping_node_is_reached_again_through_its_break_in_window(vboard):
+    deploy.deploy(vboard.path, "sim", reset=True, say=lambda s: None)
+    out = read_serial(vboard.path, 20, until=b"rst:0x5")  # it runs its wake and deep-sleeps
+    assert "rst:0x5 (DEEPSLEEP_RESET)" in out, out
+    # mpremote alone cannot reach it now (the node sleeps or runs its wake);
+    # deploy resets it into the window and takes it
+    lines = []
+    t0 = time.monotonic()
+    folders, copy, remove = deploy.deploy(vboard.path, "sim", dry_run=True, say=lines.append)
+    took = time.monotonic() - t0
+    assert copy == [] and "up to date" in " ".join(lines)
+    reached = [line for line in lines if line.startswith("at the REPL ")]
+    assert reached and float(reached[0].split()[3]) < 3, lines  # break-in latency, seconds
+    assert took < 60, took
+    assert "the board is at its REPL (no wake runs)" in lines[-1]
+    rc, said = mpremote(vboard, "exec", "import machine; print('cause', machine.reset_cause())")
+    assert rc == 0 and "cause 1" in said, said  # PWRON_RESET: the EN reset, then the window
+
+
+def test_the_window_follows_a_hardware_reset_only(vboard):
+    deploy.deploy(vboard.path, "sim", say=lambda s: None)  # left at the REPL
+    out = b""
+    with serial.Serial(vboard.path, timeout=0.1) as s:
+        assert vboard.hard_reset()  # the EN button
+        end = time.monotonic() + 20
+        while time.monotonic() < end and b"boot=2 " not in out:
+            out += s.read(4096)
+    out = out.decode("utf-8", "replace")
+    assert "rst:0x1 (POWERON_RESET)" in out and "main: press Ctrl-C within 2 s for the REPL" in out
+    assert out.count("press Ctrl-C") == 1, out  # not at the timer wake after it
+    window = [eventlog.parse(line) for line in out.splitlines() if "boot: cause=poweron" in line]
+    assert window and window[0][1] >= 2000  # the boot line comes after the window, in virtual ms
+
+
+def test_a_wrong_arch_is_refused_before_anything_is_written(vboard):
+    with pytest.raises(deploy.DeployError) as e:
+        deploy.deploy(vboard.path, "esp32-devkitc", say=lambda s: None)
+    assert e.value.code == 2
+    assert "the board runs micropython 1.29.0 (.mpy v6.3, x64) but profile esp32-devkitc builds " \
+           ".mpy v6.3 for xtensawin: nothing was written; use --board sim" in str(e.value)
+    assert list(vboard.flash.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad, expected", [
+    (lambda c: dict(c, sample_s="5m"), "config.json: key 'sample_s' must be an integer in 10..86400"),
+    (lambda c: dict(c, colour="red"), "config.json: key 'colour'"),
+    ("no hmac_key", "secrets.json: key 'hmac_key' is missing"),
+    ("no psk_key", "secrets.json: key 'psk_key' is missing (config.json's broker.tls is psk)"),
+    (lambda c: dict(c, broker=dict(c["broker"], tls="tls", ca="/certs/ca.der")),
+     "config.json: broker.ca names /certs/ca.der, which is not in"),
+])
+def test_a_bad_configuration_is_refused_before_anything_is_written(vboard, tmp_path, bad, expected):
+    if bad == "no hmac_key":
+        folder = node_folder(tmp_path, secrets=lambda s: {k: v for k, v in s.items() if k != "hmac_key"})
+    elif bad == "no psk_key":
+        folder = node_folder(tmp_path, secrets=lambda s: {k: v for k, v in s.items() if k != "psk_key"})
+    else:
+        folder = node_folder(tmp_path, config=bad)
+    rc, out, err = petrel("deploy", "--port", vboard.path, "--board", "sim", "--config", folder)
+    assert rc == 1 and expected in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list(vboard.flash.iterdir()) == []  # the board was not even reset
+    rc, out, err = petrel("config", "check", folder)
+    assert rc == 1 and expected in err and "refused: 1 problem" in err
+
+
+def test_config_check_and_deploy_refuse_a_folder_that_is_not_there(tmp_path):
+    rc, out, err = petrel("config", "check", tmp_path / "nodes" / "nwe")
+    assert rc == 2 and "is not a folder" in err
+    rc, out, err = petrel("deploy", "--port", "/dev/null", "--board", "sim", "--config", tmp_path / "nwe")
+    assert rc == 2 and "--config: " in err and "is not a folder" in err
+
+
+def test_a_second_tool_on_the_port_is_refused_naming_the_holder(vboard):
+    mon = subprocess.Popen([sys.executable, "-m", "petrel.cli", "monitor", vboard.path, "--no-reset"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "reading " + vboard.path in mon.stderr.readline()
+        t0 = time.monotonic()
+        rc, out, err = petrel("deploy", "--port", vboard.path, "--board", "sim")
+        assert rc == 1 and time.monotonic() - t0 < 30
+        assert err.strip() == "petrel deploy: port %s busy (held by petrel monitor, pid %d): " \
+                              "close that first" % (vboard.path, mon.pid)
+    finally:
+        mon.terminate()
+        mon.wait(10)
+    assert list(vboard.flash.iterdir()) == []
+
+
+def test_port_is_optional_when_exactly_one_board_is_there(vboard, tmp_path, monkeypatch):
+    from petrel import serialport
+
+    monkeypatch.setattr(serialport, "_usb_ports", lambda: [])  # this machine's own ports aside
+    assert serialport.choose(None, "deploy") == vboard.path
+    other = VirtualBoard(tmp_path / "flash2").start()
+    try:
+        with pytest.raises(serialport.PortError) as e:
+            serialport.choose(None, "deploy")
+        assert e.value.code == 2 and "2 boards found, give --port" in str(e.value)
+        assert vboard.path in str(e.value) and other.path in str(e.value)
+    finally:
+        other.stop()
+
+
+def test_petrel_run_goes_from_a_provisioned_folder_to_a_logged_wake(vboard, tmp_path):
+    from petrel import cli
+
+    folder = tmp_path / "nodes" / "new"
+    assert cli.main(["provision", "--out", str(folder), "--registry", str(tmp_path / "devices.sqlite"),
+                     "--psk", "--broker-host", "broker.lan", "--wifi-ssid", "home",
+                     "--wifi-psk-hex", "ab" * 32]) == 0
+    rc, out, err = petrel("run", "--port", vboard.path, "--board", "sim", "--config", folder,
+                          "--exit-after", "10s", "--color", "never")
+    assert rc == 0, err
+    assert "deployed: " in out and "petrel run: resetting" in out
+    assert "rst:0x1 (POWERON_RESET)" in out and "main: press Ctrl-C within 2 s" in out
+    wakes = [eventlog.parse(line) for line in out.splitlines() if " wake: " in line]
+    assert wakes and wakes[0][3]["cause"] == "poweron", out
+    assert (vboard.flash / "config.json").read_text() == (folder / "config.json").read_text()

@@ -42,7 +42,11 @@ def host_only(rel):
 
 
 class DeployError(RuntimeError):
-    pass
+    """What stopped a deploy, in one line; code: the exit code."""
+
+    def __init__(self, msg, code=1):
+        super().__init__(msg)
+        self.code = code
 
 
 def mpy_cross():
@@ -113,26 +117,96 @@ print("PETREL-FILES", "{" + ",".join('"%s":"%s"' % x for x in walk("/")) + "}")
 """
 
 
+# What the board says it runs: sys.implementation's .mpy format and arch
+# (_mpy: version, sub-version and native arch, py/persistentcode.h).
+_IMPL = r"""
+import sys
+i = sys.implementation
+print("PETREL-IMPL", i.name, ".".join(str(v) for v in i.version[:3]), getattr(i, "_mpy", 0))
+"""
+
+# Native arch numbers in .mpy headers and sys.implementation._mpy (MP_NATIVE_ARCH_*).
+ARCHS = ("none", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
+         "xtensa", "xtensawin", "rv32imc", "rv64imc")
+
+
+def mpy_header(data):
+    """(version, sub-version, arch name) of a compiled .mpy's header."""
+    arch = (data[2] >> 2) & 0x2F
+    return data[1], data[2] & 3, ARCHS[arch] if arch < len(ARCHS) else "arch %d" % arch
+
+
+def board_mpy(value):
+    """(version, sub-version, arch name) from sys.implementation._mpy."""
+    b1 = (value >> 8) & 0xFF
+    arch = (b1 >> 2) & 0x2F
+    return value & 0xFF, b1 & 3, ARCHS[arch] if arch < len(ARCHS) else "arch %d" % arch
+
+
+def check_arch(local_mpys, impl, prof):
+    """DeployError unless the board loads every .mpy built (MicroPython's own
+    check at import, persistentcode.c: the version always; sub-version and
+    arch for a file with native code, the only ones that carry an arch)."""
+    name, version, mpy = impl
+    if not mpy:
+        raise DeployError("the board (%s %s) does not load .mpy files: flash a MicroPython "
+                          "build with .mpy support (petrel flash)" % (name, version))
+    bver, bsub, barch = board_mpy(mpy)
+    headers = sorted(set(mpy_header(data) for data in local_mpys),
+                     key=lambda h: h[2] == "none")  # one with native code first: it names the arch
+    for fver, fsub, farch in headers:
+        if fver == bver and (farch == "none" or (fsub == bsub and farch == barch)):
+            continue
+        farch = farch if farch != "none" else prof["mpy_arch"]
+        fits = [n for n in boards.names() if _arch_of(n) == barch]
+        raise DeployError(
+            "the board runs %s %s (.mpy v%d.%d, %s) but profile %s builds .mpy v%d.%d for %s: "
+            "nothing was written; %s" % (
+                name, version, bver, bsub, barch, prof["name"], fver, fsub, farch,
+                ("use --board " + " or --board ".join(fits)) if fits else
+                "flash the MicroPython release matching mpy-cross (petrel flash)"), code=2)
+    return bver, bsub, barch
+
+
+def _arch_of(name):
+    try:
+        return boards.load(name)["mpy_arch"]
+    except boards.ProfileError:
+        return None
+
+
 class Board:
     """A board reached through mpremote (a serial port or the virtual board's pty)."""
 
     def __init__(self, port):
         self.port = port
 
-    def mpremote(self, *args, timeout=120):
+    def mpremote(self, *args, what="mpremote", timeout=120):
+        """Run mpremote; DeployError naming `what` (never the script sent) on failure."""
         cmd = [str(Path(sys.executable).parent / "mpremote"), "connect", self.port] + list(args)
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DeployError("%s: the board did not answer within %d s (is another program "
+                              "using %s? reset the board and try again)" % (what, timeout, self.port))
         if p.returncode:
-            raise DeployError("mpremote %s failed: %s" % (" ".join(args[:3]),
-                                                           (p.stderr or p.stdout).strip()[-400:]))
+            tail = (p.stderr or p.stdout).strip().splitlines()
+            raise DeployError("%s failed: %s" % (what, tail[-1][:300] if tail else "no output"))
         return p.stdout
 
     def files(self):
-        out = self.mpremote("exec", _LIST)
+        """-> ({path: sha256}, (implementation name, version, _mpy))."""
+        out = self.mpremote("exec", _IMPL + _LIST, what="listing the board's files")
+        impl = files = None
         for line in out.splitlines():
+            if line.startswith("PETREL-IMPL "):
+                name, version, mpy = line.split()[1:4]
+                impl = (name, version, int(mpy))
             if line.startswith("PETREL-FILES "):
-                return dict((k.lstrip("/"), v) for k, v in json.loads(line[13:]).items())
-        raise DeployError("the board did not list its files: %s" % out.strip()[-300:])
+                files = dict((k.lstrip("/"), v) for k, v in json.loads(line[13:]).items())
+        if files is None or impl is None:
+            raise DeployError("the board did not list its files: %s" % out.strip()[-300:])
+        return files, impl
 
 
 def plan(local, remote):
@@ -163,12 +237,30 @@ def plan(local, remote):
     return folders, copy, remove
 
 
-def deploy(port, board="esp32-devkitc", config=None, dry_run=False, reset=False, say=print):
+def deploy(port, board="esp32-devkitc", config=None, dry_run=False, reset=False, say=print,
+           break_in=True):
+    """Check, build, compare, copy. DeployError (its .code: 1, or 2 for a
+    refusal before the board was touched) on anything that stops it; nothing
+    is written to the board before every check has passed."""
+    from . import nodeconfig, serialport
+
     prof = boards.load(board)
+    if config is not None:
+        try:
+            problems = nodeconfig.check_dir(config)
+        except nodeconfig.FolderMissing as e:
+            raise DeployError("--config: %s" % e, code=2)
+        if problems:
+            raise DeployError("; ".join(problems) + " (nothing was written; petrel config check "
+                              "%s lists it)" % config, code=1)
     with tempfile.TemporaryDirectory(prefix="petrel-deploy-") as tmp:
         local = build(tmp, prof["mpy_arch"], config=config, hardware=prof.get("hardware"))
+        if break_in:
+            serialport.break_in(port, say=say)
         target = Board(port)
-        remote = target.files()
+        remote, impl = target.files()
+        check_arch([Path(local[r]).read_bytes()[:4] for r in sorted(local) if r.endswith(".mpy")],
+                   impl, prof)
         folders, copy, remove = plan(local, remote)
         for d in folders:
             say("mkdir  :%s" % d)
@@ -179,6 +271,9 @@ def deploy(port, board="esp32-devkitc", config=None, dry_run=False, reset=False,
         if not (folders or copy or remove):
             say("up to date: %d files" % len(local))
         if dry_run or not (folders or copy or remove or reset):
+            if break_in:
+                say("the board is at its REPL (no wake runs): reset it to resume "
+                    "(--reset, `petrel run`, or its EN button)")
             return folders, copy, remove
         args = []
         for d in folders:
@@ -190,38 +285,122 @@ def deploy(port, board="esp32-devkitc", config=None, dry_run=False, reset=False,
         if reset:
             args += ["reset", "+"]
         if args:
-            target.mpremote(*args[:-1], timeout=600)
-        say("deployed: %d copied, %d removed, %d unchanged"
-            % (len(copy), len(remove), len(local) - len(copy)))
+            target.mpremote(*args[:-1], what="copying to the board", timeout=600)
+        say("deployed: %d copied, %d removed, %d unchanged%s"
+            % (len(copy), len(remove), len(local) - len(copy), ", board reset" if reset else
+               "; the board is at its REPL: reset it to run (--reset)"))
         return folders, copy, remove
 
 
 def _cmd(args):
+    from . import serialport
+
     try:
-        deploy(args.port, args.board, args.config, args.dry_run, args.reset)
+        port = serialport.choose(args.port, "deploy")
+        with serialport.Lock(port, "deploy"):
+            deploy(port, args.board, args.config, args.dry_run, args.reset)
     except boards.ProfileError as e:
         print("petrel deploy: %s" % e, file=sys.stderr)
         return 2
-    except DeployError as e:
+    except (DeployError, serialport.PortError) as e:
         print("petrel deploy: %s" % e, file=sys.stderr)
-        print("  is the board connected and at its REPL? try: mpremote connect %s repl" % args.port,
-              file=sys.stderr)
-        return 1
+        return e.code
     return 0
 
 
 def register(sub):
     p = sub.add_parser(
         "deploy", help="copy the firmware to a board (only what changed)",
-        description="Precompiles firmware/ and lib/ (less the modules only the host uses) with "
-                    "mpy-cross for the board's arch and copies "
-                    "to the board through mpremote only the files whose SHA-256 differs, making "
-                    "folders first and removing a stale .py beside its .mpy. Example: "
-                    "petrel deploy --port /dev/ttyUSB0 --config provisioned/p-a1b2c3 --reset")
-    p.add_argument("--port", required=True, help="serial port, or the path printed by `petrel vboard`")
+        description="Checks the configuration (as `petrel config check`), resets the board into "
+                    "its break-in window and takes it (a sleeping node too), checks that the "
+                    "board's MicroPython loads the .mpy files the profile builds, then copies "
+                    "firmware/ and lib/ (less the modules only the host uses), precompiled with "
+                    "mpy-cross, through mpremote: only the files whose SHA-256 differs, folders "
+                    "first, a stale .py beside its .mpy removed. Nothing is written before every "
+                    "check has passed. Example: "
+                    "petrel deploy --port /dev/ttyUSB0 --board esp32-devkitc --config nodes/new --reset. "
+                    "Exit codes: 0 done, 1 failed or refused, 2 bad usage or nothing tried.")
+    p.add_argument("--port", help="serial port, or the path printed by `petrel vboard` "
+                                  "(default: the only board found)")
     p.add_argument("--board", default="esp32-devkitc",
-                   help="board profile in boards/ (its mpy_arch; `sim` for the virtual board)")
+                   help="board profile in boards/ (its mpy_arch; `sim` for the virtual board; "
+                        "default esp32-devkitc)")
     p.add_argument("--config", help="folder with the node's config.json, secrets.json, certs/")
     p.add_argument("--dry-run", action="store_true", help="list what would change, change nothing")
     p.add_argument("--reset", action="store_true", help="reset the board afterwards")
     p.set_defaults(func=_cmd)
+    register_run(sub)
+
+
+def _cmd_run(args):
+    """Check, deploy what changed, reset (a hardware reset, watched from its
+    first line), follow the log."""
+    from types import SimpleNamespace
+
+    from . import monitor, serialport
+
+    try:
+        port = serialport.choose(args.port, "run")
+        with serialport.Lock(port, "run"):
+            deploy(port, args.board, args.config)
+            say = lambda m: print("petrel run: " + m, flush=True)  # noqa: E731
+            say("resetting %s and following its log (Ctrl-C to stop)" % port)
+            margs = SimpleNamespace(port=port, baud=115200, level=args.level, tag=args.tag,
+                                    timestamps=False, color=args.color, save=args.save,
+                                    no_reset=True, exit_after=args.exit_after, reconnect_limit=None)
+            return monitor.run(margs, on_open=lambda ser: serialport.hard_reset(port, ser))
+    except boards.ProfileError as e:
+        print("petrel run: %s" % e, file=sys.stderr)
+        return 2
+    except (DeployError, serialport.PortError) as e:
+        print("petrel run: %s" % e, file=sys.stderr)
+        return e.code
+
+
+def _cmd_repl(args):
+    from . import serialport
+
+    try:
+        port = serialport.choose(args.port, "repl")
+        with serialport.Lock(port, "repl"):
+            serialport.break_in(port, say=lambda m: print("petrel repl: " + m, flush=True))
+            cmd = [str(Path(sys.executable).parent / "mpremote"), "connect", port, "resume"]
+            cmd += ["exec", args.exec] if args.exec else ["repl"]
+            return 1 if subprocess.call(cmd) else 0
+    except serialport.PortError as e:
+        print("petrel repl: %s" % e, file=sys.stderr)
+        return e.code
+
+
+def register_run(sub):
+    from . import monitor
+
+    p = sub.add_parser(
+        "run", help="check the configuration, deploy what changed, reset and follow the log",
+        description="The development loop in one command: `petrel config check` on --config, "
+                    "`petrel deploy` (a sleeping node is reached through its break-in window), "
+                    "then a hardware reset watched from its first line and the node's log as "
+                    "`petrel monitor` shows it, until Ctrl-C or --exit-after. Example: "
+                    "petrel run --port /dev/ttyUSB0 --board esp32-devkitc --config nodes/new. "
+                    "Exit codes: 0 done, 1 failed or refused, 2 bad usage.")
+    p.add_argument("--port", help="serial port or vboard path (default: the only board found)")
+    p.add_argument("--board", default="esp32-devkitc", help="board profile (default esp32-devkitc)")
+    p.add_argument("--config", help="the node's folder from petrel provision")
+    p.add_argument("--level", type=monitor._level, default="D", metavar="E|W|I|D",
+                   help="show log lines of this level and more severe (default D: all)")
+    p.add_argument("--tag", action="append", metavar="TAG", help="show only these tags")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--save", metavar="FILE", help="also append the raw bytes to FILE")
+    p.add_argument("--exit-after", type=monitor._exit_after, metavar="N[s|l]",
+                   help="stop after N seconds (30s) or N shown lines (20l)")
+    p.set_defaults(func=_cmd_run)
+    r = sub.add_parser(
+        "repl", help="reset the board into its break-in window and open its REPL",
+        description="Resets the board (EN through RTS, or the virtual board's reset), takes the "
+                    "firmware's break-in window with Ctrl-C, and hands the REPL to "
+                    "`mpremote resume repl` (Ctrl-] leaves it). The board stays at the REPL, no "
+                    "wake runs, until it is reset (machine.reset()). Example: "
+                    "petrel repl --port /dev/ttyUSB0")
+    r.add_argument("--port", help="serial port or vboard path (default: the only board found)")
+    r.add_argument("--exec", metavar="CODE", help="run CODE at the REPL instead of opening it")
+    r.set_defaults(func=_cmd_repl)

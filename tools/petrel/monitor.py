@@ -48,6 +48,10 @@ RESETS = {
     0x10: "RTC watchdog",
 }
 _RST = re.compile(r"rst:0x([0-9a-fA-F]+) \(")
+# What the ROM bootloader prints at every reset (and the blank lines between):
+# the "boot" tag's, so --tag wifi does not show three of them per wake.
+_ROM_LINE = re.compile(r"^(ets |rst:0x|configsip:|clk_drv:|mode:|load:0x|entry 0x|ESP-ROM:|"
+                       r"SPIWP:|Build:|\s*$)")
 _TB_FILE = re.compile(r'File "([^"]+)", line (\d+)')
 # Characters that may act on the terminal instead of being shown: every one but
 # printable ASCII and tab is looked at (see _escape_char).
@@ -71,8 +75,9 @@ examples:
   petrel monitor rfc2217://bench-pi:2217 --exit-after 1l --tag boot   # wait for the next boot
 
 --level L shows log lines of level L and more severe (E < W < I < D); --tag keeps
-only log lines with those tags. Lines that are not Petrel log lines (ROM banner,
-reset line, tracebacks, REPL) are always shown. Nothing from the port reaches the
+only log lines with those tags; the ROM's lines at a reset (banner, reset line)
+count as tag boot. Other lines that are not Petrel log lines (tracebacks, the
+REPL) are always shown. Nothing from the port reaches the
 terminal raw: bytes that are not UTF-8 text and control characters (ESC, C0 but
 tab, DEL) are shown as \\xNN, and other characters that can steer a terminal
 (C1 controls such as U+009B, bidi overrides such as U+202E, zero-width and other
@@ -99,8 +104,10 @@ def register(subparsers):
         "monitor", help="show a node's serial log: filtered, coloured, reset reasons explained",
         description=__doc__.split("\n\n")[1], epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("port", help="serial port (/dev/ttyUSB0, COM3) or pyserial URL "
-                                "(socket://host:port, rfc2217://host:port, loop://)")
+    p.add_argument("port", nargs="?",
+                   help="serial port (/dev/ttyUSB0, COM3) or pyserial URL "
+                        "(socket://host:port, rfc2217://host:port, loop://); "
+                        "default: the only board found")
     p.add_argument("--baud", type=int, default=115200, help="baud rate (default 115200)")
     p.add_argument("--level", type=_level, default="D", metavar="E|W|I|D",
                    help="show log lines of this level and more severe (default D: all)")
@@ -120,7 +127,7 @@ def register(subparsers):
     p.add_argument("--reconnect-limit", type=float, metavar="SECONDS",
                    help="give up (exit 1) when the port is gone or absent this long "
                         "(default: wait forever)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=_cmd)
     return p
 
 
@@ -310,6 +317,8 @@ class Monitor:
                 return
             self._show(text, LEVEL_COLOR[letter])
             return
+        if self.tags and "boot" not in self.tags and _ROM_LINE.match(text):
+            return  # the ROM's boot lines belong to the "boot" tag
         self._show(text, None)
         note = reset_annotation(text)
         if note:
@@ -369,7 +378,25 @@ def _say(text):
     print("petrel monitor: " + text, file=sys.stderr, flush=True)
 
 
-def run(args):
+def _cmd(args):
+    """The command: the port chosen and held (a second petrel tool on it is told
+    who holds it instead of fighting over the bytes), then run()."""
+    from . import serialport
+
+    try:
+        if not args.port:
+            args.port = serialport.choose(None, "monitor")
+        if "://" in args.port:
+            return run(args)
+        with serialport.Lock(args.port, "monitor"):
+            return run(args)
+    except serialport.PortError as e:
+        _say(str(e))
+        return e.code
+
+
+def run(args, on_open=None):
+    """on_open(port): called once, right after the port first opens (petrel run's reset)."""
     import serial
 
     color = args.color == "always" or (
@@ -398,7 +425,10 @@ def run(args):
                     return 2
                 except (serial.SerialException, OSError) as e:
                     if not waiting_said:
-                        _say("cannot open %s (%s), waiting for it" % (args.port, e))
+                        from . import serialport
+
+                        _say("cannot open %s (%s), waiting for it; %s" % (
+                            args.port, e, serialport._listing()))
                         waiting_said = True
                     if (args.reconnect_limit is not None
                             and time.monotonic() - gone_since >= args.reconnect_limit):
@@ -410,6 +440,8 @@ def run(args):
                 _say("%s %s at %d baud%s" % (
                     "port back, reading" if ever_opened else "reading", args.port, args.baud,
                     ", DTR/RTS released" if args.no_reset else ""))
+                if on_open is not None and not ever_opened:
+                    on_open(port)
                 ever_opened, waiting_said = True, False
                 last_data = time.monotonic()
             try:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BREAK_IN_S = 10  # reset to REPL: ~0.5 s of boot + the 1.5 s window, with room for a slow host
+BREAK_IN_S = 10  # reset to REPL: ~0.5 s of boot + the 2 s window, with room for a slow host
 CTRL_C_EVERY_S = 0.02
 
 
@@ -46,8 +46,8 @@ def is_virtual(port):
 
 
 # ------------------------------------------------------------ which port
-def candidates():
-    """[(device, description)]: USB serial ports and running virtual boards."""
+def _usb_ports():
+    """[(device, description)]: the USB serial ports (a board's USB-UART or USB-CDC)."""
     found = []
     try:
         from serial.tools import list_ports
@@ -57,6 +57,12 @@ def candidates():
                 found.append((p.device, p.description if p.description != "n/a" else ""))
     except Exception:  # noqa: BLE001  listing is a courtesy; the user can still give --port
         pass
+    return found
+
+
+def candidates():
+    """[(device, description)]: USB serial ports and running virtual boards."""
+    found = _usb_ports()
     for sock in sorted(_runtime_dir().glob("petrel-vboard-*.sock")):
         dev = "/" + sock.name[len("petrel-vboard-"):-len(".sock")].replace("-", "/")
         if os.path.exists(dev) and _answers(sock):
