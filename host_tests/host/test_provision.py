@@ -430,8 +430,70 @@ def test_the_firmware_accepts_what_provision_writes(tmp_path):
 
     rc = cli.main(["provision", "--out", str(out), "--registry", str(tmp_path / "reg.sqlite"),
                    "--broker-ca", str(pki["ca"]), "--broker-host", "broker.lan",
-                   "--wifi-ssid", "home"])
+                   "--wifi-ssid", "home", "--wifi-open"])
     assert rc == 0
     c = config.check(json.loads((out / "config.json").read_text()))
     assert c.broker.host == "broker.lan" and c.broker.ca == "/certs/ca.der"
     config.check_secrets(json.loads((out / "secrets.json").read_text()))
+
+
+def test_a_wifi_ssid_without_a_passphrase_is_refused_unless_said_open(tmp_path, capfd):
+    base = ("--out", tmp_path / "n", "--registry", tmp_path / "reg.sqlite", "--psk",
+            "--broker-host", "broker.lan", "--wifi-ssid", "home")
+    rc, out = run(capfd, *base)
+    assert rc == 2 and "--wifi-ssid home has no passphrase: give --wifi-passphrase-file FILE" in out
+    assert not (tmp_path / "n").exists() and not (tmp_path / "reg.sqlite").exists()
+    rc, out = run(capfd, *base + ("--wifi-open",))
+    assert rc == 0 and "wifi_psk" not in (tmp_path / "n" / "secrets.json").read_text()
+    rc, out = run(capfd, "--out", tmp_path / "m", "--registry", tmp_path / "reg.sqlite", "--psk",
+                  "--wifi-open")
+    assert rc == 2 and "--wifi-open is for an open network" in out
+
+
+def test_provision_ends_with_the_next_command(tmp_path, capfd):
+    rc, out = run(capfd, "--out", tmp_path / "nodes" / "new", "--registry", tmp_path / "reg.sqlite",
+                  "--psk", "--broker-host", "broker.lan")
+    lines = out.strip().splitlines()
+    assert rc == 0
+    assert lines[-2] == "next: petrel run --config %s --board esp32-devkitc" % (tmp_path / "nodes" / "new")
+    assert "esp32-s3-devkitc" in lines[-1] and "--port PORT" in lines[-1]
+    assert "copy the contents" not in out
+
+
+def test_devices_are_listed_and_a_revoked_ones_keys_never_come_back(tmp_path, capfd):
+    reg = tmp_path / "reg.sqlite"
+    for name in ("a", "b"):
+        assert run(capfd, "--out", tmp_path / name, "--registry", reg, "--psk", "--device-id",
+                   "node-" + name, "--broker-host", "broker.lan")[0] == 0
+    assert cli.main(["devices", "list", "--registry", str(reg)]) == 0
+    out = capfd.readouterr().out
+    assert "node-a" in out and "node-b" in out and "2 devices in" in out
+    hmac_a = json.loads((tmp_path / "a" / "secrets.json").read_text())["hmac_key"]
+    assert hmac_a not in out  # a key id, never the key
+    assert cli.main(["devices", "revoke", "node-a", "--registry", str(reg)]) == 0
+    out = capfd.readouterr().out
+    assert "revoked node-a" in out and "psk_file" in out
+    assert set(provision.load_keys(reg)) == {"node-b"}  # the collector no longer takes node-a's
+    assert cli.main(["devices", "list", "--registry", str(reg)]) == 0
+    out = capfd.readouterr().out
+    assert "node-a" not in out.splitlines()[1] and "1 device in" in out and "revoked: node-a (" in out
+    key = tmp_path / "k.hex"
+    key.write_text(hmac_a)
+    rc, out = run(capfd, "--out", tmp_path / "c", "--registry", reg, "--psk", "--hmac-key-file", key,
+                  "--broker-host", "broker.lan")
+    assert rc == 1 and "revoked device node-a" in out
+    assert cli.main(["devices", "revoke", "node-a", "--registry", str(reg)]) == 1
+    assert "no device node-a" in capfd.readouterr().err
+    assert cli.main(["devices", "list", "--registry", str(tmp_path / "none.sqlite")]) == 2
+
+
+def test_what_provision_writes_by_default_is_ignored_by_git(tmp_path):
+    import subprocess
+
+    from petrel.paths import ROOT
+
+    # the README's paths: the registry, a node's folder and its broker line
+    for path in ("devices.sqlite", "nodes/new/secrets.json", "nodes/new/config.json",
+                 "nodes/new.psk", "wifi.txt", "node.log"):
+        p = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", path])
+        assert p.returncode == 0, "%s is not ignored: one `git add .` from a commit" % path

@@ -42,6 +42,13 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS devices (
     psk_key_sha256 TEXT UNIQUE,
     cert_sha256 TEXT,
     created TEXT NOT NULL)"""
+# A revoked device's row leaves `devices` (the collector stops taking its
+# messages); the hashes of its keys stay here so no later device gets them.
+REVOKED_SCHEMA = """CREATE TABLE IF NOT EXISTS revoked (
+    device_id TEXT NOT NULL,
+    hmac_key_sha256 TEXT NOT NULL,
+    psk_key_sha256 TEXT,
+    revoked TEXT NOT NULL)"""
 # Keys that appear in examples and tests (this project's included): refused
 # even when the generic checks below would let them through.
 KNOWN_KEYS = {bytes(range(32)), bytes(range(16)), bytes(range(100, 132)),
@@ -253,6 +260,7 @@ def _open_registry(path):
         db = sqlite3.connect(str(path), isolation_level=None)
         db.execute("BEGIN IMMEDIATE")  # one provisioning at a time: ids and keys stay unique
         db.execute(SCHEMA)
+        db.execute(REVOKED_SCHEMA)
     except (OSError, sqlite3.Error) as e:
         raise Refused("cannot write the registry %s: %s; check that its folder exists and is "
                       "writable, and that it is a Petrel registry (SQLite)" % (path, e))
@@ -267,6 +275,11 @@ def _used_keys(db):
         used[hashlib.sha256(bytes(hmac_key)).hexdigest()] = "the payload (HMAC) key of device " + dev
         if psk_hash:
             used[psk_hash] = "the TLS-PSK key of device " + dev
+    for dev, hmac_hash, psk_hash in db.execute(
+            "SELECT device_id, hmac_key_sha256, psk_key_sha256 FROM revoked"):
+        used[hmac_hash] = "the payload (HMAC) key of revoked device " + dev
+        if psk_hash:
+            used[psk_hash] = "the TLS-PSK key of revoked device " + dev
     return used
 
 
@@ -325,6 +338,12 @@ def _check_usage(args):
                                                       args.psk_identity):
         raise Refused("--psk-identity: use 1..64 letters, digits, '.', '-' or '_' (it is a field "
                       "of Mosquitto's psk_file)", 2)
+    if args.wifi_ssid and not (args.wifi_psk_hex or args.wifi_passphrase_file or args.wifi_open):
+        raise Refused("--wifi-ssid %s has no passphrase: give --wifi-passphrase-file FILE (or "
+                      "--wifi-psk-hex), or --wifi-open for a network without one" % args.wifi_ssid, 2)
+    if args.wifi_open and (args.wifi_psk_hex or args.wifi_passphrase_file or not args.wifi_ssid):
+        raise Refused("--wifi-open is for an open network: give it with --wifi-ssid and "
+                      "without a passphrase", 2)
     if args.wifi_psk_hex and args.wifi_passphrase_file:
         raise Refused("give --wifi-psk-hex or --wifi-passphrase-file, not both", 2)
     wifi_psk = None
@@ -473,10 +492,88 @@ def provision(args, out=print):
         out("  %s: the line for the broker's psk_file (give it to the broker operator)" % psk_file)
     if cert_fpr:
         out("  client cert   CN=%s, sha256 %s" % (device_id, cert_fpr))
-    out("next: copy the contents of %s to the board's root filesystem" % outdir)
     if not args.broker_host:
-        out("note: no --broker-host: set broker.host in config.json before copying")
+        out("note: no --broker-host: set broker.host in %s before deploying"
+            % (outdir / "config.json"))
+    out("next: petrel run --config %s --board esp32-devkitc" % outdir)
+    out("  (--board: your board's profile in boards/, one of %s; --port PORT when more than "
+        "one board is plugged in)" % ", ".join(_board_names()))
     return device_id
+
+
+def _board_names():
+    from . import boards
+
+    return [n for n in boards.names() if n != "sim"]
+
+
+# ------------------------------------------------------------ the registry
+def list_devices(registry, out=print):
+    db = _open_registry_ro(registry)
+    try:
+        rows = db.execute("SELECT device_id, hmac_key, psk_identity, cert_sha256, created "
+                          "FROM devices ORDER BY created, device_id").fetchall()
+        revoked = db.execute("SELECT device_id, revoked FROM revoked ORDER BY revoked").fetchall() \
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'revoked'").fetchone() else []
+    finally:
+        db.close()
+    out("%-24s %-5s %-26s %s" % ("device", "tls", "created", "hmac key id"))
+    for dev, hmac_key, psk_identity, cert, created in rows:
+        out("%-24s %-5s %-26s %s" % (dev, "psk" if psk_identity else ("mtls" if cert else "tls"),
+                                     created, key_id(bytes(hmac_key))))
+    out("%d device%s in %s%s" % (len(rows), "" if len(rows) == 1 else "s", registry,
+                                 "; revoked: " + ", ".join("%s (%s)" % r for r in revoked)
+                                 if revoked else ""))
+
+
+def revoke(registry, device_id, out=print):
+    db = _open_registry(registry)
+    try:
+        row = db.execute("SELECT hmac_key, psk_identity, psk_key_sha256 FROM devices "
+                         "WHERE device_id = ?", (device_id,)).fetchone()
+        if row is None:
+            raise Refused("no device %s in %s (petrel devices list --registry %s shows them)"
+                          % (device_id, registry, registry))
+        db.execute("INSERT INTO revoked VALUES (?, ?, ?, ?)", (
+            device_id, hashlib.sha256(bytes(row[0])).hexdigest(), row[2],
+            datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")))
+        db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        db.close()
+    out("revoked %s in %s: a collector started from now on refuses its messages (restart the "
+        "running ones); its keys are never given to another device" % (device_id, registry))
+    if row[1]:
+        out("  the broker operator removes the line for PSK identity %s from Mosquitto's "
+            "psk_file (and reloads it)" % row[1])
+
+
+def _open_registry_ro(path):
+    if not Path(path).is_file():
+        raise Refused("no registry %s (petrel provision --registry %s makes it)" % (path, path), 2)
+    _check_registry_mode(path)
+    try:
+        return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise Refused("cannot read the registry %s: %s" % (path, e))
+
+
+def _cmd_devices(args):
+    try:
+        if args.devices_command == "revoke":
+            revoke(args.registry, args.device_id)
+        else:
+            list_devices(args.registry)
+    except Refused as e:
+        print("petrel devices: %s" % e, file=sys.stderr)
+        return e.code
+    except sqlite3.Error as e:
+        print("petrel devices: the registry %s cannot be read as one (%s)" % (args.registry, e),
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _der(cert):
@@ -542,4 +639,21 @@ registered); 2 bad usage.""",
                    "command lines: prefer --wifi-passphrase-file)")
     p.add_argument("--wifi-passphrase-file", metavar="FILE",
                    help="the Wi-Fi passphrase (first line of FILE), turned into the PSK here")
+    p.add_argument("--wifi-open", action="store_true",
+                   help="the --wifi-ssid network has no passphrase (said, not assumed)")
     p.set_defaults(func=_cmd)
+    d = sub.add_parser(
+        "devices", help="list or revoke the devices in a registry",
+        description="petrel devices list --registry devices.sqlite: every device, its TLS mode, "
+                    "when it was provisioned and its payload key's id (never the key). "
+                    "petrel devices revoke ID --registry devices.sqlite: the device leaves the "
+                    "registry (collectors refuse its messages once restarted) and its keys are "
+                    "kept as used, never given to another device. "
+                    "Exit codes: 0 done, 1 refused or failed, 2 bad usage.")
+    dsub = d.add_subparsers(dest="devices_command", metavar="list|revoke", required=True)
+    for name, helptext in (("list", "list the devices"), ("revoke", "revoke a device")):
+        c = dsub.add_parser(name, help=helptext)
+        if name == "revoke":
+            c.add_argument("device_id", metavar="ID")
+        c.add_argument("--registry", required=True, metavar="REGISTRY.sqlite")
+        c.set_defaults(func=_cmd_devices)
