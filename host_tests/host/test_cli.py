@@ -67,6 +67,7 @@ def test_sim_plays_wakes_and_summarises(tmp_path):
     assert "readings taken 42; stored 39 in %s; still queued on the node 3;" % (
         tmp_path / "readings.sqlite") in summary
     assert "uplinks 2" in summary and "mAh/day" in summary and "years" in summary
+    assert "this run's own average" in summary and "petrel energy --board esp32-node" in summary
 
 
 def test_sim_stores_every_reading_sent_once_and_the_summary_says_so(tmp_path):
@@ -100,7 +101,9 @@ def test_sim_stores_every_reading_sent_once_and_the_summary_says_so(tmp_path):
     for at, ch, m, unit, scale in sent:
         match = [x for x in left if x.channel == ch and x.unit == unit and
                  Decimal(x.exact) == Decimal(m) / scale and x.value == m / scale and
-                 (x.time == at if at else abs(x.time - clock) < 10)]
+                 # a stamp below 2**28 is relative to the power-on (the power-on
+                 # wake's, taken after its break-in window): dated once the clock is set
+                 (x.time == at if at >= 1 << 28 else abs(x.time - clock) < 10)]
         assert len(match) == 1, (at, ch, m, match)
         left.remove(match[0])
         assert match[0].quality == "dated" if at else match[0].quality in ("dated", "relative")
@@ -122,7 +125,8 @@ def test_sim_stores_every_reading_sent_once_and_the_summary_says_so(tmp_path):
 def test_help_explains_each_command():
     r = run("--help")
     assert r.returncode == 0
-    for word in ("vm", "sim", "vboard", "flash", "deploy", "provision", "monitor"):
+    for word in ("vm", "sim", "vboard", "flash", "deploy", "provision", "monitor", "run", "repl",
+                 "config", "devices"):
         assert word in r.stdout
         assert run(word, "--help").returncode == 0
     r = run("vm", "run", "--help")
@@ -137,3 +141,50 @@ def test_vm_run_ends_quietly_at_deepsleep(tmp_path):
     assert r.returncode == 0
     assert r.stdout.strip() == "[%r, 'x']" % str(script)
     assert "[sim] board halted: deepsleep(1000)" in r.stderr
+
+
+def test_vm_test_of_a_test_that_does_not_exist_says_so():
+    r = run("vm", "test", "test_nonexistent")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "petrel vm test: no test module test_nonexistent in host_tests/portable " \
+                               "or host_tests/vm"
+    r = run("vm", "test", "test_time::test_nope")
+    assert r.returncode == 2 and "no test test_nope in host_tests/portable/test_time.py" in r.stderr
+
+
+def test_vm_test_keeps_the_firmwares_log_lines_apart_from_failures(tmp_path):
+    (tmp_path / "test_logs.py").write_text(
+        "import eventlog\n\n"
+        "def test_quiet_warning():\n    eventlog.warn('demo', 'expected=1')\n\n"
+        "def test_failing():\n    eventlog.error('demo', 'before=1')\n    assert False, 'boom'\n")
+    from petrel import vm
+
+    import io
+
+    out = io.StringIO()
+    rc = vm.run_portable_tests(["test_logs"], directories=[tmp_path], out=out)
+    lines = out.getvalue().splitlines()
+    assert rc == 1
+    assert not any("expected=1" in line for line in lines)  # a passing test's log: counted
+    assert lines.index("FAIL test_logs::test_failing") > 0
+    assert any("demo: before=1" in line for line in lines)  # a failing test's: shown
+    assert lines[-2].startswith("vm: 1 error, 1 warning log lines from the firmware under test not shown")
+    assert lines[-1] == "vm: 1 passed, 1 failed"
+    out = io.StringIO()
+    vm.run_portable_tests(["test_logs"], directories=[tmp_path], out=out, verbose=True)
+    assert "demo: expected=1" in out.getvalue()
+
+
+def test_user_errors_are_one_line_with_the_right_exit_code():
+    r = run("sim", "--board", "nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("petrel sim: no board profile 'nope' (known: esp32-c3-devkitm")
+    # a bad flag: the subcommand's usage, not the top level's
+    r = run("deploy", "--bogus")
+    assert r.returncode == 2
+    assert r.stderr.startswith("usage: petrel deploy ") and "petrel deploy: error: unrecognized " \
+        "arguments: --bogus" in r.stderr
+    r = run("vm", "test", "--bogus")
+    assert r.stderr.startswith("usage: petrel vm test ")
+    r = run("sim", "--help")
+    assert "default 48" in r.stdout  # what make sim runs

@@ -24,7 +24,7 @@ def _cmd_vm_run(args):
 def _cmd_vm_test(args):
     from . import vm
 
-    return vm.run_portable_tests(args.tests)
+    return vm.run_portable_tests(args.tests, verbose=args.verbose)
 
 
 def _cmd_sim(args):
@@ -34,6 +34,14 @@ def _cmd_sim(args):
     queued on the node, what the wakes cost the battery, and a plot."""
     from . import boards, broker as _broker, collect, energy, simnode, store as _store
 
+    try:
+        boards.load(args.board)
+    except boards.ProfileError as e:
+        print("petrel sim: %s" % e, file=sys.stderr)
+        return 2
+    if args.boots < 1:
+        print("petrel sim: --boots must be at least 1", file=sys.stderr)
+        return 2
     tmp = tempfile.TemporaryDirectory(prefix="petrel-sim-")
     flash = Path(args.flash) if args.flash else Path(tmp.name) / "flash"
     folder = Path(args.dir)
@@ -103,6 +111,9 @@ def _cmd_sim(args):
     if "energy" in prof and boots:
         energy.simulated_report(prof, node.runner.totals(), out,
                                 "battery (%s, phase times from the profile)" % args.board)
+        out.write("  (this run's own average: a short run carries the power-on wake, its Wi-Fi "
+                  "scan with DHCP and its break-in window, which `petrel energy --board %s`'s "
+                  "steady state spreads over a day)\n" % args.board)
     tmp.cleanup()
     png = folder / "temperature.png"
     out.write("query: petrel readings --db %s --device %s --channel t --format csv\n"
@@ -142,7 +153,7 @@ def _clock(us):
     return "%dd%02d:%02d:%02d" % (s // 86400, s // 3600 % 24, s // 60 % 60, s % 60)
 
 
-TOOL_MODULES = ("vboard", "flash", "deploy", "provision", "monitor", "energy",
+TOOL_MODULES = ("vboard", "flash", "deploy", "provision", "monitor", "energy", "nodeconfig",
                 "collect", "readings", "plot", "fleetsim")
 
 
@@ -169,6 +180,8 @@ def build_parser():
         description="Runs host_tests/portable on the MicroPython VM. Name a module "
                     "(test_time) or one test (test_time::test_ticks_wrap) to run only those.")
     test.add_argument("tests", nargs="*", help="module or module::test")
+    test.add_argument("-v", "--verbose", action="store_true",
+                      help="show the log lines the firmware under test prints (counted otherwise)")
     test.set_defaults(func=_cmd_vm_test)
 
     sim = sub.add_parser(
@@ -179,7 +192,8 @@ def build_parser():
                     "what is still queued on the node, what it costs the battery, how to query "
                     "and plot the readings, and a plot of the temperature. "
                     "Exits 1 if a boot did not end in a clean halt (deep sleep or reset).")
-    sim.add_argument("--boots", type=int, default=36, help="number of boots to play (default 36: 3 hours)")
+    sim.add_argument("--boots", type=int, default=48,
+                     help="number of boots to play (default 48: 4 hours of 5-minute wakes, as make sim)")
     sim.add_argument("--board", default="esp32-node", help="board profile (default esp32-node)")
     sim.add_argument("--quiet", action="store_true", help="only the summary, not the serial log")
     sim.add_argument("--interpreter", choices=("vm", "cpython"), default="vm",
@@ -202,16 +216,32 @@ def build_parser():
     return p
 
 
+def _subparser(parser, argv):
+    """The deepest subcommand's parser named in argv (petrel vm test -> its own)."""
+    for tok in argv:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) and tok in action.choices:
+                return _subparser(action.choices[tok], argv[argv.index(tok) + 1:])
+    return parser
+
+
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's own usage, not the top level's
+        _subparser(parser, argv).error("unrecognized arguments: %s" % " ".join(extra))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     from . import harness
 
     harness.install()
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: the user's stop, not a crash to show
+        print("\npetrel %s: interrupted" % args.command, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
