@@ -317,7 +317,8 @@ def register(sub):
                     "firmware/ and lib/ (less the modules only the host uses), precompiled with "
                     "mpy-cross, through mpremote: only the files whose SHA-256 differs, folders "
                     "first, a stale .py beside its .mpy removed. Nothing is written before every "
-                    "check has passed. Example: "
+                    "check has passed. The reset is the EN button's: readings a node holds only in RTC "
+                    "memory (unsent, not yet on flash) are lost as at a power cut. Example: "
                     "petrel deploy --port /dev/ttyUSB0 --board esp32-devkitc --config nodes/new --reset. "
                     "Exit codes: 0 done, 1 failed or refused, 2 bad usage or nothing tried.")
     p.add_argument("--port", help="serial port, or the path printed by `petrel vboard` "
