@@ -286,3 +286,14 @@ def test_petrel_run_goes_from_a_provisioned_folder_to_a_logged_wake(vboard, tmp_
     wakes = [eventlog.parse(line) for line in out.splitlines() if " wake: " in line]
     assert wakes and wakes[0][3]["cause"] == "poweron", out
     assert (vboard.flash / "config.json").read_text() == (folder / "config.json").read_text()
+
+
+def test_a_board_at_its_repl_is_not_reset_again(vboard):
+    deploy.deploy(vboard.path, "sim", say=lambda s: None)  # broken in: at the REPL
+    rc, out = mpremote(vboard, "exec", "import machine; machine.RTC().memory(b'unsent')")
+    assert rc == 0, out
+    lines = []
+    deploy.deploy(vboard.path, "sim", dry_run=True, say=lines.append)
+    assert "at the REPL already: no reset" in lines
+    rc, out = mpremote(vboard, "exec", "import machine; print(machine.RTC().memory())")
+    assert "b'unsent'" in out, out  # a reset would have lost RTC memory

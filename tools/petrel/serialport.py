@@ -16,6 +16,7 @@ from pathlib import Path
 
 BREAK_IN_S = 10  # reset to REPL: ~0.5 s of boot + the 2 s window, with room for a slow host
 CTRL_C_EVERY_S = 0.02
+AT_REPL_S = 0.3  # a REPL answers Ctrl-C within milliseconds; a sleeping node never
 
 
 class PortError(Exception):
@@ -186,6 +187,16 @@ def break_in(port, timeout=BREAK_IN_S, baud=115200, say=None):
     seen = b""
     try:
         ser.reset_input_buffer()
+        # At its REPL already (a board just flashed, or broken in before)? Then no
+        # reset: a reset loses what the node holds only in RTC memory.
+        ser.write(b"\r\x03")
+        end = time.monotonic() + AT_REPL_S
+        while time.monotonic() < end and b">>> " not in seen and b"raw REPL" not in seen:
+            seen += ser.read(4096)
+        if b">>> " in seen or b"raw REPL" in seen:
+            if say:
+                say("at the REPL already: no reset")
+            return seen.decode("utf-8", "replace")
         hard_reset(port, ser)
         start = time.monotonic()
         end = start + timeout
