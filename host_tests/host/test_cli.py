@@ -188,3 +188,18 @@ def test_user_errors_are_one_line_with_the_right_exit_code():
     assert r.stderr.startswith("usage: petrel vm test ")
     r = run("sim", "--help")
     assert "default 48" in r.stdout  # what make sim runs
+
+
+def test_vm_test_shows_what_came_last_when_the_vm_dies_mid_run(tmp_path):
+    (tmp_path / "test_dies.py").write_text(
+        "import eventlog\neventlog.error('demo', 'last=1')\nraise ValueError('the module itself')\n")
+    from petrel import vm
+
+    import io
+
+    out = io.StringIO()
+    rc = vm.run_portable_tests(["test_dies"], directories=[tmp_path], out=out)
+    text = out.getvalue()
+    assert rc != 0
+    assert "demo: last=1" in text and "ValueError: the module itself" in text
+    assert text.splitlines()[-1].startswith("vm: the runner ended without its summary (exit ")

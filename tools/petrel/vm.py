@@ -94,9 +94,13 @@ def run_portable_tests(selected=(), directories=None, timeout=600, verbose=False
                   "-v shows them; a failing test's are shown above its traceback)\n" % ", ".join(
                       "%d %s" % (hidden[k], {"E": "error", "W": "warning", "I": "info",
                                              "D": "debug"}[k]) for k in "EWID" if k in hidden))
+    if not summary:  # the VM died mid-test: what it logged last is the clue
+        out.write("".join(held))
+        summary = "vm: the runner ended without its summary (exit %d): a test crashed the VM; " \
+                  "its log lines are above\n" % rc
     out.write(summary)
     out.flush()
-    return rc
+    return rc or (0 if " 0 failed" in summary else 1)
 
 
 def run_source(script, args=(), timeout=120, sim=False):
