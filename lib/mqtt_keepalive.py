@@ -20,7 +20,17 @@ message that finds it full is not acknowledged (so not accepted: the broker
 sends it again at the next connect of a persistent session), a QoS 0 one is
 dropped, as QoS 0 allows.
 
-Both raise the client's error class, handed in as `error` (mqtt.MQTTError):
+skip(): a PUBLISH larger than max_packet is read past in small pieces
+(never held whole), acknowledged at QoS 1 so the broker does not send it
+again at every connect (one such message would otherwise end every session
+of a persistent one), and noted in the inbox as (topic, None, retained): the
+caller counts it as refused.
+
+wait_msg(): wait up to ms for a message to us that match(inbox) finds, each
+packet read as it comes; False at the time limit, the session still up (a
+timeout between packets ends nothing).
+
+All raise the client's error class, handed in as `error` (mqtt.MQTTError):
 this module imports nothing of mqtt's.
 """
 
@@ -79,11 +89,58 @@ def incoming(c, first, body, error):
     if first & 6 > 2 or not i or len(body) < i + q:  # QoS 2 is never asked for
         c.close()
         raise error("malformed PUBLISH 0x%02x" % first)
+    _keep(c, (body[2:i], body[i + q:], bool(first & 1)), body[i:i + 2] if q else None)
+
+
+def _keep(c, item, pid):
     try:
         inbox = c.inbox
     except AttributeError:
         inbox = c.inbox = []
     if len(inbox) < 16:  # else not accepted: a QoS 1 one comes again at the next connect
-        inbox.append((body[2:i], body[i + q:], bool(first & 1)))
-        if q:
-            c._send(b"\x40\2" + body[i:i + 2])
+        inbox.append(item)
+        if pid:
+            c._send(b"\x40\2" + pid)
+
+
+def skip(c, first, n, deadline, error):
+    q = first & 6
+    head = c._recv(2, deadline)
+    tl = head[0] << 8 | head[1]
+    if q > 2 or 2 + tl + (2 if q else 0) > n:
+        c.close()
+        raise error("malformed PUBLISH 0x%02x" % first)
+    topic = c._recv(tl, deadline) if tl <= 128 else _past(c, tl, deadline)  # ours are short
+    pid = c._recv(2, deadline) if q else None
+    _past(c, n - 2 - tl - (2 if q else 0), deadline)
+    _keep(c, (topic, None, bool(first & 1)), pid)
+
+
+def _past(c, n, deadline):
+    """Read n bytes in small pieces, keeping none. -> b"" """
+    while n:
+        n -= len(c._recv(min(n, 256), deadline))
+    return b""
+
+
+def wait_msg(c, ms, match, error):
+    import errno
+
+    deadline = time.ticks_add(time.ticks_ms(), ms)
+    while not match(getattr(c, "inbox", ())):
+        left = time.ticks_diff(deadline, time.ticks_ms())
+        if left <= 0 or c.sock is None:
+            return False
+        c.raw.settimeout(left / 1000)
+        try:
+            b = c.sock.recv(1)
+        except OSError as e:
+            if e.args and e.args[0] in (errno.ETIMEDOUT, errno.EAGAIN):
+                return False
+            c.close()
+            raise error("link: %s" % e)
+        if not b:
+            c.close()
+            raise error("connection closed")
+        c._process(time.ticks_add(time.ticks_ms(), c.timeout_ms), b[0])
+    return True

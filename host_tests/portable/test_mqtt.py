@@ -159,3 +159,45 @@ def test_a_full_inbox_does_not_accept_more():
     c.close()
     for x in (peer, srv):
         x.close()
+
+
+def test_a_publish_past_max_packet_is_read_past_acked_and_noted_and_the_session_goes_on():
+    # one such message queued in a persistent session would otherwise end
+    # every session the node opens, for good
+    c, peer, srv = connected_pair()
+    c.max_packet = 64
+    pid = c.publish("petrel/n1/up", b"x", qos=1)
+    read_exactly(peer, 2 + 2 + 12 + 2 + 1)
+    body = b"\x00\x0dcmd/n1/config" + b"\x00\x2a" + b"z" * 300  # QoS 1, id 42, 300 bytes
+    peer.send(mqtt._head(0x33, len(body)) + body)
+    peer.send(b"\x30\x09\x00\x05cmd/bhi")  # and the packet after it is read as usual
+    peer.send(b"\x40\x02" + bytes((pid >> 8, pid & 255)))
+    c.wait_all()
+    assert c.inbox == [(b"cmd/n1/config", None, True), (b"cmd/b", b"hi", False)]
+    assert read_exactly(peer, 4) == b"\x40\x02\x00\x2a"  # acknowledged: not sent again
+    assert c.sock is not None
+    # a packet past max_packet that is not a PUBLISH still ends the session
+    peer.send(mqtt._head(0xD0, 100) + b"\0" * 100)
+    raises(mqtt.MQTTError, c._process, mqtt.time.ticks_add(mqtt.time.ticks_ms(), 1000))
+    assert c.sock is None
+    for x in (peer, srv):
+        x.close()
+
+
+def test_wait_msg_returns_at_the_time_limit_with_the_session_up_or_when_the_message_came():
+    import mqtt_keepalive
+
+    c, peer, srv = connected_pair()
+
+    def came(inbox):
+        return any(t == b"down/time" for t, m, r in inbox)
+
+    assert not mqtt_keepalive.wait_msg(c, 200, came, mqtt.MQTTError)
+    assert c.sock is not None  # nothing came in time: not an error, nothing closed
+    peer.send(b"\x30\x09\x00\x05cmd/bhi")  # another message first
+    peer.send(b"\x30\x0e\x00\x09down/timet=1")
+    assert mqtt_keepalive.wait_msg(c, 2000, came, mqtt.MQTTError)
+    assert [t for t, m, r in c.inbox] == [b"cmd/b", b"down/time"]
+    peer.close()  # the broker goes: an error, not a wait
+    raises(mqtt.MQTTError, mqtt_keepalive.wait_msg, c, 2000, lambda inbox: False, mqtt.MQTTError)
+    srv.close()
