@@ -283,8 +283,9 @@ def check_secrets(data, name="secrets.json"):
         raise ConfigError("%s: must be a JSON object {...}" % name)
     for k in data:
         v = data[k]
-        if k not in ("hmac_key", "psk_key", "wifi_psk"):
-            raise ConfigError("%s: key '%s' is unknown (expected hmac_key, psk_key, wifi_psk)" % (name, k))
+        if k not in ("hmac_key", "psk_key", "wifi_psk", "down_key"):
+            raise ConfigError("%s: key '%s' is unknown (expected hmac_key, psk_key, wifi_psk, down_key)"
+                              % (name, k))
         ok = isinstance(v, str) and len(v) % 2 == 0 and 16 <= len(v) <= 128
         if ok:
             try:

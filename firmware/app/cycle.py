@@ -26,6 +26,8 @@ from app.schedule import Schedule
 
 POWER_NAMES = ("ok", "low", "critical")
 READING_MIN = -filters.VALUE_LIMIT - 1  # a reading is a signed 32-bit int (uplink.pack_reading)
+TIME_WAIT_MS = 1500  # for the fleet side's clock, in the session that asked (a LAN round trip + the collector)
+TIME_WAITS = 1  # a wait that came to nothing (no time service): not again this power-on
 
 
 def _now_ms():
@@ -225,19 +227,26 @@ class Wake:
                 if s.connect():
                     s.drain(self.ob, enc, uplink.time_kind(self.clk))
                     st.bump("rejected", enc.rejected)
+                    from app import mailbox  # after the drain: its heap is not the batch's
+
+                    wait = self._time_request()
                     rec = health.record(st, self.ob.stats(), self.cause, s.rssi, s.wifi_ms,
                                         self._filter_drops(), self.wake, cfg.sample_s,
-                                        cfg.sample_s * cfg.uplink_every)
+                                        cfg.sample_s * cfg.uplink_every, mailbox.report(st), self.clk.unc)
                     try:
                         msg = health.message(rec, key, cfg.device_id, self.counter,
                                              self.clk.unix() if self.clk.known() else None)
                     except ValueError as e:  # seqcounter.Exhausted: nothing can be sealed any more
                         log.error("uplink", "health record not sealed: %s", e)
                     else:
-                        s.publish(cfg.topic + "/health", msg)
+                        if s.publish(cfg.topic + "/health", msg) and wait and not s.await_time(TIME_WAIT_MS):
+                            st.bump("treq_unanswered")
+                            log.warn("clock", "no authenticated time within %d ms", TIME_WAIT_MS)
         finally:
             s.close()
         self.uplink = s.result
+        if s.inbox or st.down_busy:
+            self._mailbox(s)
         if s.auth_refused:
             st.bump("auth_fails")
         if s.rssi is not None:
@@ -248,6 +257,39 @@ class Wake:
             st.samples = 0
         else:
             session.failed(st, time.time(), self.uplink)
+
+    def _time_request(self):
+        """Ask the fleet side for its clock in this health record (treq, a
+        nonce) when the clock is not backed by an authenticated time this
+        power-on, or that time is a day old; a request is kept until it is
+        answered or too old to be of use. -> whether to wait for the answer
+        in this session: only while the clock is unknown or unbacked, and not
+        after TIME_WAITS waits came to nothing (no time service: no radio
+        time spent on it at every wake)."""
+        st, clk = self.st, self.clk
+        unbacked = not clk.known() or clk.unc < 0
+        if not unbacked and clk.unix() - clk.trusted_at < 86400:
+            return False
+        now = clock.unix_ms()
+        if not st.treq or not 0 <= now - st.treq_ms <= 3600000:
+            import os
+
+            st.treq = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF or 1
+            st.treq_ms = now
+        return unbacked and st.treq_unanswered < TIME_WAITS
+
+    def _mailbox(self, s):
+        """What came down in the session (app.mailbox), after the radio is
+        off; a trial's uplink counted. Never ends the wake: a bug in it is
+        logged, the readings are safe in the outbox already."""
+        from app import mailbox
+
+        try:
+            if s.inbox:
+                mailbox.receive(self.st, self.cfg, self.clk, s.inbox)
+            mailbox.after_uplink(self.st, self.uplink in ("ok", "partial"))
+        except Exception as e:  # noqa: BLE001
+            log.error("down", "mailbox: %s: %s", type(e).__name__, e)
 
     def _sync(self, s):
         """NTP, bounded by the drift the schedule learnt; after a refused sync
@@ -263,6 +305,8 @@ class Wake:
             st.bump("ntp_streak")
         elif synced is not None:
             st.ntp_streak = 0
+            if st.treq:  # a time request's moment, on the RTC's new timeline
+                st.treq_ms += synced[1] - synced[0]
             step = self.sched.synced(synced[0], synced[1])
             if step is not None:
                 log.info("schedule", "step_ms=%d ppm=%d", step, self.sched.state["ppm"])

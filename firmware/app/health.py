@@ -24,6 +24,13 @@ Unix time); one record per field, n = the field's name and v (a number) or vs
     ntp_refused  NTP answers refused: below the floor, beyond build + 30
                years, not what the RTC measured since the last sync, or
                unconfirmed (lib/clock.py): forged or broken time
+The downlink's (app.mailbox; README, "Managing nodes in the field"):
+    cfgv  the pushed configuration's version running (0: none pushed)
+    secv  the same for pushed secrets
+    dref  downlink messages refused    dwhy  how many by reason (vs), "forged:1 replay:2"
+    cfgerr why the last pushed file was refused or reverted (vs; names keys, never values)
+    treq  a time request's nonce (0: none): the fleet side answers with its clock
+    tunc  s either side of the last authenticated time (-1: none this power-on)
 The counters count since power-on (RTC memory), saturating at 65535; drop
 and q are the outbox's own.
 """
@@ -37,7 +44,7 @@ from app import version
 # the pack's order; a new field goes at the end
 FIELDS = ("fw", "boot", "rst", "wake", "heap", "awake", "rssi", "wifi", "q", "drop", "lost", "crash",
           "safe", "wdt", "auth", "batt", "rej", "refused", "fdrop", "sample_s", "uplink_s", "exhausted",
-          "ntp_refused")
+          "ntp_refused", "cfgv", "secv", "dref", "dwhy", "cfgerr", "treq", "tunc")
 
 
 def free_heap():
@@ -48,11 +55,15 @@ def free_heap():
         return -1
 
 
-def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake="", sample_s=0, uplink_s=0):
+def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake="", sample_s=0, uplink_s=0,
+           down=None, tunc=-1):
     """-> {field: value}. ob_stats: Outbox.stats(), or None when the outbox
     was not opened (safe mode); rssi, wifi_ms: this session's link (rssi
-    None: not measured); sample_s, uplink_s: the configured intervals."""
+    None: not measured); sample_s, uplink_s: the configured intervals;
+    down: app.mailbox.report()'s fields (None: nothing pushed, none refused);
+    tunc: the clock's (Clock.unc)."""
     s = ob_stats or {"depth": -1, "drops": -1}
+    d = down or {"cfgv": 0, "secv": 0, "dref": 0, "dwhy": "", "cfgerr": ""}
     return {
         "fw": version.VERSION, "boot": st.boots, "rst": cause, "wake": wake, "heap": free_heap(),
         "awake": st.awake_ms, "rssi": rssi if rssi is not None else 0, "wifi": wifi_ms,
@@ -60,6 +71,8 @@ def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake="", s
         "safe": st.safe_entries, "wdt": st.wdt_resets, "auth": st.auth_fails, "batt": st.batt_mv,
         "rej": st.rejected, "refused": st.refused, "fdrop": filter_drops,
         "sample_s": sample_s, "uplink_s": uplink_s, "exhausted": st.exhausted, "ntp_refused": st.ntp_refused,
+        "cfgv": d["cfgv"], "secv": d["secv"], "dref": d["dref"], "dwhy": d["dwhy"], "cfgerr": d["cfgerr"],
+        "treq": st.treq, "tunc": tunc,
     }
 
 

@@ -1,9 +1,10 @@
 """The recovery ladder around one wake cycle, then deep sleep. Never stuck awake.
 
     run():  state from RTC memory -> why we booted -> maintenance pin?
-            -> watchdog armed (LOAD_WDT_MS) -> configuration read
+            -> watchdog armed (LOAD_WDT_MS) -> pushed files switched in or
+            reverted (app.mailbox) -> configuration read
             -> watchdog re-armed for the whole wake -> safe mode or the cycle
-            -> deep sleep
+            -> deep sleep (or a maintenance hold asked for over the downlink)
 
 The recovery ladder: an exception in the cycle is logged whole, kept in
 /crash.log and counted in RTC memory, and the node sleeps as usual; a wake
@@ -75,6 +76,8 @@ def run():
     wdt = None
     try:
         wdt = machine.WDT(timeout=LOAD_WDT_MS)  # before the files: a hang in them resets the node
+        if st.down_busy or cause in ("poweron", "hard", "other"):
+            _pushed_files(st, cause)
         cfg = config.load("config.json", "secrets.json", "config.good.json")
         if not cfg.channels and hw.desc.get("channels"):
             # a node provisioned without channels samples what its board carries
@@ -99,8 +102,43 @@ def run():
     if wdt is not None:
         wdt.feed()
     st.save()
+    if st.hold_min:
+        return _hold(st.hold_min, wdt, hw, ms)
     _before_sleep(hw)
     machine.deepsleep(ms)
+
+
+def _pushed_files(st, cause):
+    """A pushed configuration or secrets file switched in, or a trial that
+    crashed reverted (app.mailbox), before the files are read. A flash
+    error here must not stop the wake: the files as they are run."""
+    try:
+        from app import mailbox
+
+        mailbox.boot(st, cause)
+    except Exception as e:  # noqa: BLE001
+        log.error("down", "pushed files: %s: %s", type(e).__name__, e)
+
+
+def _hold(minutes, wdt, hw, ms):
+    """A maintenance hold (app.mailbox): awake with the REPL free for
+    `minutes`, the watchdog fed by a timer, the radio off; then the deep
+    sleep the wake asked for, less the hold, so the node is back on its
+    schedule. main.py returns to the REPL: a technician or `petrel deploy`
+    can reach the node over USB meanwhile (a reset ends the hold)."""
+    _before_sleep(hw)
+    end = time.ticks_add(time.ticks_ms(), minutes * 60000)
+    log.warn("maintenance", "hold: REPL free for %d min, then sleep", minutes)
+
+    def tick(t):
+        if wdt is not None:
+            wdt.feed()
+        if time.ticks_diff(time.ticks_ms(), end) >= 0:
+            t.deinit()
+            log.info("maintenance", "hold over: back to the schedule")
+            machine.deepsleep(max(1000, ms - minutes * 60000))
+
+    machine.Timer(0).init(mode=machine.Timer.PERIODIC, period=1000, callback=tick)
 
 
 def _count_crash(st):

@@ -2,6 +2,8 @@
 The node only says so: Wi-Fi, a retained "safe" status and a health record
 (crash count, reset cause) for whoever watches the fleet, then a long sleep.
 Sensors, filters and the outbox are left alone: they may be what crashes.
+The downlink is read: a configuration pushed to fix the crash is taken
+(app.mailbox), and a new configuration leaves safe mode at once (ladder).
 The session and the stores are the cycle's own (app.session, app.stores).
 """
 
@@ -9,7 +11,7 @@ import machine
 
 import eventlog as log
 
-from app import health, session, stores
+from app import health, mailbox, session, stores
 
 
 def run(st, cfg, cause):
@@ -29,15 +31,17 @@ def _report(st, cfg, cause):
     node = stores.make(rtc, with_outbox=False)
     s = session.Session(cfg, rtc)
     sent = False
+    clk = node.clk
     try:
         if s.open() and s.connect(status=b"safe"):
             rec = health.record(st, None, cause, s.rssi, s.wifi_ms, 0, "", cfg.sample_s,
-                                cfg.sample_s * cfg.uplink_every)
-            clk = node.clk
+                                cfg.sample_s * cfg.uplink_every, mailbox.report(st), clk.unc)
             sent = s.publish(cfg.topic + "/health", health.message(
                 rec, key, cfg.device_id, node.counter, clk.unix() if clk.known() else None))
     finally:
         s.close(status=None)  # "safe" stays the retained status
+    if s.inbox:  # a fix pushed to a node that crashes is what safe mode waits for
+        mailbox.receive(st, cfg, clk, s.inbox)
     if s.auth_refused:
         st.bump("auth_fails")
     if sent and s.result == "ok":  # the health record's PUBACK came with close()'s wait

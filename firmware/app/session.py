@@ -7,9 +7,21 @@
             if s.connect():               # MQTT over verified TLS (or TLS-PSK), "online"
                 s.drain(ob, encode, kind) # the outbox, in authenticated batches
                 s.publish(topic, msg)     # e.g. the health record
+                s.await_time(ms)          # only after a health record that asked for time
     finally:
         s.close()                         # "sleeping", DISCONNECT, radio off
-    s.result, s.sent, s.rssi, s.wifi_ms, s.auth_refused
+    s.result, s.sent, s.rssi, s.wifi_ms, s.auth_refused, s.inbox
+
+The downlink mailbox (app.mailbox) costs no wake of its own and, with
+nothing waiting, no round trip: the session is persistent (clean session
+off, the client id the device id), so the broker keeps the node's
+subscription to <topic>/down/+ (QoS 1) while it sleeps and queues what is
+published there; at the next connect it sends it right after CONNACK, ahead
+of the PUBACKs the session waits for anyway. Only when the broker had no
+session for us (the first connect, a broker that lost it) is SUBSCRIBE sent,
+pipelined with the publishes: its SUBACK comes with their PUBACKs, and the
+retained copy of the newest message of each kind follows it. s.inbox holds
+what came, [(topic, message, retained)], handled after the radio is off.
 
 Every step gets what is left of the budget as its deadline; when the budget
 runs out the session ends where it is: confirmed readings are acknowledged,
@@ -105,6 +117,8 @@ class Session:
         self.auth_refused = False  # TLS or CONNACK refused: maybe not our key
         self.link = None
         self.client = None
+        self.inbox = []  # what the broker had for us (the downlink), taken at close()
+        self.subscribed = False  # SUBSCRIBE sent: the broker had no session for us
 
     def open(self):
         """Wi-Fi within the budget, leaving a second of it for the broker (a
@@ -149,9 +163,11 @@ class Session:
             return False
         try:
             self.client = mqtt.MQTTClient(cfg.device_id, b.host, b.port, ssl_context=_tls(cfg),
-                                          keepalive=60, will=uplink.will(cfg.device_id),
+                                          keepalive=60, will=uplink.will(cfg.device_id), clean=False,
                                           timeout_ms=min(5000, left), window=WINDOW)
-            self.client.connect()
+            if not self.client.connect():  # no session kept for us: (re)subscribe, not waited for
+                self.client.subscribe(cfg.topic + "/down/+", 1)
+                self.subscribed = True
             uplink.hello(self.client, cfg.device_id, status)
             return True
         except (mqtt.MQTTError, OSError, ValueError) as e:
@@ -191,6 +207,29 @@ class Session:
             self._failed(e)
             return False
 
+    def await_time(self, ms):
+        """Wait up to ms (within the budget) for the answer to the time
+        request the health record just carried: the fleet side's clock,
+        <topic>/down/time. -> whether it came (then in self.inbox at close)."""
+        c = self.client
+        if c is None:
+            return False
+        import mqtt_keepalive
+
+        t = (self.cfg.topic + "/down/time").encode()
+
+        def came(inbox):
+            for item in inbox:
+                if item[0] == t:
+                    return True
+            return False
+
+        try:
+            return mqtt_keepalive.wait_msg(c, max(0, min(ms, self.budget.left() - 500)), came, mqtt.MQTTError)
+        except (mqtt.MQTTError, OSError, ValueError) as e:
+            self._failed(e)
+            return False
+
     def close(self, status=b"sleeping"):
         """The last PUBACKs and the retained status (None: leave the one
         connect() set) within what is left of the budget, a clean DISCONNECT
@@ -204,6 +243,8 @@ class Session:
         except (mqtt.MQTTError, OSError, ValueError) as e:
             self._failed(e)
         finally:
+            if c is not None:
+                self.inbox = getattr(c, "inbox", [])
             self.client = None
             if self.link is not None:
                 self.link.off()
@@ -213,5 +254,7 @@ class Session:
         self.auth_refused = _auth_refusal(msg)
         self.result = "broker:%s" % msg[:60]
         if self.client is not None:
+            # what had come is kept: each message was whole and acknowledged
+            self.inbox = getattr(self.client, "inbox", [])
             self.client.close()
             self.client = None

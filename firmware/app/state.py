@@ -50,16 +50,28 @@ FIELDS = (
     ("exhausted", "H"),  # readings the outbox refused: no sequence number left, since power-on
     ("ntp_refused", "H"),  # NTP answers the clock refused (forged or broken), since power-on
     ("ntp_streak", "B"),  # syncs refused in a row: after one, the drift bound is the unknown one
+    ("down_busy", "B"),  # a pushed file waits for its switch or runs on trial (app.mailbox reads data/down)
+    ("dr_forged", "H"),  # downlink messages refused, by reason (app.mailbox), since power-on
+    ("dr_replay", "H"),
+    ("dr_oversized", "H"),
+    ("dr_malformed", "H"),
+    ("dr_invalid", "H"),
+    ("dr_stale", "H"),
+    ("dr_reverted", "H"),  # pushed files that went back to the previous one
+    ("treq", "I"),  # the nonce of the time request in the last health record (0: none)
+    ("treq_ms", "Q"),  # the RTC's Unix ms when it was made
+    ("treq_unanswered", "B"),  # waits for a time answer that came to nothing, since power-on
 )
 FMT = "<" + "".join(code for _, code in FIELDS)
-VERSION = 6
+VERSION = 7
 
 
 # the largest value of each struct code: what bump() saturates at
-_TOP = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF, "b": 0x7F, "h": 0x7FFF, "i": 0x7FFFFFFF}
+_TOP = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFFFFFF, "Q": 0xFFFFFFFFFFFFFFFF, "b": 0x7F, "h": 0x7FFF,
+        "i": 0x7FFFFFFF}
 # and the smallest: what save() clamps to (struct.pack raises under CPython and
 # wraps on the VM: a value out of its field must neither crash nor read back small)
-_BOTTOM = {"B": 0, "H": 0, "I": 0, "b": -0x80, "h": -0x8000, "i": -0x80000000}
+_BOTTOM = {"B": 0, "H": 0, "I": 0, "Q": 0, "b": -0x80, "h": -0x8000, "i": -0x80000000}
 
 
 class State:
@@ -69,7 +81,9 @@ class State:
     boots = crash_streak = crashes = safe_left = safe_entries = samples = up_fails = 0
     up_next = synced = ppm = awake_ms = alarms = auth_fails = power = batt_mv = 0
     wdt_resets = lost_rtc = cfg_crc = rssi = rejected = refused = last_stamp = 0
-    exhausted = ntp_refused = ntp_streak = 0
+    exhausted = ntp_refused = ntp_streak = down_busy = treq = treq_ms = treq_unanswered = 0
+    dr_forged = dr_replay = dr_oversized = dr_malformed = dr_invalid = dr_stale = dr_reverted = 0
+    hold_min = None  # minutes of a maintenance hold asked for in this wake (app.mailbox): not kept, not in FIELDS
 
     def __init__(self, rtc=None):
         self.region = rtcmem.Region(rtc or machine.RTC(), APP[0], APP[1], VERSION)

@@ -246,6 +246,10 @@ def test_a_sequence_counter_past_its_last_number_fails_the_uplink_not_the_wake()
 
         def __init__(self, cfg, rtc):
             self.result, self.sent, self.rssi, self.wifi_ms, self.auth_refused = None, 0, -60, 100, False
+            self.inbox = []
+
+        def await_time(self, ms):
+            return False
 
         def open(self):
             return True

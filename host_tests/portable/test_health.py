@@ -14,7 +14,16 @@ def test_health_record_carries_the_counters():
     st.exhausted, st.ntp_refused = 4, 9
     r = health.record(st, None, "deepsleep")
     assert r["exhausted"] == 4 and r["ntp_refused"] == 9
-    assert health.FIELDS[-2:] == ("exhausted", "ntp_refused")  # new fields at the end: old readers keep their order
+    # new fields at the end: old readers keep their order
+    assert health.FIELDS[21:23] == ("exhausted", "ntp_refused")
+    assert health.FIELDS[23:] == ("cfgv", "secv", "dref", "dwhy", "cfgerr", "treq", "tunc")
+    # the downlink's: nothing pushed (defaults), then what app.mailbox reports
+    r = health.record(st, None, "deepsleep")
+    assert (r["cfgv"], r["dref"], r["dwhy"], r["cfgerr"], r["treq"], r["tunc"]) == (0, 0, "", "", 0, -1)
+    st.treq = 77
+    r = health.record(st, None, "deepsleep", down={"cfgv": 3, "secv": 2, "dref": 1, "dwhy": "forged:1",
+                                                   "cfgerr": ""}, tunc=2)
+    assert (r["cfgv"], r["secv"], r["dref"], r["dwhy"], r["treq"], r["tunc"]) == (3, 2, 1, "forged:1", 77, 2)
 
 
 class Counter:
