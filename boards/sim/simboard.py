@@ -37,6 +37,7 @@ class Board(Clock, Pins, Ledger, Snapshot):
         self.onewire = {}  # pin -> [1-Wire device models] (see _onewire.py)
         self.aps = []  # scripted Wi-Fi access points (see network.py)
         self.ntp_ok = True  # whether an NTP server answers when the link is up
+        self.ntp_forge_s = 0  # an attacker's answers: this many seconds off the true time (0: honest)
         self.nvs = {}  # committed NVS: namespace -> {key: int | bytes}
         self.partitions = {}  # label -> norflash.NorFlash
         # the build esptool flashed, by partition table (simota.TABLES): "factory"

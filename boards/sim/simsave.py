@@ -30,6 +30,7 @@ class Snapshot:
             "inputs": _keys_str(self.inputs),
             "analog": _keys_str(self.analog),
             "ntp_ok": self.ntp_ok,
+            "ntp_forge_s": self.ntp_forge_s,
             "nvs": nvs,
             "events": [e for e in self.events if e[1] != "call"],
             "boot_us": self.boot_us,

@@ -74,12 +74,14 @@ class Collector:
     tried (at most every 10 s) when a message names an unknown device.
     time_service: answer health records' time requests (treq); down_keys:
     {device: provisioned downlink root key} (others derive theirs from the
-    hmac key); reload_down_keys: a callable returning them afresh."""
+    hmac key); reload_down_keys: a callable returning them afresh; clock: a
+    callable giving the time service's Unix ms (a simulated world's clock;
+    None: this machine's)."""
 
     def __init__(self, store, keys, host="127.0.0.1", port=8883, *, ca=None, cert=None, key=None,
                  insecure_plain=False, client_id=None, group=None, topic_prefix="petrel",
                  username=None, password=None, inflight=500, batch=BATCH, on_stored=None,
-                 homeassistant_prefix=None, reload_keys=None, time_service=True, down_keys=None,
+                 homeassistant_prefix=None, reload_keys=None, time_service=True, down_keys=None, clock=None,
                  reload_down_keys=None):
         from . import verify
 
@@ -92,6 +94,7 @@ class Collector:
         self.reload_down_keys = reload_down_keys
         self._reloaded = 0.0
         self.timesvc = downlink.TimeService(keys, down_keys, topic_prefix) if time_service else None
+        self.clock = clock  # -> Unix ms for the time service (None: this machine's clock)
         self.time_latency = collections.deque(maxlen=1000)  # s from a request's arrival to its answer
         self.host, self.port = host, port
         self.group = group
@@ -206,7 +209,7 @@ class Collector:
         nonce = downlink.time_request(msg.health) if msg.kind == "health" else None
         if nonce is not None:
             try:
-                answer = self.timesvc.answer(msg.device, nonce)
+                answer = self.timesvc.answer(msg.device, nonce, self.clock() if self.clock else None)
                 if answer is not None:
                     self.client.publish(answer[0], answer[1], qos=1, retain=False)
                     self.counts["time"] += 1

@@ -120,6 +120,13 @@ class SimNode:
             data = p.read_bytes() if p.exists() else None
         return None if data is None else data.decode()
 
+    def world_ms(self):
+        """The simulated world's true time in Unix ms, as of the current
+        boot's start (a boot on the VM runs in its own process): the clock a
+        time service in this world answers with (Collector(clock=...)). The
+        node takes it within a boot's few seconds (lib/clock.py SLACK_S)."""
+        return self.board.true_rtc_us() // 1000 + 946684800000  # the ESP32's epoch is 2000
+
     def run(self, boots):
         """Play `boots` more boots; -> those boots only."""
         start = len(self.runner.boots)
