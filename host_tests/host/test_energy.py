@@ -25,9 +25,21 @@ def test_a_day_is_the_sum_of_its_phases():
     assert d["boot"] == pytest.approx(40 * 0.1 * wakes / 3600)
     assert d["wifi"] == pytest.approx(100 * 0.2 * uplinks / 3600)
     assert d["tls"] == pytest.approx(100 * 0.05 * uplinks / 3600)
-    awake = wakes * 0.15 + uplinks * 0.3
+    down_s = energy.DOWN_HEALTH_BYTES * 8.0 / 2000 / 1000  # the mailbox's health fields at the default 2000 kbps
+    assert d["down"] == pytest.approx(100 * down_s * uplinks / 3600)
+    awake = wakes * 0.15 + uplinks * (0.3 + down_s)
     assert d["sleep"] == pytest.approx(0.010 * (86400 - awake) / 3600)
-    assert energy.per_wake_mc(p, sc) == pytest.approx(40 * 0.15 + 100 * 0.3)
+    assert energy.per_wake_mc(p, sc) == pytest.approx(40 * 0.15 + 100 * (0.3 + down_s))
+
+
+def test_the_downlink_costs_what_the_profile_says_a_round_trip_and_a_byte_cost():
+    rows = dict((what.split(" (")[0], (ms, mc)) for what, ms, mc in
+                energy.downlink_cost(profile(rtt_ms=20, radio_kbps=1000)))
+    assert rows["every uplink, nothing waiting"][0] == pytest.approx(energy.DOWN_HEALTH_BYTES * 8 / 1000)
+    assert rows["a 1 KiB message waiting"][0] == pytest.approx(8.192 + 20)
+    assert rows["a power-on, the fleet's time answered"][0] == 20 + energy.COLLECTOR_MS
+    ms, mc = rows["a power-on, no time service answering"]
+    assert ms == 1500 and mc == pytest.approx(100 * 1.5)  # radio mA x s
 
 
 def test_battery_life_with_and_without_self_discharge():
@@ -126,3 +138,12 @@ def test_the_chart_says_what_it_assumes(tmp_path, monkeypatch):
     for what in ("boards/esp32-node.json", "sample every 300 s", "uplink every 12 samples", "3000 mAh",
                  "TCP_NODELAY on", "not a measurement"):
         assert what in a, (what, a)
+
+
+def test_the_models_time_wait_is_the_firmwares():
+    import re
+
+    from petrel import paths
+
+    text = (paths.FIRMWARE / "app" / "cycle.py").read_text()
+    assert int(re.search(r"^TIME_WAIT_MS = (\d+)", text, re.M).group(1)) == energy.TIME_WAIT_MS

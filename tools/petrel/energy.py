@@ -45,7 +45,9 @@ def phases(e, scenario):
     tls_ms = (e["tls_cert_ms"] if scenario.tls == "cert" else e["tls_psk_ms"]) + stall_ms(e, scenario.tls)
     out += [("wifi", e["radio_ma"], wifi_ms, "uplink"),
             ("tls", e["radio_ma"], tls_ms, "uplink"),  # the radio stays up through it
-            ("mqtt", e["radio_ma"], e["mqtt_ms"], "uplink")]
+            ("mqtt", e["radio_ma"], e["mqtt_ms"], "uplink"),
+            # the mailbox with nothing waiting: its health fields' bytes, no round trip
+            ("down", e["radio_ma"], DOWN_HEALTH_BYTES * 8.0 / e.get("radio_kbps", 2000), "uplink")]
     return out
 
 
@@ -80,6 +82,37 @@ def nodelay_saving(profile, sample_s, every):
         ms = stall_ms(p["energy"], tls)
         out[tls] = (ms, e["radio_ma"] * ms / 1000.0, years[0], years[1])
     return out
+
+
+# The downlink mailbox (firmware/app/session.py, app/mailbox.py), measured on
+# the simulated board against the firmware before it (one run, TLS-PSK, the
+# collector's time service off): an uplink with nothing waiting sends 70 B
+# more (the health record's downlink fields) and waits no round trip more (a
+# persistent session: the broker sends what waits ahead of the PUBACKs the
+# session waits for anyway); a waiting message costs its bytes and one round
+# trip; at a power-on the node waits up to TIME_WAIT_MS for the fleet side's
+# time, once, answered within a round trip and the collector (3 ms on
+# loopback, host_tests/host/test_collect.py) where a time service runs.
+DOWN_HEALTH_BYTES = 70
+TIME_WAIT_MS = 1500  # firmware/app/cycle.py
+COLLECTOR_MS = 3
+
+
+def downlink_cost(profile):
+    """-> [(what, radio ms, mC)] of the downlink, from the profile's round
+    trip and radio figures."""
+    e = profile["energy"]
+    kbps = e.get("radio_kbps", 2000)
+    rtt = e.get("rtt_ms", 10)
+
+    def row(what, ms):
+        return (what, ms, e["radio_ma"] * ms / 1000.0)
+
+    return [row("every uplink, nothing waiting (%d B of health fields, 0 round trips)" % DOWN_HEALTH_BYTES,
+                DOWN_HEALTH_BYTES * 8.0 / kbps),
+            row("a 1 KiB message waiting (its bytes, 1 round trip)", 1024 * 8.0 / kbps + rtt),
+            row("a power-on, the fleet's time answered (1 round trip + the collector)", rtt + COLLECTOR_MS),
+            row("a power-on, no time service answering (the wait, once)", TIME_WAIT_MS)]
 
 
 def daily(profile, sample_s, scenario):
@@ -237,6 +270,9 @@ def report(board, sample_s, uplink_s, out=sys.stdout, png=None):
             ms, mc, before, after = saving[tls]
             w("  %-16s %4d ms of radio, %5.1f mC; battery life %.2f -> %.2f years\n"
               % (name, ms, mc, before, after))
+    w("\nthe downlink mailbox (persistent session; README, \"Managing nodes in the field\"):\n")
+    for what, ms, mc in downlink_cost(profile):
+        w("  %-72s %7.1f ms %6.2f mC\n" % (what, ms, mc))
     if png:
         chart(rows, names, png, assumes(profile, board, sample_s, every))
         w("\nchart: %s\n" % png)
