@@ -297,3 +297,15 @@ def test_a_board_at_its_repl_is_not_reset_again(vboard):
     assert "at the REPL already: no reset" in lines
     rc, out = mpremote(vboard, "exec", "import machine; print(machine.RTC().memory())")
     assert "b'unsent'" in out, out  # a reset would have lost RTC memory
+
+
+def test_petrel_vboard_stops_cleanly_on_sigterm(tmp_path):
+    from petrel import serialport
+
+    p = subprocess.Popen([sys.executable, "-m", "petrel.cli", "vboard", "--flash", str(tmp_path / "f")],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    path = p.stdout.readline().strip()
+    assert serialport.is_virtual(path)  # its control socket is there for the tools
+    p.terminate()
+    assert p.wait(15) == 0
+    assert not serialport.is_virtual(path)  # and gone: no tool resets a board that is not there

@@ -332,6 +332,11 @@ def _cmd(args):
     vb = VirtualBoard(flash, time_scale=args.time_scale, awake_scale=args.awake_scale,
                       log=lambda m: print("[vboard] %s" % m, file=sys.stderr, flush=True))
     vb.start()
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM (kill, a test's terminate()) stops it cleanly too
+
+    signal.signal(signal.SIGTERM, _stop)
     print(vb.path, flush=True)
     print("[vboard] flash: %s  (mpremote connect %s)" % (flash, vb.path), file=sys.stderr, flush=True)
     try:
