@@ -309,3 +309,30 @@ def test_petrel_vboard_stops_cleanly_on_sigterm(tmp_path):
     p.terminate()
     assert p.wait(15) == 0
     assert not serialport.is_virtual(path)  # and gone: no tool resets a board that is not there
+
+
+def test_the_arch_check_knows_an_esp32_from_its_sys_implementation(tmp_path):
+    """What a real board reports: the ESP32 port's _mpy (v6.3, xtensawin) takes what
+    esp32-devkitc builds and refuses the virtual board's x64; an older MicroPython
+    (.mpy v5) takes neither."""
+    def built(arch):
+        files = deploy.build(tmp_path / arch, arch)
+        return [files[r].read_bytes()[:4] for r in files if r.endswith(".mpy")]
+
+    esp32 = 6 | (3 | 10 << 2) << 8  # MPY_FILE_HEADER_INT on the ESP32 port
+    assert deploy.board_mpy(esp32) == (6, 3, "xtensawin")
+    devkitc = deploy.boards.load("esp32-devkitc")
+    assert deploy.check_arch(built("xtensawin"), ("micropython", "1.29.0", esp32), devkitc) == \
+        (6, 3, "xtensawin")
+    with pytest.raises(deploy.DeployError) as e:
+        deploy.check_arch(built("x64"), ("micropython", "1.29.0", esp32), deploy.boards.load("sim"))
+    assert "use --board esp32-c3-devkitm" not in str(e.value)
+    assert "for x64: nothing was written; use --board esp32-devkitc or --board esp32-node or " \
+           "--board esp32-s3-devkitc" in str(e.value)
+    old = 5 | (10 << 2) << 8  # MicroPython 1.19, .mpy v5
+    with pytest.raises(deploy.DeployError) as e:
+        deploy.check_arch(built("xtensawin"), ("micropython", "1.19.1", old), devkitc)
+    assert "the board runs micropython 1.19.1 (.mpy v5.0, xtensawin)" in str(e.value)
+    with pytest.raises(deploy.DeployError) as e:
+        deploy.check_arch(built("xtensawin"), ("micropython", "1.29.0", 0), devkitc)
+    assert "does not load .mpy files" in str(e.value)
