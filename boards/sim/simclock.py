@@ -237,6 +237,20 @@ class Clock:
             else:
                 self._fire_timer(what)
 
+    def idle_at_repl(self, max_us):
+        """main.py returned and nobody types at the REPL: time passes with the
+        board awake, its timers firing (a maintenance hold's feeds the
+        watchdog and ends in deep sleep), up to max_us or until a timer's
+        callback or the watchdog halts the board (the Halt propagates).
+        -> whether timers were armed (with none, nothing runs: the chip would
+        sit at the REPL until its watchdog bites, which the caller models)."""
+        if not self.timers:
+            return False
+        end = self.world_us + max_us
+        while self.timers and self.world_us < end and self.halted is None:
+            self.advance(min(1000000, end - self.world_us))
+        return True
+
     # ---------------------------------------------------------------- interrupts
     def _fire_timer(self, tid):
         t = self.timers[tid]
