@@ -218,7 +218,10 @@ def receive(st, cfg, clk, inbox):
     m = Mailbox.load()
     newest = {}
     for item in inbox:
-        topic = item[0].decode() if isinstance(item[0], (bytes, bytearray)) else item[0]
+        try:
+            topic = item[0].decode() if isinstance(item[0], (bytes, bytearray)) else item[0]
+        except UnicodeError:  # a broker may pass any bytes: not UTF-8, not one of our topics
+            topic = ""
         kind = topic[len(prefix):] if topic.startswith(prefix) else "?"
         try:
             version, body = downmsg.open_message(kind, item[1], k_mac, kid)

@@ -391,3 +391,13 @@ def test_the_board_idling_at_the_repl_runs_the_hold_to_its_end():
     assert h.cause == simstate.DEEPSLEEP_RESET and h.sleep_ms == 240000
     assert 60 * 1000000 <= b.world_us - t0 <= 62 * 1000000
     b.after_halt(h)
+
+
+def test_a_topic_that_is_not_utf8_is_refused_and_the_rest_still_taken():
+    # found by make fuzz (downmail): the topic's decode raised out of receive()
+    def run(n):
+        n.receive((b"petrel/%s/down/\xff\xfe" % DEV.encode(), b"\xd1\x84", False),
+                  config_msg(dict(CONFIG, sample_s=60), 10))
+        assert n.st.dr_malformed == 1 and n.read("config.new.json")
+
+    with_node(run)
