@@ -111,7 +111,7 @@ def _exists(path):
     try:
         os.stat(path)
         return True
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name no file can have (a pushed "a\x00b")
         return False
 
 

@@ -401,3 +401,15 @@ def test_a_topic_that_is_not_utf8_is_refused_and_the_rest_still_taken():
         assert n.st.dr_malformed == 1 and n.read("config.new.json")
 
     with_node(run)
+
+
+def test_a_pushed_config_naming_a_file_no_flash_can_hold_is_refused_as_invalid():
+    # found by make fuzz (downsealed): os.stat("a\x00b") raises ValueError on
+    # CPython, which escaped receive() from the check that the CA file is there
+    def run(n):
+        n.receive(config_msg(dict(CONFIG, broker={"host": "b", "ca": "a\x00b"}), 4))
+        assert n.st.dr_invalid == 1 and n.read("config.new.json") is None
+        n.receive(config_msg(dict(CONFIG, sample_s=60), 5))  # the next push still taken
+        assert n.read("config.new.json")
+
+    with_node(run)
