@@ -86,7 +86,9 @@ def test_the_readme_walkthrough_runs_as_written(vboard, mocks, tmp_path):  # noq
     run = outputs["run"][0]
     assert "main: press Ctrl-C within 2 s for the REPL" in run and " wake: cause=poweron" in run, run
     assert "cause 1" in outputs["repl"][0]  # reached through the window after a power-on reset
-    assert "up to date" in outputs["deploy"][0] and "deployed: 0 copied" in outputs["deploy"][1]
+    # (what they copy depends on firmware/ not changing meanwhile: not asserted)
+    assert "the board is at its REPL (no wake runs)" in outputs["deploy"][0]
+    assert "deployed: " in outputs["deploy"][1] and "board reset" in outputs["deploy"][1]
     assert (home / "node.log").stat().st_size > 0  # the monitor's --save
     ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "devices.sqlite", "nodes/new",
                               "nodes/new.psk", "wifi.txt", "node.log"], capture_output=True, text=True)

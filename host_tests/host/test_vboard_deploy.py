@@ -336,3 +336,51 @@ def test_the_arch_check_knows_an_esp32_from_its_sys_implementation(tmp_path):
     with pytest.raises(deploy.DeployError) as e:
         deploy.check_arch(built("xtensawin"), ("micropython", "1.29.0", 0), devkitc)
     assert "does not load .mpy files" in str(e.value)
+
+
+class ScriptedBoard:
+    """A serial port whose board prints `script` ([(seconds after the reset, bytes)])
+    and answers Ctrl-C with the break-in once its window is open."""
+
+    def __init__(self, script):
+        self.script, self.writes, self.reset_at, self.broken = list(script), [], None, False
+
+    def read(self, n):
+        time.sleep(0.005)
+        if self.reset_at is None:
+            return b""
+        now = time.monotonic() - self.reset_at
+        out = b""
+        while self.script and self.script[0][0] <= now:
+            out += self.script.pop(0)[1]
+        if not self.broken and any(w == b"\x03" and t >= self.window_at for t, w in self.writes):
+            self.broken = True
+            out += b"I 000040 main: break-in: at the REPL\r\n>>> "
+        return out
+
+    def write(self, data):
+        self.writes.append((time.monotonic() - self.reset_at if self.reset_at else -1, data))
+
+    def reset_input_buffer(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_ctrl_c_waits_for_the_windows_line(monkeypatch):
+    """None before the window opens: MicroPython's _boot.py (which mounts the
+    filesystem) would take it as a KeyboardInterrupt."""
+    from petrel import serialport
+
+    board = ScriptedBoard([(0.05, b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0x1 (POWERON_RESET)\r\n"),
+                           (0.5, b"I 000000 main: press Ctrl-C within 2 s for the REPL\r\n")])
+    board.window_at = 0.5
+    monkeypatch.setattr(serialport, "open_serial", lambda port, baud: board)
+    monkeypatch.setattr(serialport, "hard_reset",
+                        lambda port, ser: setattr(board, "reset_at", time.monotonic()))
+    out = serialport.break_in("/dev/ttyUSB0")
+    assert "main: break-in" in out
+    after_reset = [t for t, w in board.writes if t >= 0]
+    assert after_reset and min(after_reset) >= 0.5  # the first Ctrl-C after the window's line
+    assert min(after_reset) < 0.6

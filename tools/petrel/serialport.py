@@ -17,6 +17,7 @@ from pathlib import Path
 BREAK_IN_S = 10  # reset to REPL: ~0.5 s of boot + the 2 s window, with room for a slow host
 CTRL_C_EVERY_S = 0.02
 AT_REPL_S = 0.3  # a REPL answers Ctrl-C within milliseconds; a sleeping node never
+WINDOW_WAIT_S = 3  # reset to the window's line: ~0.5 s on an ESP32; then Ctrl-C regardless
 
 
 class PortError(Exception):
@@ -181,7 +182,7 @@ def open_serial(port, baud=115200):
 
 def break_in(port, timeout=BREAK_IN_S, baud=115200, say=None):
     """Reset the board into its break-in window and take it: Ctrl-C every
-    20 ms until the REPL answers. -> what the board printed. PortError when no
+    20 ms, once the window's line is seen, until the REPL answers. -> what the board printed. PortError when no
     REPL came within timeout (the port is left closed either way)."""
     ser = open_serial(port, baud)
     seen = b""
@@ -198,14 +199,20 @@ def break_in(port, timeout=BREAK_IN_S, baud=115200, say=None):
                 say("at the REPL already: no reset")
             return seen.decode("utf-8", "replace")
         hard_reset(port, ser)
+        seen = b""
         start = time.monotonic()
         end = start + timeout
+        # Ctrl-C only once the window says it listens: one earlier lands in MicroPython's
+        # own _boot.py (it mounts the filesystem) as a KeyboardInterrupt. A firmware
+        # without the window gets it after WINDOW_WAIT_S, in its wake.
+        blind = start + WINDOW_WAIT_S
         while time.monotonic() < end:
-            ser.write(b"\x03")
             seen += ser.read(4096)
             if b"main: break-in" in seen or seen.rstrip().endswith(b">>>"):
                 took = time.monotonic() - start
                 break
+            if b"for the REPL" in seen or time.monotonic() >= blind:
+                ser.write(b"\x03")
             time.sleep(CTRL_C_EVERY_S)
         else:
             tail = seen.decode("utf-8", "replace").strip().splitlines()[-1:] or ["nothing"]
