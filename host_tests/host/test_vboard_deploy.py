@@ -177,7 +177,6 @@ def test_a_sleeping_node_is_reached_again_through_its_break_in_window(vboard):
     t0 = time.monotonic()
     folders, copy, remove = deploy.deploy(vboard.path, "sim", dry_run=True, say=lines.append)
     took = time.monotonic() - t0
-    assert copy == [] and "up to date" in " ".join(lines)
     reached = [line for line in lines if line.startswith("at the REPL ")]
     assert reached and float(reached[0].split()[3]) < 3, lines  # break-in latency, seconds
     assert took < 60, took
