@@ -115,6 +115,60 @@ def downlink_cost(profile):
             row("a power-on, no time service answering (the wait, once)", TIME_WAIT_MS)]
 
 
+# A boot from deep sleep built from its measured parts (fleet.md: glenn20's
+# upy-esp32-experiments boot-time, PPK2, an ESP32 module; profile fields
+# boot_*_ms with their sources). The parts do not include loading the app's
+# code: nobody published that for .mpy from littlefs or from ROMFS.
+BOOT_PARTS = (("second-stage bootloader, image validation skipped", "boot_loader_ms"),
+              ("nvs_flash_init (MICROPY_BOARD_STARTUP, every boot)", "boot_nvs_ms"),
+              ("app_main() -> _boot.py", "boot_start_ms"))
+
+
+def boot_layouts(e):
+    """-> [(layout, ms)]: the boot's floor with the stock mount of "vfs" and
+    without any mount, from the profile's parts; [] when it has none."""
+    if not all(k in e for _, k in BOOT_PARTS) or "boot_mount_ms" not in e:
+        return []
+    base = sum(e[k] for _, k in BOOT_PARTS)
+    return [("vfs mounted, trivial main.py", base + e["boot_mount_ms"]),
+            ("no mount, frozen code", base + e["boot_nomount_ms"])]
+
+
+def boot_range(profile, sample_s, every):
+    """-> [(layout, boot ms, years)] for the best scenario with each measured
+    boot floor in place of the profile's boot_ms (the mounted one is the
+    conservative end: it leaves out loading the app's code)."""
+    import copy
+
+    sc = Scenario("x", every, SCENARIOS[-1].wifi, SCENARIOS[-1].tls)
+    out = []
+    for layout, ms in boot_layouts(profile["energy"]):
+        p = copy.deepcopy(profile)
+        p["energy"]["boot_ms"] = ms
+        out.append((layout, ms, life_years(p, sum(daily(p, sample_s, sc).values()))))
+    return out
+
+
+def romfs_saving(profile, sample_s, every):
+    """What the app as a ROMFS image saves per wake in the model. -> (ms, mC
+    per wake, years now, years with it). ROMFS runs the code in place but the
+    stock firmware still mounts "vfs" (main.py is only found there), so the
+    saving is the loading of the app's code, boot_ms above the mounted floor;
+    0 when the profile's boot_ms is already at or below that floor."""
+    import copy
+
+    e = profile["energy"]
+    layouts = boot_layouts(e)
+    if not layouts:
+        return None
+    saved = max(0.0, e["boot_ms"] - layouts[0][1])
+    sc = Scenario("x", every, SCENARIOS[-1].wifi, SCENARIOS[-1].tls)
+    before = life_years(profile, sum(daily(profile, sample_s, sc).values()))
+    p = copy.deepcopy(profile)
+    p["energy"]["boot_ms"] = e["boot_ms"] - saved
+    return saved, e["cpu_ma"] * saved / 1000.0, before, life_years(p, sum(daily(p, sample_s, sc).values()))
+
+
 def daily(profile, sample_s, scenario):
     """-> {phase: mAh per day}, with "sleep"."""
     e = profile["energy"]
@@ -270,6 +324,17 @@ def report(board, sample_s, uplink_s, out=sys.stdout, png=None):
             ms, mc, before, after = saving[tls]
             w("  %-16s %4d ms of radio, %5.1f mC; battery life %.2f -> %.2f years\n"
               % (name, ms, mc, before, after))
+    layouts = boot_layouts(e)
+    if layouts:
+        w("\nboot from its measured parts (boards/%s.json boot_*_ms; the app's code loading unmeasured):\n"
+          % board)
+        for layout, ms, years in boot_range(profile, sample_s, every):
+            w("  %-40s %6.1f ms  %4.1f years\n" % (layout, ms, years))
+        ms, mc, before, after = romfs_saving(profile, sample_s, every)
+        w("  the app from ROMFS saves its code loading, not the mount: %.0f ms, %.1f mC a wake "
+          "(%.2f -> %.2f years)%s\n" % (ms, mc, before, after,
+                                         "" if ms else "; boot_ms %g is already below the mounted floor"
+                                         % e["boot_ms"]))
     w("\nthe downlink mailbox (persistent session; README, \"Managing nodes in the field\"):\n")
     for what, ms, mc in downlink_cost(profile):
         w("  %-72s %7.1f ms %6.2f mC\n" % (what, ms, mc))
