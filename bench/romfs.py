@@ -13,9 +13,17 @@ runs), from the image mounted with vfs.VfsRom and from a folder (the VM's
 POSIX filesystem, which the page cache serves: nothing like littlefs on NOR
 flash, so the times say little about a chip; the heap figures carry over).
 Each run is a fresh VM process with a 2 MiB heap.
+
+Then what a littlefs mount reads (vfs.VfsLfs2 on boards/sim's NOR flash model,
+MicroPython's littlefs configuration): read calls and bytes from mkfs'd
+partitions holding the node's files as `petrel deploy` lays them out (the
+app's .mpy at their real sizes, boot.py, main.py, configuration), only
+main.py, or only main.py on a 32 KiB partition. This is the flash I/O of the
+mount, not its time on a chip.
 """
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -64,7 +72,66 @@ def main(argv=None):
             print("%-20s %4d %12d %12d %6.2f %11.2f %11.2f" % (
                 name, len(subset), res["rom"][0], res["dir"][0], res["rom"][0] / res["dir"][0],
                 res["rom"][1] / 1000.0, res["dir"][1] / 1000.0))
+    mount_reads(files)
     return 0
+
+
+MOUNT_PROBE = r"""
+import os, sys, vfs
+from norflash import NorFlash
+
+class Counting(NorFlash):
+    nbytes = 0
+
+    def read(self, start, buf):
+        self.nbytes += len(buf)
+        NorFlash.read(self, start, buf)
+
+def mkdirs(path):
+    here = "/m"
+    for part in path.split("/")[:-1]:
+        here += "/" + part
+        try:
+            os.mkdir(here)
+        except OSError:
+            pass
+
+for line in open(sys.argv[1]):
+    label, blocks, spec = line.rstrip("\n").split("|")
+    f = Counting(int(blocks))
+    vfs.VfsLfs2.mkfs(f.block_device())
+    vfs.mount(vfs.VfsLfs2(f.block_device()), "/m")
+    for item in spec.split(","):
+        name, size = item.split(":")
+        mkdirs(name)
+        with open("/m/" + name, "wb") as g:
+            g.write(b"x" * int(size))
+    vfs.umount("/m")
+    f.reads = 0
+    f.nbytes = 0
+    vfs.mount(vfs.VfsLfs2(f.block_device()), "/m")
+    print("%-52s %6d %8d" % (label, f.reads, f.nbytes))
+    vfs.umount("/m")
+"""
+
+
+def mount_reads(files):
+    node = ["%s:%d" % (rel, len(data)) for rel, data in sorted(files.items())]
+    node += ["boot.py:150", "main.py:1200", "board.json:700", "config.json:900", "secrets.json:300"]
+    rows = [("2 MiB vfs: app .mpy + boot, main, configuration", 512, ",".join(node)),
+            ("2 MiB vfs: main.py only", 512, "main.py:1200"),
+            ("32 KiB vfs: main.py only", 8, "main.py:1200")]
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "spec"
+        spec.write_text("".join("%s|%d|%s\n" % r for r in rows))
+        probe = Path(tmp) / "probe.py"
+        probe.write_text(MOUNT_PROBE)
+        env = dict(os.environ, MICROPYPATH=".frozen:%s" % paths.SIM)
+        p = subprocess.run([paths.micropython_binary(), str(probe), str(spec)], capture_output=True,
+                           text=True, timeout=120, env=env, cwd=tmp)
+    print("\nwhat a littlefs mount reads (NOR flash model, VM's littlefs):")
+    print("%-52s %6s %8s" % ("partition", "reads", "bytes"))
+    print(p.stdout.rstrip() or p.stderr.strip()[-300:])
 
 
 if __name__ == "__main__":
