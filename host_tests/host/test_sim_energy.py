@@ -184,10 +184,12 @@ def test_a_ledger_is_priced_at_the_profiles_currents():
     assert s["mc"]["sleep"] == pytest.approx(e["sleep_ua"] / 1000 * day["sleep"] / 1e6)
     assert s["mah_per_day"] == pytest.approx(sum(s["mc"].values()) / 3600)
     assert s["years"] == pytest.approx(energy.life_years(prof, s["mah_per_day"]))
-    # the same day as the model's cached-BSSID TLS-PSK scenario (boot, sample, wifi, tls, mqtt)
+    # the same day as the model's cached-BSSID TLS-PSK scenario (boot, sample, wifi, tls, mqtt,
+    # and the downlink mailbox's health fields at the radio's rate)
     sc = energy.Scenario("x", wakes // uplinks, "cached", "psk")
     model = sum(energy.daily(prof, 86400 // wakes, sc).values())
-    sim = dict(day, radio=uplinks * (e["wifi_cached_ms"] + e["mqtt_ms"]) * 1000)
+    down_us = energy.DOWN_HEALTH_BYTES * 8.0 / e["radio_kbps"] * 1000
+    sim = dict(day, radio=uplinks * ((e["wifi_cached_ms"] + e["mqtt_ms"]) * 1000 + down_us))
     sim["sleep"] = 86400 * 1000000 - sum(v for k, v in sim.items() if k != "sleep")
     assert energy.simulated(prof, sim)["mah_per_day"] == pytest.approx(model, rel=1e-9)
     with pytest.raises(ValueError):
