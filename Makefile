@@ -117,7 +117,7 @@ fleet-scale: $(STAMP)
 	$(PY) bench/collect.py --fleet-scale --nodes 500 --hours 48
 
 sim: $(STAMP)
-	$(PETREL) sim --boots 48
+	$(PETREL) sim --boots 48 $(if $(PUSH),--push-config-at $(PUSH))
 
 clean:
 	rm -rf $(VENV) build *.egg-info tools/*.egg-info

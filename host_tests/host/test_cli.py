@@ -70,6 +70,26 @@ def test_sim_plays_wakes_and_summarises(tmp_path):
     assert "this run's own average" in summary and "petrel energy --board esp32-node" in summary
 
 
+def test_sim_pushes_a_configuration_mid_run_and_shows_the_node_taking_it(tmp_path):
+    # make sim PUSH=24: the fleet side pushes sample_s doubled after boot 12;
+    # the node takes it at its next uplink (boot 13), switches it in at the
+    # next boot and confirms it at the uplink after, and wakes 600 s apart
+    import re
+
+    r = run("sim", "--boots", "26", "--push-config-at", "12", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "the fleet side pushed config v" in r.stdout and "(sample_s 300 -> 600)" in r.stdout
+    line = re.search(r"pushed config v\d+ after boot 12: (.*)", r.stdout).group(1)
+    assert line == "staged at boot 13, on trial at boot 14, confirmed at boot 25", line
+    sleeps = [int(x) for x in re.findall(r" wake: .* sleep_ms=(\d+)", r.stdout)]
+    assert all(abs(x - 300000) < 2000 for x in sleeps[2:12]) and all(abs(x - 600000) < 2000 for x in sleeps[14:])
+    from petrel import store
+
+    with store.open(str(tmp_path / "readings.sqlite")) as st:
+        h = [d["health"] for d in st.devices() if d["device"] == "node-1"][0]
+    assert h["cfgv"] == int(re.search(r"pushed config v(\d+)", r.stdout).group(1)) and h["dref"] == 0
+
+
 def test_sim_stores_every_reading_sent_once_and_the_summary_says_so(tmp_path):
     """make sim's collector: each reading of every `sample:` line the node
     logged and sent is in the store once, with its value, unit and time; the

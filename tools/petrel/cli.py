@@ -58,8 +58,10 @@ def _cmd_sim(args):
         sub = _subscribe(b, arrived)
         node = simnode.SimNode(flash, b, args.interpreter, profile=args.board,
                                serial=None if quiet else (lambda t: (out.write(t), out.flush())))
+        # the collector answers the node's time requests with the simulated world's clock
         col = collect.Collector(st, {simnode.DEVICE_ID: node.hmac_key}, "localhost", b.ports["tls"],
-                                ca=b.pki["ca"], client_id="petrel-sim-collector").start()
+                                ca=b.pki["ca"], client_id="petrel-sim-collector",
+                                clock=node.world_ms).start()
         if not col.subscribed.wait(10):
             out.write("petrel sim: the collector did not subscribe within 10 s\n")
             return 1
@@ -67,7 +69,13 @@ def _cmd_sim(args):
                   "collector storing into %s\n" % (
                       args.board, "MicroPython VM" if args.interpreter == "vm" else "CPython",
                       flash, "TLS-PSK" if node.tls == "psk" else "certificate TLS", db))
-        boots = node.run(args.boots)
+        push = None
+        if 0 < args.push_config_at < args.boots:
+            boots = node.run(args.push_config_at)
+            push = _push_config(b, node, out)
+            boots += node.run(args.boots - args.push_config_at)
+        else:
+            boots = node.run(args.boots)
         import time
 
         # until the collector has answered every message the broker got (10 s at most)
@@ -103,6 +111,8 @@ def _cmd_sim(args):
                   took, counts["readings"], db, "?" if queued is None else queued, uplinks,
                   counts["health"], refused, "".join(
                       " %s=%d" % kv for kv in sorted(counts["refused"].items()))))
+    if push is not None:
+        _push_summary(push, boots, args.push_config_at, out)
     wear = node.flash_wear()
     if wear is not None:
         out.write("flash (littlefs on a NOR image): %d sector erases, %.1f KiB programmed\n"
@@ -131,6 +141,45 @@ def _cmd_sim(args):
     return 0 if ok else 1
 
 
+def _push_config(b, node, out):
+    """The fleet side pushing the simulated node a new configuration while it
+    sleeps (README, "Managing nodes in the field"): sample_s doubled, sealed
+    with the node's downlink key, retained on its mailbox. -> (version, new)."""
+    import json
+    import time
+
+    from . import downlink
+
+    new = dict(node.config, sample_s=node.config.get("sample_s", 300) * 2)
+    k_mac, _ = downlink.keys(node.hmac_key)
+    version = int(time.time() * 1000)
+    data = downlink.seal("config", node.config["device_id"], version,
+                         downlink.config_body(json.dumps(new).encode()), k_mac)
+    with downlink.Link("localhost", b.ports["tls"], ca=b.pki["ca"]) as link:
+        link.publish(downlink.topic(node.config["device_id"], "config"), data, retain=True)
+    out.write("\n# the fleet side pushed config v%d (sample_s %d -> %d) to the sleeping node\n\n"
+              % (version, node.config.get("sample_s", 300), new["sample_s"]))
+    return version, new
+
+
+def _push_summary(push, boots, at, out):
+    """Where the pushed configuration was taken, switched in and confirmed."""
+    import eventlog
+
+    version, new = push
+    seen = {}
+    for i, boot in enumerate(boots):
+        for line in boot.output.splitlines():
+            e = eventlog.parse(line)
+            if e and e[2] == "down":
+                for word in ("staged", "on trial", "confirmed", "refused", "reverted"):
+                    if word in e[4] and word not in seen:
+                        seen[word] = i + 1
+    out.write("pushed config v%d after boot %d: %s\n" % (version, at, ", ".join(
+        "%s at boot %d" % (w, n) for w, n in sorted(seen.items(), key=lambda kv: kv[1])) or
+        "not taken (no uplink since the push)"))
+
+
 def _subscribe(b, arrived):
     """A plain subscriber that only counts what the broker delivers on up and
     health, so the sim knows when the collector has seen all of it."""
@@ -154,7 +203,7 @@ def _clock(us):
 
 
 TOOL_MODULES = ("vboard", "flash", "deploy", "provision", "monitor", "energy", "nodeconfig",
-                "collect", "readings", "plot", "fleetsim")
+                "collect", "readings", "plot", "fleetsim", "fleet")
 
 
 def build_parser():
@@ -204,6 +253,10 @@ def build_parser():
                           "temperature.png (default build/sim)")
     sim.add_argument("--db", help="store the readings here instead (a SQLite file or "
                                   "postgresql:// URL, kept and added to)")
+    sim.add_argument("--push-config-at", type=int, default=0, metavar="BOOT",
+                     help="after BOOT boots, the fleet side pushes a new configuration (sample_s "
+                          "doubled) over the downlink: the log shows the node take it at its next "
+                          "uplink, switch it in and confirm it (make sim PUSH=24)")
     sim.set_defaults(func=_cmd_sim)
     import importlib
     import importlib.util

@@ -88,7 +88,7 @@ def _cmd_check(args):
 
 
 def register(sub):
-    p = sub.add_parser("config", help="check a node's configuration folder",
+    p = sub.add_parser("config", help="check a node's configuration folder, or push one to a node",
                        description=__doc__.split("\n\n")[0])
     csub = p.add_subparsers(dest="config_command", metavar="CONFIG_COMMAND")
     c = csub.add_parser(
@@ -99,4 +99,7 @@ def register(sub):
                     "Exit codes: 0 fine, 1 refused (each problem on one line), 2 DIR is not a folder.")
     c.add_argument("dir", metavar="DIR", help="the folder petrel provision --out made")
     c.set_defaults(func=_cmd_check)
+    from . import fleet
+
+    fleet.register_config_push(csub)  # petrel config push: the downlink (README, "Managing nodes in the field")
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
