@@ -8,11 +8,14 @@ import sys
 import simboot
 from simstate import board, Halt
 
+REPL_IDLE_US = 3 * 3600 * 1000000  # longer than any hold (2 h at most)
 simboot.start()
 _end = "repl"
 try:
     simboot.run("boot.py")
     simboot.run("main.py")
+    # at the REPL with timers armed (a maintenance hold): time passes, they run
+    board.idle_at_repl(REPL_IDLE_US)
 except Halt:
     _end = "halt"
 except BaseException as e:  # noqa: B036  main.py raised: the ESP32 drops to the REPL

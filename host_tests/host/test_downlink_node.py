@@ -19,6 +19,8 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
+import simstate
+
 from petrel import downlink, store as _store
 from petrel.broker import Broker
 from petrel.collect import Collector
@@ -138,6 +140,10 @@ def field(tmp_path_factory):
         # forged NTP, years ahead, after the authenticated time
         node.board.ntp_forge_s = 5 * 365 * 86400
         f.phase("forged_ntp", run_uplinks(node, 1, limit=40))
+        # a maintenance hold: after the next uplink, 2 minutes at the REPL, then back on schedule
+        node.board.ntp_forge_s = 0
+        f.publish("hold", f.seal("hold", downlink.hold_body(2, 2000000000)))
+        f.phase("hold", run_uplinks(node, 1, limit=40) + node.run(1))
         yield f
     finally:
         f.close()
@@ -213,3 +219,16 @@ def test_forged_ntp_cannot_move_the_clock_past_the_authenticated_time(field):
     board = field.node.board
     assert abs(board.rtc_us() - board.true_rtc_us()) < 120 * 1000000  # the RTC stays near the truth
     assert field.h["forged_ntp"]["ntp_refused"] >= 1
+
+
+def test_a_maintenance_hold_keeps_the_node_at_the_repl_then_back_on_its_schedule(field):
+    boots = field.log["hold"]
+    held = [b for b in boots if any("hold: REPL free for 2 min" in t for t in lines([b], "maintenance"))]
+    assert len(held) == 1, [b.output[-500:] for b in boots]
+    b = held[0]
+    assert any("hold over" in t for t in lines([b], "maintenance"))
+    assert b.end == "halt" and b.halt_cause == simstate.DEEPSLEEP_RESET  # not a watchdog reset
+    assert b.awake_ms >= 120000  # the two minutes at the REPL
+    after = boots[boots.index(b) + 1]
+    assert after.wake_reason == 4 and summary(after)  # the next wake: the timer, a normal wake
+    assert not [x for x in boots if x.halt_cause == simstate.WDT_RESET]
