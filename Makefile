@@ -86,11 +86,12 @@ fuzz-collector: $(STAMP)
 	$(PY) host_tests/fuzz_collector.py --inputs 500000 --seed 1
 
 # Every input the node and its tools take, fuzzed (config.json, secrets.json,
-# MQTT packets, CBOR, COSE, outbox files, NTP answers, the monitor's stream):
-# 100,000 mutated and random inputs a kind on CPython and 10,000 on the VM,
+# MQTT packets, CBOR, COSE, outbox files, NTP answers, the monitor's stream,
+# the downlink's messages): 100,000 mutated and random inputs a kind on CPython
+# and 10,000 on the VM (the whole-node downlink kinds a quarter and a tenth),
 # each answered (a valid object or the component's one error) within 1 s and a
 # memory bound; escapes shown with their shortest input (make test runs a
-# slice: host/test_fuzz_node.py). About 25 minutes, two workers at a time.
+# slice: host/test_fuzz_node.py). About 30 minutes, two workers at a time.
 fuzz: $(STAMP)
 	$(PY) host_tests/fuzz_node.py --inputs 100000 --vm-inputs 10000 --seed 1
 
