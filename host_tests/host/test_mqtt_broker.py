@@ -200,7 +200,9 @@ class FakeBroker:
 
 @pytest.mark.parametrize("evil,linger,why", [
     (b"\x40\xff\xff\xff\xff\x7f", 3, "malformed remaining length"),
-    (b"\x30\xff\xff\x03" + b"x" * 10, 3, "exceeds"),
+    (b"\xd0\xff\xff\x03" + b"x" * 10, 3, "exceeds"),  # past max_packet, not a PUBLISH
+    # a PUBLISH past max_packet is read past (mqtt_keepalive.skip): cut short, its deadline ends it
+    (b"\x30\xff\xff\x03" + b"x" * 10, 3, "timeout"),
     (b"\x40\x02\x12\x34", 3, "unknown packet id"),
     (b"\x90\x03\x00\x01\x00", 3, "unexpected SUBACK"),  # for a PUBLISH's id: no SUBSCRIBE sent
     (b"\xb0\x02\x00\x01", 3, "unexpected packet"),  # UNSUBACK: never asked for
