@@ -333,15 +333,17 @@ def _cmd(args):
                       log=lambda m: print("[vboard] %s" % m, file=sys.stderr, flush=True))
     vb.start()
 
-    def _stop(signum, frame):
-        raise KeyboardInterrupt  # SIGTERM (kill, a test's terminate()) stops it cleanly too
+    stopping = []
+
+    def _stop(signum, frame):  # SIGTERM (kill, a test's terminate()) stops it as Ctrl-C does
+        stopping.append(signum)  # a flag, not an exception: it may come at any line, even the first
 
     signal.signal(signal.SIGTERM, _stop)
-    print(vb.path, flush=True)
-    print("[vboard] flash: %s  (mpremote connect %s)" % (flash, vb.path), file=sys.stderr, flush=True)
     try:
-        while True:
-            time.sleep(1)
+        print(vb.path, flush=True)
+        print("[vboard] flash: %s  (mpremote connect %s)" % (flash, vb.path), file=sys.stderr, flush=True)
+        while not stopping:
+            time.sleep(0.1)
     except KeyboardInterrupt:
         pass
     finally:
