@@ -87,35 +87,6 @@ def _folder():
     return d
 
 
-
-
-def _folder():
-    """One scratch flash for the module, emptied for each node: on the VM a
-    littlefs mount each (a NorFlash of 64 blocks) crashed the unix VM after
-    about ten of them in one process."""
-    if not _DIR:
-        _DIR.append(scratch_dir()[0])
-        import sys
-
-        if sys.implementation.name == "micropython":
-            _DIR[0] = "/tmp/petrel-mailbox-%d" % os.getpid() if hasattr(os, "getpid") else "/tmp/petrel-mailbox"
-            try:
-                os.mkdir(_DIR[0])
-            except OSError:
-                pass
-    d = _DIR[0]
-    for sub in ("data", ""):
-        try:
-            names = os.listdir(d + "/" + sub if sub else d)
-        except OSError:
-            continue
-        for name in names:
-            path = d + "/" + (sub + "/" if sub else "") + name
-            if name != "data":
-                os.remove(path)
-    return d
-
-
 class Node:
     """A node's flash folder with its files, its RTC record and clock."""
 
