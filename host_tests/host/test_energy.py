@@ -42,6 +42,23 @@ def test_the_downlink_costs_what_the_profile_says_a_round_trip_and_a_byte_cost()
     assert ms == 1500 and mc == pytest.approx(100 * 1.5)  # radio mA x s
 
 
+def test_an_update_costs_its_bytes_a_round_trip_per_wake_and_the_trials_uplink():
+    p = profile(rtt_ms=20, radio_kbps=1000)
+    # 10 KiB in 1 KiB chunks, 4 a wake: 10 chunks over 3 wakes (4, 4, 2)
+    u = energy.update_cost(p, 10240, 12, chunk=1024, per_wake=4)
+    assert (u["chunks"], u["wakes"]) == (10, 3)
+    per_chunk = (1024 + energy.UPDATE_LINK) * 8 / 1000
+    assert u["wake_ms"] == pytest.approx(4 * per_chunk + 20)
+    radio_ms = 2 * (4 * per_chunk + 20) + 2 * per_chunk + 20
+    trial = energy.per_wake_mc(p, energy.Scenario("t", 12, "cached", "psk"))
+    assert u["trial_mc"] == pytest.approx(trial)
+    assert u["total_mc"] == pytest.approx(100 * radio_ms / 1000 + trial)
+    assert u["total_mah"] == pytest.approx(u["total_mc"] / 3600)
+    # a last chunk shorter than the others costs only its bytes
+    assert energy.update_cost(p, 10240 - 1000, 12, chunk=1024, per_wake=4)["total_mc"] == pytest.approx(
+        u["total_mc"] - 100 * 1000 * 8 / 1000 / 1000)
+
+
 def test_battery_life_with_and_without_self_discharge():
     assert energy.life_years(profile(), 1.0) == pytest.approx(3000 / 365, rel=1e-6)
     assert energy.life_years(profile(self_discharge_per_year=0.05), 1.0) < 3000 / 365

@@ -115,6 +115,36 @@ def downlink_cost(profile):
             row("a power-on, no time service answering (the wait, once)", TIME_WAIT_MS)]
 
 
+# An app update (firmware/app/update.py, README "Updating the application"):
+# the node fetches UPDATE_CHUNKS chunks in each wake that has an uplink
+# session anyway (no wake of its own): one SUBSCRIBE round trip, then the
+# chunks' bytes (each with its 32-byte hash link and its topic); the
+# UNSUBSCRIBE is not waited for. The wake after the switch makes one uplink
+# even when none is due (the trial's), a whole session's charge.
+UPDATE_CHUNKS = 4  # firmware/app/config.py's default update_chunks
+UPDATE_CHUNK = 2048  # petrel update publish's default --chunk
+UPDATE_LINK = 32 + 40  # per chunk: its hash link and a topic of ~40 B
+
+
+def update_cost(profile, image_bytes, every, chunk=UPDATE_CHUNK, per_wake=UPDATE_CHUNKS,
+                wifi="cached", tls="psk"):
+    """-> dict: chunks, uplink wakes that carry them, radio ms and mC per such
+    wake, the trial's extra uplink (mC), the whole update's mC and mAh, and
+    the hours it takes at `every` samples per uplink of the profile's node."""
+    e = profile["energy"]
+    kbps = e.get("radio_kbps", 2000)
+    chunks = -(-image_bytes // chunk)
+    wakes = -(-chunks // per_wake)
+    full = per_wake * (chunk + UPDATE_LINK) * 8.0 / kbps + e.get("rtt_ms", 10)
+    last_n = chunks - per_wake * (wakes - 1)
+    last = (image_bytes - chunk * (chunks - last_n) + last_n * UPDATE_LINK) * 8.0 / kbps + e.get("rtt_ms", 10)
+    radio_ms = full * (wakes - 1) + last
+    trial = per_wake_mc(profile, Scenario("trial", every, wifi, tls))
+    mc = e["radio_ma"] * radio_ms / 1000.0 + trial
+    return {"chunks": chunks, "wakes": wakes, "wake_ms": full, "wake_mc": e["radio_ma"] * full / 1000.0,
+            "trial_mc": trial, "total_mc": mc, "total_mah": mc / 3600.0}
+
+
 # A boot from deep sleep built from its measured parts (fleet.md: glenn20's
 # upy-esp32-experiments boot-time, PPK2, an ESP32 module; profile fields
 # boot_*_ms with their sources). The parts do not include loading the app's
@@ -338,6 +368,13 @@ def report(board, sample_s, uplink_s, out=sys.stdout, png=None):
     w("\nthe downlink mailbox (persistent session; README, \"Managing nodes in the field\"):\n")
     for what, ms, mc in downlink_cost(profile):
         w("  %-72s %7.1f ms %6.2f mC\n" % (what, ms, mc))
+    u = update_cost(profile, 65536, every)
+    w("\nan app update of 64 KiB (%d chunks of %d B, %d per uplink wake; README, \"Updating the application\"):\n"
+      % (u["chunks"], UPDATE_CHUNK, UPDATE_CHUNKS))
+    w("  %d uplink wakes carry it (%.1f hours at one uplink every %d s), each %.0f ms more radio, %.1f mC\n"
+      % (u["wakes"], u["wakes"] * every * sample_s / 3600.0, every * sample_s, u["wake_ms"], u["wake_mc"]))
+    w("  the trial's forced uplink %.1f mC; the whole update %.1f mC = %.4f mAh (%.2f%% of a day's %.3f mAh)\n"
+      % (u["trial_mc"], u["total_mc"], u["total_mah"], 100 * u["total_mah"] / rows[-1][2], rows[-1][2]))
     if png:
         chart(rows, names, png, assumes(profile, board, sample_s, every))
         w("\nchart: %s\n" % png)
