@@ -203,7 +203,7 @@ def _clock(us):
 
 
 TOOL_MODULES = ("vboard", "flash", "deploy", "provision", "monitor", "energy", "nodeconfig",
-                "collect", "readings", "plot", "fleetsim", "fleet")
+                "collect", "readings", "plot", "fleetsim", "fleet", "update")
 
 
 def build_parser():

@@ -6,6 +6,7 @@ implementation of its own (cbor2, hmac, `cryptography`), not the node's code.
     k_mac, k_enc = downlink.keys(hmac_key, down_key=None)
     data = downlink.seal("config", "p-a1b2c3", version, downlink.config_body(raw), k_mac)
     data = downlink.seal("secrets", dev, version, downlink.secrets_body({"wifi_psk": "..."}, k_enc), k_mac)
+    data = downlink.seal("update", dev, version, downlink.update_body("app", 7, "0.7.0", z, h, c, f, p), k_mac)
     with downlink.Versions("devices.sqlite") as v:   # one counter per device, in the registry
         version = v.next("p-a1b2c3")
         ... publish ...
@@ -40,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-KINDS = ("config", "secrets", "hold", "time")
+KINDS = ("config", "secrets", "hold", "time", "update")
 MAX_MESSAGE = 3072
 MAX_CONFIG = 2048
 MAX_HOLD_MIN = 120
@@ -197,6 +198,37 @@ def hold_body(minutes, exp):
 
 def time_body(t_ms, nonce):
     return {"t": int(t_ms), "n": int(nonce)}
+
+
+UPDATE_TARGETS = ("app", "fw")
+MAX_UPDATE_NAME = 32
+MAX_UPDATE_PREFIX = 64
+MAX_UPDATE_SIZE = {"app": 262_144, "fw": 2_000_000}
+
+
+def update_body(target, version, name, size, sha, chunk, first, prefix):
+    """The manifest of an update (issue 17): target "app" or "fw", the
+    image's version, a name for people, its size and SHA-256, the chunk
+    size, the SHA-256 of chunk 0's message and the chunks' topic prefix.
+    ValueError (one line) for a field the node would refuse."""
+    if target not in UPDATE_TARGETS:
+        raise ValueError("target must be app or fw")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise ValueError("the image's version must be an integer 1..2**63-1")
+    if not isinstance(name, str) or len(name.encode()) > MAX_UPDATE_NAME:
+        raise ValueError("the update's name must be text of at most %d bytes" % MAX_UPDATE_NAME)
+    if not 1 <= size <= MAX_UPDATE_SIZE[target]:
+        raise ValueError("a %s image is 1..%d bytes, not %d" % (target, MAX_UPDATE_SIZE[target], size))
+    if len(sha) != 32 or len(first) != 32:
+        raise ValueError("h and f are SHA-256 digests (32 bytes)")
+    if target == "fw" and (chunk < 512 or 4096 % chunk):
+        raise ValueError("a firmware's chunk size must divide 4096 (512, 1024, 2048)")
+    if target == "app" and not 512 <= chunk <= 3584:
+        raise ValueError("an app's chunk size must be 512..3584")
+    if not isinstance(prefix, str) or not 0 < len(prefix.encode()) <= MAX_UPDATE_PREFIX:
+        raise ValueError("the chunks' topic prefix must be 1..%d bytes" % MAX_UPDATE_PREFIX)
+    return {"t": target, "v": version, "n": name, "z": int(size), "h": bytes(sha), "c": int(chunk),
+            "f": bytes(first), "p": prefix}
 
 
 # ------------------------------------------------------------ versions
