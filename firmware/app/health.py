@@ -31,6 +31,14 @@ The downlink's (app.mailbox; README, "Managing nodes in the field"):
     cfgerr why the last pushed file was refused or reverted (vs; names keys, never values)
     treq  a time request's nonce (0: none): the fleet side answers with its clock
     tunc  s either side of the last authenticated time (-1: none this power-on)
+App updates (issue 17; appslot at the root, app.update):
+    appv  the running app's version (0: the factory app as deployed)
+    appt  1 while it runs on trial    aprb  rollbacks so far
+    aperr why the last update was rolled back (vs)
+    upd   the download in progress (vs, "app v7 12/30"; "": none)
+    uperr why the last update was refused (vs)
+    fwv   the MicroPython firmware's version as the node knows it (0: as flashed)
+    fwt   1 during the firmware's trial wake
 The counters count since power-on (RTC memory), saturating at 65535; drop
 and q are the outbox's own.
 """
@@ -44,7 +52,9 @@ from app import version
 # the pack's order; a new field goes at the end
 FIELDS = ("fw", "boot", "rst", "wake", "heap", "awake", "rssi", "wifi", "q", "drop", "lost", "crash",
           "safe", "wdt", "auth", "batt", "rej", "refused", "fdrop", "sample_s", "uplink_s", "exhausted",
-          "ntp_refused", "cfgv", "secv", "dref", "dwhy", "cfgerr", "treq", "tunc")
+          "ntp_refused", "cfgv", "secv", "dref", "dwhy", "cfgerr", "treq", "tunc",
+          "appv", "appt", "aprb", "aperr", "upd", "uperr", "fwv", "fwt")
+UPDATE_DEFAULTS = {"appv": 0, "appt": 0, "aprb": 0, "aperr": "", "upd": "", "uperr": "", "fwv": 0, "fwt": 0}
 
 
 def free_heap():
@@ -64,7 +74,7 @@ def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake="", s
     tunc: the clock's (Clock.unc)."""
     s = ob_stats or {"depth": -1, "drops": -1}
     d = down or {"cfgv": 0, "secv": 0, "dref": 0, "dwhy": "", "cfgerr": ""}
-    return {
+    rec = {
         "fw": version.VERSION, "boot": st.boots, "rst": cause, "wake": wake, "heap": free_heap(),
         "awake": st.awake_ms, "rssi": rssi if rssi is not None else 0, "wifi": wifi_ms,
         "q": s["depth"], "drop": s["drops"], "lost": st.lost_rtc, "crash": st.crashes,
@@ -74,6 +84,37 @@ def record(st, ob_stats, cause, rssi=None, wifi_ms=0, filter_drops=0, wake="", s
         "cfgv": d["cfgv"], "secv": d["secv"], "dref": d["dref"], "dwhy": d["dwhy"], "cfgerr": d["cfgerr"],
         "treq": st.treq, "tunc": tunc,
     }
+    rec.update(UPDATE_DEFAULTS)
+    _merge(rec, _appslot_report)
+    _merge(rec, lambda: _update_report(st))
+    return rec
+
+
+def _appslot_report():
+    import appslot  # at the root: the factory's, whichever app runs
+
+    return appslot.report()
+
+
+def _update_report(st):
+    from app import update
+
+    return update.report(st)
+
+
+def _merge(rec, source):
+    """The update fields a module reports, each checked against its default's
+    type: a missing or broken module leaves the defaults, never the record."""
+    try:
+        got = source()
+    except Exception:  # noqa: BLE001  ImportError (a node without it) or a bug in it
+        return
+    if not isinstance(got, dict):
+        return
+    for k in UPDATE_DEFAULTS:
+        v = got.get(k)
+        if v is not None and type(v) is type(UPDATE_DEFAULTS[k]):
+            rec[k] = v
 
 
 def pack(rec, device_id, unix=None):

@@ -16,7 +16,7 @@ def test_health_record_carries_the_counters():
     assert r["exhausted"] == 4 and r["ntp_refused"] == 9
     # new fields at the end: old readers keep their order
     assert health.FIELDS[21:23] == ("exhausted", "ntp_refused")
-    assert health.FIELDS[23:] == ("cfgv", "secv", "dref", "dwhy", "cfgerr", "treq", "tunc")
+    assert health.FIELDS[23:30] == ("cfgv", "secv", "dref", "dwhy", "cfgerr", "treq", "tunc")
     # the downlink's: nothing pushed (defaults), then what app.mailbox reports
     r = health.record(st, None, "deepsleep")
     assert (r["cfgv"], r["dref"], r["dwhy"], r["cfgerr"], r["treq"], r["tunc"]) == (0, 0, "", "", 0, -1)
@@ -24,6 +24,52 @@ def test_health_record_carries_the_counters():
     r = health.record(st, None, "deepsleep", down={"cfgv": 3, "secv": 2, "dref": 1, "dwhy": "forged:1",
                                                    "cfgerr": ""}, tunc=2)
     assert (r["cfgv"], r["secv"], r["dref"], r["dwhy"], r["treq"], r["tunc"]) == (3, 2, 1, "forged:1", 77, 2)
+
+
+class _Update:
+    """app.update as N2 builds it, or broken: report(st) -> got, or raising."""
+
+    def __init__(self, got):
+        self.got = got
+
+    def report(self, st):
+        if isinstance(self.got, Exception):
+            raise self.got
+        return self.got
+
+
+def test_health_record_carries_the_update_fields_and_survives_their_modules():
+    import app
+    import appslot
+
+    st = state.State()
+    assert health.FIELDS[30:] == ("appv", "appt", "aprb", "aperr", "upd", "uperr", "fwv", "fwt")
+    saved = getattr(app, "update", None)
+    try:
+        appslot._cur = appslot.State()
+        appslot._cur.v_active, appslot._cur.trial, appslot._cur.rollbacks = 7, 1, 2
+        appslot._cur.err = "crashed 2 wakes"
+        app.update = _Update({"upd": "app v7 12/30", "uperr": "forged", "fwv": 3, "fwt": 1})
+        r = health.record(st, None, "deepsleep")
+        assert (r["appv"], r["appt"], r["aprb"], r["aperr"]) == (7, 1, 2, "crashed 2 wakes")
+        assert (r["upd"], r["uperr"], r["fwv"], r["fwt"]) == ("app v7 12/30", "forged", 3, 1)
+        # a broken update module, or one answering nonsense: the defaults, the record whole
+        for got in (ValueError("bug"), None, {"upd": 5, "fwv": "x", "fwt": 1}):
+            app.update = _Update(got)
+            r = health.record(st, None, "deepsleep")
+            assert (r["upd"], r["uperr"], r["fwv"]) == ("", "", 0) and r["appv"] == 7
+            assert r["fwt"] == (1 if got and not isinstance(got, Exception) else 0)
+            assert len(health.pack(r, "p-1")) == len(health.FIELDS)
+        appslot._cur = None
+        del app.update
+        r = health.record(st, None, "deepsleep")  # no data/appslot here: the factory app
+        assert (r["appv"], r["appt"], r["aprb"], r["aperr"]) == (0, 0, 0, "")
+    finally:
+        appslot._cur = None
+        if saved is not None:
+            app.update = saved
+        elif hasattr(app, "update"):
+            del app.update
 
 
 class Counter:
