@@ -172,6 +172,24 @@ def test_confirmed_by_an_uplink_survives_sleep_reset_and_power_cut():
     with_node(run)
 
 
+def test_a_power_cut_between_the_mark_and_the_note_still_confirms():
+    def run(n):
+        on_trial(n)
+        real_save = fwupdate._save
+        fwupdate._save = _cut_save(real_save, 1)
+        try:
+            raises(PowerCut, fwupdate.uplink, True)  # marked valid, data/fw not written
+        finally:
+            fwupdate._save = real_save
+        n.power_cut()
+        assert running() == "ota_1"  # the bootloader kept it
+        fwupdate.boot()
+        assert fwupdate.report() == {"fwv": 7, "fwt": 0, "fwerr": ""}
+        assert "v7 (1.30.0) confirmed: kept by the bootloader" in n.log()
+
+    with_node(run)
+
+
 def test_a_second_update_goes_to_the_other_slot():
     def run(n):
         on_trial(n)
