@@ -204,6 +204,7 @@ UPDATE_TARGETS = ("app", "fw")
 MAX_UPDATE_NAME = 32
 MAX_UPDATE_PREFIX = 64
 MAX_UPDATE_SIZE = {"app": 262_144, "fw": 2_000_000}
+MAX_UPDATE_VERSION = 0xFFFFFFFF  # the node keeps an image's version in 32 bits
 
 
 def update_body(target, version, name, size, sha, chunk, first, prefix):
@@ -213,8 +214,8 @@ def update_body(target, version, name, size, sha, chunk, first, prefix):
     ValueError (one line) for a field the node would refuse."""
     if target not in UPDATE_TARGETS:
         raise ValueError("target must be app or fw")
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
-        raise ValueError("the image's version must be an integer 1..2**63-1")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_UPDATE_VERSION:
+        raise ValueError("the image's version must be an integer 1..%d" % MAX_UPDATE_VERSION)
     if not isinstance(name, str) or len(name.encode()) > MAX_UPDATE_NAME:
         raise ValueError("the update's name must be text of at most %d bytes" % MAX_UPDATE_NAME)
     if not 1 <= size <= MAX_UPDATE_SIZE[target]:

@@ -410,15 +410,56 @@ def _applied(health, published, field, kind, now):
     return shown, ("%s v%d published %s" % (kind, last[0], _ago(last[1], now)) if pending else None)
 
 
-def status_rows(devices, published, now=None):
+def _version(v, zero):
+    return "-" if v is None else (zero if v == 0 else "v%d" % v)
+
+
+def app_columns(h):
+    """The update columns of a health record (issue 17): the app running
+    (appv, "trial" while appt), the download in progress (upd), rollbacks
+    with the last why (aprb, aperr), the firmware (fwv, fwt)."""
+    appv, fwv = _num(h.get("appv")), _num(h.get("fwv"))
+    app = _version(appv, "factory") + (" trial" if _num(h.get("appt")) else "")
+    upd = _printable(h.get("upd") or "-", 24)
+    aprb = _num(h.get("aprb"))
+    why = _printable(h.get("aperr") or "", 48)
+    rb = "-" if aprb is None else "%d" % aprb + (" (%s)" % why if why and aprb else "")
+    fw = _version(fwv, "as flashed") + (" trial" if _num(h.get("fwt")) else "")
+    return app, upd, rb, fw
+
+
+def rollout_by_device(rollouts):
+    """{device: what the newest rollout naming it says of it} from update.rollouts()."""
+    out = {}
+    for r in rollouts:  # newest first: the first one naming a device is its newest
+        canaries = r["devices"][:r["canaries"]]
+        for d in r["devices"]:
+            if d in out:
+                continue
+            role = "canary " if d in canaries else ""
+            if r["state"] == "halted" and d not in r["sent"]:
+                text = "halted, not sent"
+            elif d in r["sent"]:
+                text = "%ssent, rollout %s" % (role, r["state"])
+            elif r["state"] == "canary":
+                text = "waits for the canaries"
+            else:
+                text = "not sent, rollout %s" % r["state"]
+            out[d] = "#%d %s v%d: %s" % (r["id"], r["target"], r["version"], text)
+    return out
+
+
+def status_rows(devices, published, now=None, rollouts=()):
     """The table of `fleet status` as rows of text (header first), then the
     notes (cfgerr) per device. devices: store.devices(); published:
-    downlink.published_versions()."""
+    downlink.published_versions(); rollouts: update.rollouts()."""
     now = time.time() if now is None else now
-    rows = [("DEVICE", "LAST SEEN", "CONFIG", "PENDING", "SECRETS", "REFUSED", "CLOCK")]
+    rows = [("DEVICE", "LAST SEEN", "CONFIG", "PENDING", "SECRETS", "REFUSED", "CLOCK",
+             "APP", "DOWNLOAD", "ROLLBACKS", "FW", "ROLLOUT")]
     notes = []
     seen = dict((d["device"], d) for d in devices)
-    for dev in sorted(set(seen) | set(published)):
+    roll = rollout_by_device(rollouts)
+    for dev in sorted(set(seen) | set(published) | set(roll)):
         d = seen.get(dev) or {}
         h = d.get("health") or {}
         pub = published.get(dev, {})
@@ -431,20 +472,27 @@ def status_rows(devices, published, now=None):
         refused = "-" if dref is None else ("%d" % dref + (" (%s)" % why if why else ""))
         tunc = _num(h.get("tunc"))
         clock = "-" if tunc is None else ("no trusted time" if tunc < 0 else "±%s s" % tunc)
-        rows.append((dev, _ago(d.get("last_seen"), now) if d else "never", cfg, pending, sec, refused, clock))
+        rows.append((dev, _ago(d.get("last_seen"), now) if d else "never", cfg, pending, sec, refused, clock)
+                    + app_columns(h) + (roll.get(dev, "-"),))
         err = h.get("cfgerr")
         if err:
             notes.append("%s: last config or secrets refused or reverted: %s" % (dev, _printable(err)))
+        err = h.get("uperr")
+        if err:
+            notes.append("%s: last update refused: %s" % (dev, _printable(err)))
     return rows, notes
 
 
 def _cmd_status(args):
     from . import store as _store
 
-    published = {}
+    from . import update
+
+    published, rollouts = {}, []
     if args.registry:
         try:
             published = downlink.published_versions(args.registry)
+            rollouts = update.rollouts(args.registry)
         except Exception as e:
             raise Refused("cannot read the registry %s: %s" % (args.registry, e))
     try:
@@ -455,7 +503,7 @@ def _cmd_status(args):
         devices = st.devices()
     finally:
         st.close()
-    rows, notes = status_rows(devices, published)
+    rows, notes = status_rows(devices, published, rollouts=rollouts)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -488,14 +536,20 @@ Exit codes: 0 published; 1 the broker failed; 2 bad usage.""",
     f = sub.add_parser("fleet", help="the fleet's state as the nodes report it (fleet status)")
     fsub = f.add_subparsers(dest="fleet_command", metavar="FLEET_COMMAND")
     s = fsub.add_parser(
-        "status", help="each node: last seen, config applied and pending, refused downlinks, clock",
+        "status", help="each node: last seen, config applied and pending, refused downlinks, clock, "
+                  "app and firmware versions, downloads, rollbacks, rollouts",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""From the collector's store (the latest health record of each device) and, with
 --registry, what was pushed: per device the time it was last heard from, the
 config version it applied (cfgv), what was published and not applied yet, the
 secrets version (secv), downlink messages refused since its power-on with the
 reasons (dref, dwhy), the clock's uncertainty after its last trusted time
-(tunc), and why its last pushed config or secrets were refused (cfgerr).
+(tunc), and why its last pushed config or secrets were refused (cfgerr);
+for updates (issue 17): the app version running ("trial" until it is
+confirmed; appv, appt), the download in progress (upd), rollbacks and the
+last why (aprb, aperr), the firmware's version (fwv, fwt), where the newest
+rollout naming the device stands (with --registry), and the last update the
+node refused (uperr).
 
 Exit codes: 0; 1 the store or registry cannot be read; 2 bad usage.""",
         epilog="""example:

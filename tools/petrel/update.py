@@ -294,18 +294,19 @@ def _published(db, device, target):
     return row[0] if row else 0
 
 
-def _pending(db, device, target):
-    """The highest version a rollout still waiting on its canaries holds for device (0: none)."""
+def _pending(db, device, target, rollout=None):
+    """The highest version a rollout (other than `rollout`) still waiting on
+    its canaries holds for device (0: none)."""
     top = 0
     for v, devices, sent in db.execute("SELECT version, devices, sent FROM update_rollouts WHERE target = ?"
-                                       " AND state = 'canary'", (target,)):
+                                       " AND state = 'canary' AND id IS NOT ?", (target, rollout)):
         if device in json.loads(devices) and device not in json.loads(sent):
             top = max(top, v)
     return top
 
 
-def version_problem(db, device, target, version):
-    have = max(_published(db, device, target), _pending(db, device, target))
+def version_problem(db, device, target, version, rollout=None):
+    have = max(_published(db, device, target), _pending(db, device, target, rollout))
     if version <= have:
         return ("%s v%d is not above v%d, already published to %s (versions only go up; build the "
                 "update with a higher --version)" % (target, version, have, device))
@@ -371,7 +372,7 @@ def send_manifests(args, link, versions, plan, rid, devices, sent, keys, say):
     one the broker acknowledged (update_published, the rollout's sent)."""
     db = versions.db
     for d in devices:
-        why = version_problem(db, d, plan.target, plan.version) if d not in sent else None
+        why = version_problem(db, d, plan.target, plan.version, rid) if d not in sent else None
         if why:  # another publish got there between the checks and now
             raise Refused(why, 2)
         v = versions.next(d)
