@@ -8,6 +8,7 @@ received something (a wake with an empty mailbox never imports it).
     secrets = downmsg.secrets(body, k_enc)              # {"wifi_psk": "..."}
     minutes, exp = downmsg.hold(body)
     t_ms, nonce = downmsg.time_answer(body)
+    m = downmsg.update_manifest(body)                   # m.t, m.v, m.n, m.z, m.h, m.c, m.f, m.p
 
 The wire format (README, "Managing nodes in the field"): a COSE_Mac0
 (RFC 9052) under the device's downlink MAC key, its sequence number the
@@ -29,7 +30,7 @@ in a message can raise anything else (the callers count and report them).
 
 import cose
 
-KINDS = ("config", "secrets", "hold", "time")
+KINDS = ("config", "secrets", "hold", "time", "update")
 REASONS = ("forged", "replay", "oversized", "malformed", "invalid", "stale", "reverted")
 MAX_MESSAGE = 3072  # a whole message; a config.json of 2 KiB fits with its envelope
 MAX_CONFIG = 2048
@@ -201,3 +202,52 @@ def hold(body):
 def time_answer(body):
     """-> (the fleet side's Unix ms when it answered, the nonce it answers)."""
     return _field(body, "t", int), _field(body, "n", int)
+
+
+# An update's manifest (README, "Managing nodes in the field"; app/update.py):
+# the image's target, version, name, size, SHA-256, chunk size, the hash of
+# chunk 0's message and the chunks' topic prefix
+APP_MAX = 262144  # an app image: what a slot folder on the node's littlefs takes
+FW_MAX = 2000000  # a firmware image: an OTA app partition (1.5 MiB on ESP32_GENERIC-OTA)
+FW_CHUNKS = (512, 1024, 2048)  # a fw chunk never straddles a 4096-byte erase block
+
+
+class Manifest:
+    """t "app" | "fw", v image version (>= 1), n name, z size, h SHA-256 of
+    the image, c chunk size, f SHA-256 of chunk 0's message, p topic prefix;
+    chunks(): how many."""
+
+    def chunks(self):
+        return (self.z + self.c - 1) // self.c
+
+
+def update_manifest(body):
+    """-> a Manifest; Refused("malformed") for a field of the wrong type,
+    Refused("invalid") for one out of its range."""
+    m = Manifest()
+    m.t = _field(body, "t", str)
+    m.v = _field(body, "v", int)
+    m.n = _field(body, "n", str)
+    m.z = _field(body, "z", int)
+    m.h = _field(body, "h", bytes)
+    m.c = _field(body, "c", int)
+    m.f = _field(body, "f", bytes)
+    m.p = _field(body, "p", str)
+    if m.t not in ("app", "fw"):
+        raise Refused("invalid", "target %s (app or fw)" % m.t[:8])
+    if m.v < 1 or m.v > 0xFFFFFFFF:
+        raise Refused("invalid", "version %d" % m.v)
+    if len(m.n.encode()) > 32:
+        raise Refused("invalid", "name longer than 32 bytes")
+    if not 1 <= m.z <= (APP_MAX if m.t == "app" else FW_MAX):
+        raise Refused("invalid", "%s image of %d bytes" % (m.t, m.z))
+    if len(m.h) != 32 or len(m.f) != 32:
+        raise Refused("malformed", "hash length")
+    if (m.t == "app" and not 512 <= m.c <= 3584) or (m.t == "fw" and m.c not in FW_CHUNKS):
+        raise Refused("invalid", "chunk of %d bytes for %s" % (m.c, m.t))
+    # a prefix the node subscribes under: no wildcard, no empty level, no NUL
+    p = m.p
+    if not 1 <= len(p.encode()) <= 64 or "+" in p or "#" in p or "\x00" in p or "//" in p \
+            or p[0] == "/" or p[-1] == "/":
+        raise Refused("invalid", "chunk topic prefix")
+    return m

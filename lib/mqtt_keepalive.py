@@ -30,6 +30,15 @@ wait_msg(): wait up to ms for a message to us that match(inbox) finds, each
 packet read as it comes; False at the time limit, the session still up (a
 timeout between packets ends nothing).
 
+subscribe_many(): one SUBSCRIBE for several topic filters, one write, not
+waited for (its SUBACK, one return code per filter, pops it from inflight as
+subscribe()'s does; any refused code lists it in refused_subs).
+
+leave(): UNSUBSCRIBE the filters and DISCONNECT in one write, then close:
+the UNSUBACK is never read (the broker handles the two packets in order, so
+the subscriptions are gone from a persistent session before it ends; sent
+together, the broker has both before any answer could come back).
+
 All raise the client's error class, handed in as `error` (mqtt.MQTTError):
 this module imports nothing of mqtt's.
 """
@@ -75,13 +84,13 @@ def subscribe(c, topic, qos, head, string):
 
 
 def incoming(c, first, body, error):
-    if first >> 4 == 9:  # SUBACK: packet id, one return code
-        pid = body[0] << 8 | body[1] if len(body) == 3 and first == 0x90 else 0
+    if first >> 4 == 9:  # SUBACK: packet id, a return code per filter (subscribe_many: several)
+        pid = body[0] << 8 | body[1] if len(body) >= 3 and first == 0x90 else 0
         if pid not in c.inflight or c.inflight[pid] is not None:
             c.close()
             raise error("unexpected SUBACK")
         del c.inflight[pid]
-        if body[2] == 0x80:
+        if 0x80 in body[2:]:
             c.refused_subs.append(pid)
         return
     i = 2 + struct.unpack("!H", body[:2])[0] if len(body) > 1 else 0
@@ -144,3 +153,53 @@ def wait_msg(c, ms, match, error):
             raise error("connection closed")
         c._process(time.ticks_add(time.ticks_ms(), c.timeout_ms), b[0])
     return True
+
+
+def _packet(code, body):
+    """Fixed header (the remaining length 7 bits a byte) + body: this
+    module's own, so it relies on no framing helper of mqtt's."""
+    head = bytearray((code,))
+    n = len(body)
+    while True:
+        head.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return head + body
+
+
+def _filters(topics, qos=None):
+    out = b""
+    for t in topics:
+        t = t.encode() if isinstance(t, str) else t
+        out += bytes((len(t) >> 8, len(t) & 255)) + t
+        if qos is not None:
+            out += bytes((qos,))
+    return out
+
+
+def _next_pid(c):
+    pid = c.pid
+    while pid == c.pid or pid in c.inflight:  # the next id not in flight
+        pid = pid % 65535 + 1
+    c.pid = pid
+    return pid
+
+
+def subscribe_many(c, topics, qos):
+    if qos not in (0, 1) or not topics:
+        raise ValueError("QoS 0 or 1, one topic at least")
+    if not hasattr(c, "refused_subs"):
+        c.refused_subs = []
+    deadline = time.ticks_add(time.ticks_ms(), c.timeout_ms)
+    while len(c.inflight) >= c.window:  # the same window as publish
+        c._process(deadline)
+    pid = _next_pid(c)
+    c._send(_packet(0x82, bytes((pid >> 8, pid & 255)) + _filters(topics, qos)))
+    c.inflight[pid] = None  # a SUBSCRIBE's: only a SUBACK takes it
+    return pid
+
+
+def leave(c, topics):
+    pid = _next_pid(c)
+    c._send(_packet(0xA2, bytes((pid >> 8, pid & 255)) + _filters(topics)) + b"\xe0\0")
+    c.close()

@@ -39,7 +39,7 @@ SENSOR_MAX = {"Cel": 130, "%RH": 125, "Pa": 110000, "V": 100}
 READING_LIMIT = (1 << 31) - 1  # uplink.pack_reading's "<i"
 
 KEYS = ("format", "device_id", "sample_s", "uplink_every", "batch", "network_budget_ms", "alarms",
-        "channels", "wifi", "broker", "topic", "power", "safe_mode", "senml_layout")
+        "channels", "wifi", "broker", "topic", "power", "safe_mode", "senml_layout", "update_chunks")
 LAYOUTS = ("compact", "named")  # uplink.encoder's: n in every record for readers that need it
 
 
@@ -106,6 +106,7 @@ class Config:
     uplink_every = 12  # samples per uplink
     batch = 36  # readings per message
     network_budget_ms = 10000
+    update_chunks = 4  # an update's chunks fetched per uplink session (app.update, app.session.fetch)
     topic = None  # "petrel/<device_id>" when absent
     senml_layout = "compact"  # or "named": the channel's name in every record (LAYOUTS)
     wifi = None  # a Wifi, None: no uplink
@@ -158,6 +159,7 @@ def check(data, name="config.json"):
     cfg.uplink_every = c.integer("uplink_every", 1, 1000, Config.uplink_every)
     cfg.batch = c.integer("batch", 1, 120, Config.batch)
     cfg.network_budget_ms = c.integer("network_budget_ms", 1000, 60000, Config.network_budget_ms)
+    cfg.update_chunks = c.integer("update_chunks", 1, 16, Config.update_chunks)
     cfg.topic = c.text("topic", maxlen=96) or "petrel/" + cfg.device_id
     cfg.senml_layout = c.get("senml_layout", Config.senml_layout)
     if cfg.senml_layout not in LAYOUTS:

@@ -208,7 +208,10 @@ class Wake:
         """Uplink if due: one session, driven step by step; the outcome in self.uplink."""
         st, cfg = self.st, self.cfg
         rtc_s = time.time()
-        if not session.due(st, cfg, rtc_s, alarm, self.cause == "poweron"):
+        trial = self._trial()
+        if trial:
+            st.up_next = 0  # a trial is judged by its uplinks: no backoff puts them off
+        if not session.due(st, cfg, rtc_s, alarm, self.cause == "poweron" or trial):
             self.uplink = "backoff" if st.up_next > rtc_s and (alarm or st.samples >= cfg.uplink_every) \
                 else "-"
             return
@@ -242,10 +245,13 @@ class Wake:
                         if s.publish(cfg.topic + "/health", msg) and wait and not s.await_time(TIME_WAIT_MS):
                             st.bump("treq_unanswered")
                             log.warn("clock", "no authenticated time within %d ms", TIME_WAIT_MS)
+                    if st.upd != 1 and st.upd != 3:  # a download in progress (0: data/update not read yet)
+                        self._fetch(s)
         finally:
             s.close()
         self.uplink = s.result
-        if s.inbox or st.down_busy:
+        self._trial_uplink(trial, self.uplink in ("ok", "partial"))
+        if s.inbox or st.down_busy or st.upd == 2:
             self._mailbox(s)
         if s.auth_refused:
             st.bump("auth_fails")
@@ -278,6 +284,64 @@ class Wake:
             st.treq_ms = now
         return unbacked and st.treq_unanswered < TIME_WAITS
 
+    def _fetch(self, s):
+        """The next chunks of an update's download, in this session (taken
+        by the mailbox after the radio is off)."""
+        try:
+            from app import update
+
+            topics = update.wanted(self.st, self.cfg)
+        except Exception as e:  # noqa: BLE001  no update today; the session goes on
+            log.error("update", "fetch: %s: %s", type(e).__name__, e)
+            return
+        if topics:
+            s.fetch(topics)
+
+    def _trial(self):
+        """-> bit 1: the app runs on trial (appslot), bit 2: the firmware
+        does (app.fwupdate: only after a reset, which a firmware switch ends
+        in). A trial's wake makes an uplink attempt: it is how it is judged."""
+        t = 0
+        try:
+            import appslot
+
+            if appslot.on_trial():
+                t |= 1
+        except ImportError:  # a node deployed without slots
+            pass
+        except Exception as e:  # noqa: BLE001  never a reason to skip the wake
+            log.error("update", "appslot: %s: %s", type(e).__name__, e)
+        if self.cause != "deepsleep":
+            try:
+                from app import fwupdate
+
+                if fwupdate.on_trial():
+                    t |= 2
+            except ImportError:
+                pass
+            except Exception as e:  # noqa: BLE001
+                log.error("update", "fwupdate: %s: %s", type(e).__name__, e)
+        return t
+
+    def _trial_uplink(self, trial, ok):
+        """After an uplink attempt: a trial confirmed (written before the
+        wake sleeps) or a failure counted toward its rollback."""
+        try:
+            import appslot
+
+            appslot.uplink(ok)
+        except ImportError:
+            pass
+        except Exception as e:  # noqa: BLE001
+            log.error("update", "appslot: %s: %s", type(e).__name__, e)
+        if trial & 2:
+            try:
+                from app import fwupdate
+
+                fwupdate.uplink(ok)
+            except Exception as e:  # noqa: BLE001
+                log.error("update", "fwupdate: %s: %s", type(e).__name__, e)
+
     def _mailbox(self, s):
         """What came down in the session (app.mailbox), after the radio is
         off; a trial's uplink counted. Never ends the wake: a bug in it is
@@ -285,7 +349,7 @@ class Wake:
         from app import mailbox
 
         try:
-            if s.inbox:
+            if s.inbox or self.st.upd == 2:
                 mailbox.receive(self.st, self.cfg, self.clk, s.inbox)
             mailbox.after_uplink(self.st, self.uplink in ("ok", "partial"))
         except Exception as e:  # noqa: BLE001

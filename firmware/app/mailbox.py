@@ -28,6 +28,12 @@ already applied, which the broker sends again when the session was lost, is
 not counted). Messages of one kind found together are all verified, and only
 the newest is applied: a node asleep through several pushes takes the last.
 
+An update's manifest (kind "update") and its chunks go to app.update: its
+last version is kept in data/update (data/down's format is that of the four
+kinds before it), the chunks (topics under the manifest's prefix, fetched by
+app.session) are taken in order, and a download whose last chunk came is
+finished here, after the radio is off.
+
 A hold keeps the node awake at the REPL (ladder.run: the watchdog fed, the
 node back on its schedule afterwards). A time answer is the fleet side's
 clock for the nonce this node sent (health field treq): the clock takes it as
@@ -207,8 +213,10 @@ def after_uplink(st, ok):
 # ---------------------------------------------------------------- receive
 def receive(st, cfg, clk, inbox):
     """The messages the session found [(topic, message[, retained])]:
-    verified, the newest of each kind applied. Never raises for anything in
-    a message; a flash error is logged and the message left unapplied."""
+    verified, the newest of each kind applied; an update's chunks handed to
+    app.update, and a download whose last chunk came finished. Never raises
+    for anything in a message; a flash error is logged and the message left
+    unapplied."""
     try:
         k_mac, k_enc = keys(cfg)
     except config.ConfigError:
@@ -216,13 +224,19 @@ def receive(st, cfg, clk, inbox):
     kid = cfg.device_id.encode()
     prefix = cfg.topic + "/down/"
     m = Mailbox.load()
+    upd = _Update(st)
     newest = {}
     for item in inbox:
         try:
             topic = item[0].decode() if isinstance(item[0], (bytes, bytearray)) else item[0]
         except UnicodeError:  # a broker may pass any bytes: not UTF-8, not one of our topics
             topic = ""
-        kind = topic[len(prefix):] if topic.startswith(prefix) else "?"
+        if topic.startswith(prefix):
+            kind = topic[len(prefix):]
+        else:
+            kind = "?"
+            if topic and upd.take(item[1], topic):
+                continue  # a chunk of the update being downloaded
         try:
             version, body = downmsg.open_message(kind, item[1], k_mac, kid)
         except downmsg.Refused as e:
@@ -231,33 +245,92 @@ def receive(st, cfg, clk, inbox):
         except Exception as e:  # noqa: BLE001  a bug in the opener: this message refused, not the rest
             _refuse(st, "malformed", kind, "%s: %s" % (type(e).__name__, e))
             continue
-        last = m.applied[downmsg.KINDS.index(kind)]
-        if kind == "time":
+        if kind == "update":  # its last version is kept by app.update (data/update)
+            last = upd.get().downv if upd.get() is not None else -1  # not loaded: _apply says so
+        elif kind == "time":
             last = 0  # fresh by its nonce, which is used once: collectors need not share a counter
+        else:
+            last = m.applied[downmsg.KINDS.index(kind)]
         if version <= last:
             if not (version == last and len(item) > 2 and item[2]):  # a retained copy: expected
                 _refuse(st, "replay", kind, "v%d, applied v%d" % (version, last))
             continue
         if kind not in newest or version > newest[kind][0]:
             newest[kind] = (version, body)
-    if not newest:
-        return
     for kind in downmsg.KINDS:  # config before secrets: a config needing new secrets is checked with them
         if kind in newest:
             version, body = newest[kind]
             try:
-                _apply(st, cfg, clk, m, kind, version, body, k_enc)
+                _apply(st, cfg, clk, m, kind, version, body, k_enc, upd)
             except downmsg.Refused as e:
-                _refuse(st, e.args[0], kind, e.args[1], m)
+                _refuse(st, e.args[0], kind, e.args[1], m if kind != "update" else None)
+                if kind == "update":
+                    upd.get().err = ("update: %s" % e.args[1])[:ERR_MAX]
             except OSError as e:  # the flash: tried again only if the fleet side sends it again
                 log.error("down", "%s v%d not kept: %s", kind, version, e)
                 continue
-            m.applied[downmsg.KINDS.index(kind)] = version  # refused or not: never again
-    try:
-        m.save()
-    except OSError as e:
-        log.error("down", "%s not written: %s", PATH, e)
-    st.down_busy = 1 if m.busy() else 0
+            if kind == "update":
+                upd.get().downv = version  # refused or not: never again
+                upd.dirty = True
+            else:
+                m.applied[downmsg.KINDS.index(kind)] = version
+    if newest:
+        try:
+            m.save()
+        except OSError as e:
+            log.error("down", "%s not written: %s", PATH, e)
+        st.down_busy = 1 if m.busy() else 0
+    upd.finish()  # last: a firmware's finish resets the node
+
+
+class _Update:
+    """app.update's state, loaded the first time this wake needs it (a chunk,
+    a manifest, or a download in progress): a wake with no update in
+    progress neither imports app.update nor reads data/update."""
+
+    def __init__(self, st):
+        self.st = st
+        self.u = None
+        self.dirty = False
+        if st.upd != 1 and st.upd != 3:  # a download in progress, or data/update not read yet
+            self.get()
+
+    def get(self):
+        if self.u is None:
+            try:
+                from app import update
+
+                self.u = update.load()
+            except Exception as e:  # noqa: BLE001  no update module, a flash error: no update today
+                log.error("update", "state not loaded: %s: %s", type(e).__name__, e)
+                return None
+        return self.u
+
+    def take(self, msg, topic):
+        if self.get() is None:
+            return False
+        try:
+            ours = self.u.take(self.st, topic, msg)
+            self.dirty = self.dirty or ours  # a refusal's why is kept too
+            return ours
+        except Exception as e:  # noqa: BLE001  the flash: the chunk is asked again next time
+            log.error("update", "chunk not kept: %s: %s", type(e).__name__, e)
+            return True
+
+    def finish(self):
+        """Save what changed, and finish a download whose chunks are all in."""
+        u = self.u
+        if u is None:
+            return
+        try:
+            if self.dirty:
+                u.save()
+            u.settle(self.st)
+        except downmsg.Refused as e:
+            u.refuse(self.st, e.args[0], e.args[1])
+        except Exception as e:  # noqa: BLE001  the flash: redone from the saved state next time
+            log.error("update", "not finished: %s: %s", type(e).__name__, e)
+        u.flag(self.st)
 
 
 def keys(cfg):
@@ -266,8 +339,13 @@ def keys(cfg):
     return downmsg.keys(bytes.fromhex(cfg.secret("hmac_key")), bytes.fromhex(down) if down else None)
 
 
-def _apply(st, cfg, clk, m, kind, version, body, k_enc):
-    if kind == "config":
+def _apply(st, cfg, clk, m, kind, version, body, k_enc, upd=None):
+    if kind == "update":
+        if upd.get() is None:
+            raise OSError("no update state")
+        if upd.get().accept(st, downmsg.update_manifest(body)):
+            upd.dirty = True
+    elif kind == "config":
         text = downmsg.config_text(body)
         try:
             new = config.check(json.loads(text))

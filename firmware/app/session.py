@@ -8,6 +8,7 @@
                 s.drain(ob, encode, kind) # the outbox, in authenticated batches
                 s.publish(topic, msg)     # e.g. the health record
                 s.await_time(ms)          # only after a health record that asked for time
+                s.fetch(topics)           # an update's next chunks (app.update.wanted)
     finally:
         s.close()                         # "sleeping", DISCONNECT, radio off
     s.result, s.sent, s.rssi, s.wifi_ms, s.auth_refused, s.inbox
@@ -45,6 +46,7 @@ from app import state
 BACKOFF_BASE_S = 300
 BACKOFF_CAP_S = 3600
 WINDOW = 4  # QoS 1 messages in flight
+FETCH_IDLE_MS = 1000  # an update's chunks: nothing more after the SUBACK for this long, none to come
 
 
 class Budget:
@@ -119,6 +121,7 @@ class Session:
         self.client = None
         self.inbox = []  # what the broker had for us (the downlink), taken at close()
         self.subscribed = False  # SUBSCRIBE sent: the broker had no session for us
+        self.fetched = None  # the chunk topics fetch() subscribed to, left at close()
 
     def open(self):
         """Wi-Fi within the budget, leaving a second of it for the broker (a
@@ -230,6 +233,53 @@ class Session:
             self._failed(e)
             return False
 
+    def fetch(self, topics):
+        """An update's next chunks (app.update.wanted): one SUBSCRIBE at QoS
+        0 for all of them (nothing is queued for the node while it sleeps, a
+        chunk missed is asked again next time), then wait until all came, the
+        budget (less 500 ms for close) ends, or FETCH_IDLE_MS pass with
+        nothing new after the SUBACK (the broker sends retained messages right
+        after it: a chunk not there by then is not on the broker). The
+        subscriptions go with the DISCONNECT (close). The chunks land in
+        self.inbox with the other downlink messages. -> how many came."""
+        c = self.client
+        if c is None or self.result is not None:
+            return 0
+        import mqtt_keepalive
+
+        inbox = getattr(c, "inbox", ())
+        topics = topics[:16 - len(inbox)]  # the client keeps 16 messages at most (mqtt_keepalive)
+        if not topics or self.budget.left() < 1500:
+            return 0
+        want = [t.encode() for t in topics]
+
+        def got(inbox):
+            n = 0
+            for item in inbox:
+                if item[0] in want:
+                    n += 1
+            return n
+
+        try:
+            c.timeout_ms = min(5000, self.budget.left())
+            pid = mqtt_keepalive.subscribe_many(c, topics, 0)
+            self.fetched = topics
+            seen = -1
+            while True:
+                left = self.budget.left() - 500
+                if left <= 0 or mqtt_keepalive.wait_msg(c, min(left, FETCH_IDLE_MS),
+                                                        lambda inbox: got(inbox) >= len(want), mqtt.MQTTError):
+                    break
+                n = len(getattr(c, "inbox", ()))
+                if n == seen and pid not in c.inflight:  # nothing new since the SUBACK
+                    break
+                seen = n
+        except (mqtt.MQTTError, OSError, ValueError) as e:
+            self._failed(e)
+        n = got(getattr(c, "inbox", ()) if self.client is not None else self.inbox)
+        log.info("update", "fetched %d of %d chunks", n, len(want))
+        return n
+
     def close(self, status=b"sleeping"):
         """The last PUBACKs and the retained status (None: leave the one
         connect() set) within what is left of the budget, a clean DISCONNECT
@@ -238,7 +288,15 @@ class Session:
         try:
             if c is not None:
                 c.timeout_ms = max(200, min(5000, self.budget.left()))
-                uplink.goodbye(c, self.cfg.device_id, status)
+                if self.fetched:  # goodbye's steps, the chunks' UNSUBSCRIBE sent with the DISCONNECT
+                    if status is not None:
+                        c.publish(uplink.status_topic(self.cfg.device_id), status, qos=1, retain=True)
+                    c.wait_all()
+                    import mqtt_keepalive
+
+                    mqtt_keepalive.leave(c, self.fetched)
+                else:
+                    uplink.goodbye(c, self.cfg.device_id, status)
                 self.result = "partial" if self.pending else "ok"
         except (mqtt.MQTTError, OSError, ValueError) as e:
             self._failed(e)

@@ -141,3 +141,44 @@ def test_a_message_the_client_read_past_is_oversized():
     # mqtt_keepalive.skip notes a PUBLISH past max_packet as (topic, None, retained)
     k_mac, _ = downmsg.keys(HMAC)
     refused("oversized", downmsg.open_message, "config", None, k_mac, KID)
+
+
+def update_body(**over):
+    body = {"k": "update", "t": "app", "v": 7, "n": "0.7.0", "z": 70000, "h": bytes(range(32)), "c": 2048,
+            "f": bytes(32), "p": "petrel/update/0001020304050607"}
+    body.update(over)
+    return body
+
+
+def test_an_update_manifest_opens_and_is_read_field_by_field():
+    k_mac = downmsg.keys(HMAC)[0]
+    assert downmsg.KINDS.index("update") == 4  # appended: the other kinds keep their places
+    v, body = downmsg.open_message("update", seal("update", update_body()), k_mac, KID)
+    m = downmsg.update_manifest(body)
+    assert (v, m.t, m.v, m.n, m.z, m.c, m.p) == (7, "app", 7, "0.7.0", 70000, 2048, "petrel/update/0001020304050607")
+    assert m.h == bytes(range(32)) and m.f == bytes(32) and m.chunks() == 35
+    m = downmsg.update_manifest(update_body(t="fw", z=1500000, c=1024))
+    assert m.chunks() == 1465
+    # a manifest sealed for another kind, or another kind's message on the update topic: forged
+    refused("forged", downmsg.open_message, "update", seal("update", update_body(), aad_kind="config"), k_mac, KID)
+    refused("malformed", downmsg.open_message, "update", seal("update", {"k": "config"}), k_mac, KID)
+
+
+def test_update_manifest_fields_out_of_their_range_are_invalid_and_of_the_wrong_type_malformed():
+    for reason, over in (
+            ("invalid", {"t": "os"}), ("invalid", {"v": 0}), ("invalid", {"v": 1 << 32}),
+            ("invalid", {"n": "x" * 33}), ("invalid", {"n": "é" * 17}),  # 34 bytes
+            ("invalid", {"z": 0}), ("invalid", {"z": 262145}), ("invalid", {"t": "fw", "z": 2000001}),
+            ("invalid", {"c": 511}), ("invalid", {"c": 3585}), ("invalid", {"t": "fw", "c": 4096}),
+            ("invalid", {"t": "fw", "c": 1536}), ("invalid", {"p": ""}), ("invalid", {"p": "a/+/b"}),
+            ("invalid", {"p": "a/#"}), ("invalid", {"p": "/a"}), ("invalid", {"p": "a/"}),
+            ("invalid", {"p": "a//b"}), ("invalid", {"p": "a\x00b"}), ("invalid", {"p": "x" * 65}),
+            ("malformed", {"h": bytes(31)}), ("malformed", {"f": bytes(33)}), ("malformed", {"v": "7"}),
+            ("malformed", {"v": True}), ("malformed", {"z": None}), ("malformed", {"n": b"0.7"}),
+            ("malformed", {"t": None}), ("malformed", {"p": 5}), ("malformed", {"c": 2048.0})):
+        refused(reason, downmsg.update_manifest, update_body(**over))
+    body = update_body()
+    del body["f"]
+    refused("malformed", downmsg.update_manifest, body)
+    assert downmsg.update_manifest(update_body(t="fw", z=2000000, c=512)).z == 2000000
+    assert downmsg.update_manifest(update_body(z=262144, c=3584, n="x" * 32, p="y" * 64)).c == 3584

@@ -11,7 +11,7 @@ import machine
 import rtcmem
 
 from app import config, session
-from ptest import scratch_dir
+from ptest import raises, scratch_dir
 
 PSK = "ab" * 32  # the stored 64-hex WPA2 key, as provisioning writes it
 BUILD = 1764000000
@@ -186,3 +186,144 @@ def test_uplink_due_on_a_full_batch_or_an_alarm_and_never_inside_the_backoff():
     assert session.due(st, cfg, 0, False)
     cfg.broker = None
     assert not session.due(st, cfg, st.up_next, True)
+
+
+# Session.fetch: an update's next chunks in the session (app.update.wanted),
+# against a broker end the test writes (a loopback socket, as test_mqtt).
+def broker_pair():
+    """A client past CONNECT on a loopback socket and the broker's end of it -> (c, peer, srv)."""
+    import socket
+
+    import mqtt
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for port in range(47850, 47870):
+        try:
+            srv.bind(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+            break
+        except OSError:
+            continue
+    srv.listen(1)
+    c = mqtt.MQTTClient("n1", "127.0.0.1", port, insecure=True, timeout_ms=2000, window=4)
+    c.raw = c.sock = socket.socket()
+    c.raw.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+    peer, _ = srv.accept()
+    peer.settimeout(2)
+    return c, peer, srv
+
+
+def read_exactly(peer, n):
+    got = b""
+    while len(got) < n:
+        got += peer.recv(n - len(got))
+    return got
+
+
+def qos0(topic, msg):
+    import mqtt
+
+    body = mqtt._str(topic) + msg
+    return mqtt._head(0x30 | 1, len(body)) + body  # retained, as the broker sends a retained one
+
+
+def chunk_topics(n):
+    return ["petrel/update/3fa9c0d1e2b34455/%d" % i for i in range(n)]
+
+
+def fetch_session(budget_ms=10000):
+    s = session.Session(node_config(budget_ms=budget_ms), machine.RTC())
+    s.client, peer, srv = broker_pair()
+    return s, peer, srv
+
+
+def filters(topics, qos=None):
+    out = b""
+    for t in topics:
+        out += bytes((0, len(t))) + t.encode() + (bytes((qos,)) if qos is not None else b"")
+    return out
+
+
+def test_fetch_subscribes_once_at_qos0_takes_the_chunks_and_leaves_them_with_the_disconnect():
+    s, peer, srv = fetch_session()
+    topics = chunk_topics(3)
+    # the broker's answers, there before the client reads: the SUBACK (one code
+    # per filter), the retained chunks, then the PUBACK of the status at close
+    peer.send(b"\x90\x05\x00\x01\x00\x00\x00")
+    for i, t in enumerate(topics):
+        peer.send(qos0(t, b"chunk%d" % i + bytes(32)))
+    peer.send(b"\x40\x02\x00\x02")
+    t0 = time.ticks_ms()
+    assert s.fetch(topics) == 3
+    assert time.ticks_diff(time.ticks_ms(), t0) < 1000  # all came: no idle wait
+    body = b"\x00\x01" + filters(topics, 0)
+    assert read_exactly(peer, 2 + len(body)) == bytes((0x82, len(body))) + body  # one SUBSCRIBE, QoS 0
+    s.close()
+    assert s.result == "ok"
+    assert [m for t, m, r in s.inbox] == [b"chunk%d" % i + bytes(32) for i in range(3)]
+    status = read_exactly(peer, 2 + 2 + len("petrel/n1/status") + 2 + len(b"sleeping"))
+    assert status[0] == 0x33 and status.endswith(b"sleeping")  # retained QoS 1, as goodbye sends it
+    unsub = b"\x00\x03" + filters(topics)
+    assert read_exactly(peer, 2 + len(unsub) + 2) == bytes((0xA2, len(unsub))) + unsub + b"\xe0\x00"
+    peer.settimeout(0.2)
+    assert peer.recv(10) == b""  # then closed: the UNSUBACK is not waited for
+    for x in (peer, srv):
+        x.close()
+
+
+def test_fetch_stops_when_nothing_more_comes_after_the_suback_and_within_the_budget():
+    s, peer, srv = fetch_session()
+    topics = chunk_topics(4)
+    peer.send(b"\x90\x06\x00\x01\x00\x00\x00\x00")
+    peer.send(qos0(topics[0], b"c0"))  # the others are not on the broker
+    t0 = time.ticks_ms()
+    assert s.fetch(topics) == 1
+    waited = time.ticks_diff(time.ticks_ms(), t0)
+    assert session.FETCH_IDLE_MS <= waited <= 3 * session.FETCH_IDLE_MS, waited
+    assert s.result is None and s.client.sock is not None  # the session goes on
+    s.client.close()
+    for x in (peer, srv):
+        x.close()
+    # a budget nearly spent: the fetch leaves the close its 500 ms
+    s, peer, srv = fetch_session(budget_ms=2000)
+    peer.send(b"\x90\x06\x00\x01\x00\x00\x00\x00")  # a SUBACK, then nothing at all
+    time.sleep_ms(300)
+    t0 = time.ticks_ms()
+    assert s.fetch(topics) == 0
+    assert s.budget.left() >= 400, s.budget.left()
+    s.client.close()
+    for x in (peer, srv):
+        x.close()
+
+
+def test_fetch_asks_no_more_than_the_inbox_holds_and_nothing_without_a_session():
+    s, peer, srv = fetch_session()
+    s.client.inbox = [(b"petrel/n1/down/config", b"x", True)] * 14  # 2 places left of 16
+    peer.send(b"\x90\x04\x00\x01\x00\x00")
+    topics = chunk_topics(4)
+    for t in topics[:2]:
+        peer.send(qos0(t, b"c"))
+    assert s.fetch(topics) == 2
+    body = b"\x00\x01" + filters(topics[:2], 0)
+    assert read_exactly(peer, 2 + len(body)) == bytes((0x82, len(body))) + body
+    s.client.close()
+    for x in (peer, srv):
+        x.close()
+    s = session.Session(node_config(), machine.RTC())
+    assert s.fetch(topics) == 0  # never connected
+
+
+def test_a_suback_refusing_one_filter_lists_the_subscribe_and_the_session_goes_on():
+    import mqtt
+    import mqtt_keepalive
+
+    c, peer, srv = broker_pair()
+    pid = mqtt_keepalive.subscribe_many(c, ["a/0", "a/1"], 0)
+    peer.send(b"\x90\x04" + bytes((0, pid)) + b"\x00\x80")
+    c.wait_all()
+    assert c.refused_subs == [pid] and c.sock is not None and not c.inflight
+    pid = mqtt_keepalive.subscribe_many(c, ["a/2"], 0)
+    peer.send(b"\x90\x02" + bytes((0, pid)))  # no return code at all: malformed
+    assert "SUBACK" in str(raises(mqtt.MQTTError, c.wait_all))
+    for x in (peer, srv):
+        x.close()

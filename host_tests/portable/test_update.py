@@ -1,0 +1,544 @@
+# app.update: an update's download on the node, in a flash folder of its own
+# (as test_mailbox): the manifest accepted through app.mailbox or refused by
+# reason (forged, replay, stale, reverted, invalid fields, no room); chunks
+# taken in order over several wakes, each checked by the hash chain before it
+# is written; a power cut between a chunk's write and the state's save; the
+# last chunk -> unpacked into the free slot, the tree verified, appslot.stage,
+# the image removed; a corrupted unpack and bad paths refused, nothing staged;
+# wanted() and report(). Images are built here, in the format of U-spec
+# (the host's builder, tools/petrel/update.py, is checked against the same
+# format in host/test_update_host.py). The fetch itself: test_session.py.
+import binascii
+import hashlib
+import json
+import os
+import struct
+import sys
+
+import appslot
+import cbor
+import clock
+import cose
+import downmsg
+import eventlog
+import machine
+import rtcmem
+import simstate
+
+from app import config, mailbox, state, update
+from ptest import scratch_dir
+
+HMAC = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+DEV = "p-a1b2c3"
+CONFIG = {"format": 1, "device_id": DEV, "sample_s": 300, "wifi": {"ssid": "lab"},
+          "broker": {"host": "broker.lan", "ca": "ca.der"}}
+BUILD = 1764000000
+K_MAC, _ = downmsg.keys(bytes.fromhex(HMAC))
+FILES = {"app/__init__.py": b"", "app/ladder.py": b"def run():\n    pass\n",
+         "app/version.py": b"VERSION = '0.7.0'\n" + b"# padding\n" * 120,
+         "lib/util.py": bytes(range(256)) * 6}
+_DIR = []
+
+
+class PowerCut(BaseException):
+    """Like the board's Halt: no `except Exception` takes it, nothing after it runs."""
+
+
+# ------------------------------------------------------------ the fleet side, in the format
+def pack(entries):
+    """[(path, bytes)] in the order given -> an app image (no rule checked:
+    the tests make broken ones too)."""
+    out = b"PTRLAPP1"
+    for path, data in entries:
+        raw = path.encode()
+        out += struct.pack("<H", len(raw)) + raw + struct.pack("<I", len(data)) + data
+    return out + b"\0\0"
+
+
+def image(files=FILES):
+    return pack(sorted(files.items()))
+
+
+def chain(img, c):
+    n = (len(img) + c - 1) // c
+    msgs = [b""] * n
+    nxt = bytes(32)
+    for i in range(n - 1, -1, -1):
+        msgs[i] = img[i * c:(i + 1) * c] + nxt
+        nxt = hashlib.sha256(msgs[i]).digest()
+    return msgs
+
+
+class Release:
+    """An image, its chunk messages and its manifest's fields."""
+
+    def __init__(self, img, v=7, c=512, t="app", name="0.7.0"):
+        self.img, self.msgs = img, chain(img, c)
+        self.h = hashlib.sha256(img).digest()
+        self.p = "petrel/update/" + binascii.hexlify(self.h).decode()[:16]
+        self.body = {"t": t, "v": v, "n": name, "z": len(img), "h": self.h, "c": c,
+                     "f": hashlib.sha256(self.msgs[0]).digest(), "p": self.p}
+
+    def manifest(self, version, retained=False, k_mac=K_MAC, **fields):
+        body = dict(self.body)
+        body.update(fields)
+        body["k"] = "update"
+        msg = cose.mac0(k_mac, DEV.encode(), version, cbor.dumps(body), aad=b"petrel down update")
+        return (("petrel/%s/down/update" % DEV).encode(), msg, retained)
+
+    def chunk(self, i, msg=False):
+        """Chunk i's topic and message (msg: another message, None as the
+        client notes one it read past)."""
+        return ((self.p + "/" + str(i)).encode(), self.msgs[i] if msg is False else msg, True)
+
+
+# ------------------------------------------------------------ the node
+def _rmtree(path):
+    for name in os.listdir(path):
+        p = path + "/" + name
+        if os.stat(p)[0] & 0x4000:
+            _rmtree(p)
+            os.rmdir(p)
+        else:
+            os.remove(p)
+
+
+def _folder():
+    """One scratch folder for the module, emptied for each node (on the VM
+    a host folder: test_mailbox's _folder says why)."""
+    if not _DIR:
+        if sys.implementation.name == "micropython":
+            _DIR.append("/tmp/petrel-update-test")
+            try:
+                os.mkdir(_DIR[0])
+            except OSError:
+                pass
+        else:
+            _DIR.append(scratch_dir()[0])
+    _rmtree(_DIR[0])
+    return _DIR[0]
+
+
+class Node:
+    """A node's flash folder (cwd), its RTC record, appslot as at boot."""
+
+    def __init__(self, cfg=CONFIG):
+        simstate.board.power_on()
+        self.dir = _folder()
+        self.here = os.getcwd()
+        self.path = list(sys.path)
+        os.chdir(self.dir)
+        os.mkdir("data")
+        with open("config.json", "w") as f:
+            f.write(json.dumps(cfg))
+        with open("secrets.json", "w") as f:
+            f.write(json.dumps({"hmac_key": HMAC}))
+        with open("ca.der", "w") as f:
+            f.write("x")
+        self.lines = []
+        eventlog.print = self.lines.append
+        appslot.print = self.lines.append
+        appslot._cur = None
+        self.st = state.State()
+        self.clk = clock.Clock(BUILD, rtcmem.Region(machine.RTC(), 1280, 64))
+
+    def cfg(self):
+        return config.load("config.json", "secrets.json", "config.good.json")
+
+    def receive(self, *items):
+        mailbox.receive(self.st, self.cfg(), self.clk, list(items))
+
+    def wake(self):
+        """A new wake: RTC memory kept, nothing of the last one's objects."""
+        self.st.save()
+        self.st = state.State()
+        appslot._cur = None
+
+    def boot(self):
+        """A new boot through appslot.choose() (main.py's first step)."""
+        self.wake()
+        sys.path[:] = self.path
+        appslot.choose()
+
+    def wanted(self):
+        return update.wanted(self.st, self.cfg())
+
+    def download(self, rel):
+        """As many uplink wakes as the whole image takes (4 chunks each)."""
+        for _ in range((len(rel.msgs) + 3) // 4):
+            self.fetch(rel)
+
+    def fetch(self, rel):
+        """One uplink wake: the chunks wanted(), as the session would get
+        them, then the mailbox."""
+        self.wake()
+        got = [rel.chunk(int(t.rsplit("/", 1)[1])) for t in self.wanted()]
+        self.receive(*got)
+        return len(got)
+
+    def close(self):
+        del eventlog.print
+        del appslot.print
+        appslot._cur = None
+        sys.path[:] = self.path
+        os.chdir(self.here)
+
+
+def with_node(fn, cfg=CONFIG):
+    n = Node(cfg)
+    try:
+        fn(n)
+    finally:
+        n.close()
+
+
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def running_v5(n):
+    """The node runs app v5 from slot 1, confirmed."""
+    r = Release(image(), v=5)
+    n.receive(r.manifest(1))
+    while update.load().busy:
+        n.fetch(r)
+    n.boot()
+    appslot.uplink(True)
+    assert appslot.running()[:2] == (1, 5) and not appslot.on_trial()
+
+
+def refusals(st):
+    return tuple(getattr(st, "dr_" + r) for r in downmsg.REASONS)
+
+
+# ------------------------------------------------------------ tests
+def test_a_download_over_several_wakes_is_unpacked_verified_and_staged():
+    def run(n):
+        r = Release(image(), v=7, c=512)
+        nchunks = len(r.msgs)
+        assert nchunks >= 6 and n.wanted() == []  # nothing to fetch before a manifest
+        n.receive(r.manifest(3))
+        assert n.st.upd == update.BUSY and update.report(n.st)["upd"] == "app v7 0/%d" % nchunks
+        wakes = 0
+        while update.load().busy:
+            u = update.load()
+            assert exists(update.IMG) == (u.done > 0)
+            if u.done:
+                assert os.stat(update.IMG)[6] == u.done * 512  # chunk i at i * c, nothing else
+            assert n.fetch(r) == min(4, nchunks - u.done)  # update_chunks' default
+            wakes += 1
+        assert wakes == (nchunks + 3) // 4
+        for path, data in FILES.items():
+            assert read("slots/1/" + path) == data
+        assert not exists(update.IMG) and n.wanted() == []
+        assert n.st.upd == update.IDLE and update.report(n.st)["upd"] == ""
+        s = appslot._load()
+        assert (s.pending, s.v_pending, s.n_pending) == (1, 7, "0.7.0")
+        assert refusals(n.st) == (0,) * 7
+        n.boot()  # the next boot runs it, on trial
+        assert appslot.running() == (1, 7, "0.7.0") and appslot.on_trial()
+
+    with_node(run)
+
+
+def test_wanted_gives_the_next_k_chunk_topics_within_the_heap_bound():
+    def run(n):
+        r = Release(image(), v=7, c=512)
+        n.receive(r.manifest(1))
+        assert n.wanted() == [r.p + "/%d" % i for i in range(3)]
+        n.receive(r.chunk(0), r.chunk(1))
+        assert n.wanted() == [r.p + "/%d" % i for i in range(2, 5)]
+
+    def big(n):
+        r = Release(image(dict(FILES, **{"lib/big.py": b"x" * 60000})), v=8, c=3584)
+        n.receive(r.manifest(2))  # 16 asked, 16 KiB of chunks at most held: 4 of 3584 bytes
+        assert n.wanted() == [r.p + "/%d" % i for i in range(update.FETCH_BYTES // (3584 + 32))]
+        assert len(n.wanted()) == 4
+
+    with_node(run, dict(CONFIG, update_chunks=3))
+    with_node(big, dict(CONFIG, update_chunks=16))
+
+
+def test_update_chunks_is_checked_by_the_config_checker():
+    for bad in (0, 17, "4"):
+        try:
+            config.check(dict(CONFIG, update_chunks=bad))
+        except config.ConfigError as e:
+            assert "update_chunks" in str(e)
+        else:
+            raise AssertionError("update_chunks=%r taken" % (bad,))
+    assert config.check(dict(CONFIG)).update_chunks == 4
+
+
+def test_manifests_refused_by_reason_start_nothing():
+    def run(n):
+        running_v5(n)
+        r = Release(image(), v=7)
+        before = refusals(n.st)
+
+        def refused(item, reason):
+            was = refusals(n.st)
+            n.receive(item)
+            now = refusals(n.st)
+            i = downmsg.REASONS.index(reason)
+            assert now[i] == was[i] + 1 and sum(now) == sum(was) + 1, (reason, was, now)
+            assert not update.load().busy and n.st.upd != update.BUSY
+
+        refused(r.manifest(10, k_mac=bytes(32)), "forged")
+        refused(Release(image(), v=5).manifest(10), "stale")  # the running version
+        refused(Release(image(), v=4).manifest(11), "stale")
+        refused(r.manifest(12, t="os"), "invalid")
+        refused(r.manifest(13, z=0), "invalid")
+        refused(r.manifest(14, z=262145), "invalid")  # an app image's bound
+        refused(r.manifest(15, c=256), "invalid")
+        refused(r.manifest(16, c=3585), "invalid")
+        refused(r.manifest(17, n="x" * 33), "invalid")
+        refused(r.manifest(18, p="petrel/update/#"), "invalid")
+        refused(r.manifest(19, p="/petrel/x"), "invalid")
+        refused(r.manifest(20, h=b"short"), "malformed")
+        refused(r.manifest(21, v="7"), "malformed")
+        refused(r.manifest(22, v=0), "invalid")
+        refused(r.manifest(23, t="fw", c=3000), "invalid")  # a fw chunk must divide 4096
+        refused(r.manifest(9), "replay")  # below the last downlink version (23)
+        spare = update.ROOM_SPARE
+        update.ROOM_SPARE = 1 << 40  # more than this flash has
+        try:
+            refused(r.manifest(24), "invalid")
+            assert "no room" in update.report(n.st)["uperr"]
+        finally:
+            update.ROOM_SPARE = spare
+        assert sum(refusals(n.st)) - sum(before) == 17
+        assert update.load().downv == 24  # every refused one used its version: never again
+        n.receive(r.manifest(24, retained=True))  # its retained copy at the next connect: not counted
+        assert sum(refusals(n.st)) - sum(before) == 17
+        n.receive(r.manifest(25))  # and a good one is taken
+        assert update.load().busy and update.load().v == 7
+
+    with_node(run)
+
+
+def test_a_rolled_back_version_is_refused_as_reverted():
+    def run(n):
+        r = Release(image(), v=6)
+        n.receive(r.manifest(1))
+        while update.load().busy:
+            n.fetch(r)
+        n.boot()
+        for _ in range(appslot.TRIAL_UPLINKS):
+            appslot.uplink(False)
+        n.boot()  # rolled back to the factory app
+        assert appslot.running()[0] == 0 and appslot.refused(6)
+        n.receive(Release(image(), v=6, c=600).manifest(2))
+        assert n.st.dr_reverted == 1 and not update.load().busy
+        n.receive(Release(image(), v=7).manifest(3))
+        assert update.load().busy  # a later version is another matter
+
+    with_node(run)
+
+
+def test_a_newer_manifest_replaces_the_download_and_the_same_image_keeps_its_progress():
+    def run(n):
+        r7 = Release(image(), v=7)
+        n.receive(r7.manifest(1))
+        n.fetch(r7)
+        assert update.load().done == 4
+        n.receive(r7.manifest(2))  # the same image sealed again (another rollout): progress kept
+        assert update.load().done == 4 and n.st.dr_replay == 0
+        n.receive(Release(image(), v=6).manifest(3))  # older than the one downloading
+        assert n.st.dr_stale == 1 and update.load().v == 7
+        r8 = Release(image(dict(FILES, **{"app/new.py": b"n = 8\n"})), v=8)
+        n.receive(r7.chunk(4), r8.manifest(4))  # a chunk of the old one, then the newer manifest
+        u = update.load()
+        assert (u.v, u.done, u.p) == (8, 0, r8.p) and not exists(update.IMG)
+        n.receive(r7.chunk(5))  # the old download's chunks now belong to nothing
+        assert update.load().done == 0 and n.st.dr_malformed == 1
+        while update.load().busy:
+            n.fetch(r8)
+        assert read("slots/1/app/new.py") == b"n = 8\n" and appslot._load().v_pending == 8
+
+    with_node(run)
+
+
+def test_a_wrong_chunk_is_refused_counted_and_not_written_and_others_are_ignored():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        n.receive(r.chunk(0))
+        size = os.stat(update.IMG)[6]
+        bad = bytearray(r.msgs[1])
+        bad[100] ^= 1
+        n.receive(r.chunk(1, bytes(bad)))
+        assert n.st.dr_forged == 1 and update.load().done == 1
+        assert os.stat(update.IMG)[6] == size and read(update.IMG) == r.img[:512]
+        n.receive(r.chunk(3), r.chunk(0), r.chunk(0))  # ahead, behind, again: ignored quietly
+        n.receive((r.p.encode() + b"/01", r.msgs[1], True))  # "01" is not chunk 1's topic
+        assert update.load().done == 1 and sum(refusals(n.st)) == 1
+        n.receive(r.chunk(1, None))  # read past by the client: too big for a chunk
+        assert n.st.dr_oversized == 1 and update.load().done == 1
+        n.receive(r.chunk(1))
+        assert update.load().done == 2 and "chunk 1" in update.report(n.st)["uperr"]
+
+    with_node(run)
+
+
+def test_a_power_cut_between_a_chunk_and_the_state_writes_that_chunk_again():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        save = update.Update.save
+
+        def cut(self):
+            raise PowerCut()
+
+        for i in range(len(r.msgs)):
+            update.Update.save = cut
+            try:
+                n.receive(r.chunk(i))
+                raise AssertionError("no cut")
+            except PowerCut:
+                pass
+            finally:
+                update.Update.save = save
+            n.wake()  # after the cut: what flash holds
+            assert update.load().done == i  # the chunk is on flash, the state not
+            n.receive(r.chunk(i))  # asked again, written again at its place
+            assert update.load().done == i + 1 or not update.load().busy
+        assert read("slots/1/app/ladder.py") == FILES["app/ladder.py"] and appslot._load().pending == 1
+
+    with_node(run)
+
+
+def test_a_power_cut_in_the_finish_is_redone_from_the_image():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        stage = appslot.stage
+
+        def cut(*args):
+            raise PowerCut()
+
+        appslot.stage = cut  # all unpacked and verified, the switch not written
+        try:
+            while True:
+                try:
+                    n.fetch(r)
+                except PowerCut:
+                    break
+        finally:
+            appslot.stage = stage
+        n.wake()
+        u = update.load()
+        assert u.busy and u.done == len(r.msgs) and exists(update.IMG) and appslot._load().pending == 0
+        n.receive()  # the next wake with an uplink: nothing to fetch, the finish redone
+        assert not update.load().busy and appslot._load().pending == 1 and not exists(update.IMG)
+
+    with_node(run)
+
+
+def test_a_corrupted_unpack_is_refused_and_nothing_is_staged():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        unpack = update._unpack
+
+        def flaky(img, entries, d):  # the flash gives back one byte wrong
+            unpack(img, entries, d)
+            with open(d + "/lib/util.py", "r+b") as f:
+                f.seek(7)
+                f.write(b"!")
+
+        update._unpack = flaky
+        try:
+            n.download(r)
+        finally:
+            update._unpack = unpack
+        assert n.st.dr_forged == 1 and "slot 1" in update.report(n.st)["uperr"]
+        assert appslot._load().pending == 0 and not exists("slots/1")
+        u = update.load()
+        assert u.busy and u.done == 0 and not exists(update.IMG)  # downloaded again
+
+    with_node(run)
+
+
+def test_an_image_hash_mismatch_starts_the_download_over():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1, h=bytes(32)))  # chunks chained from f, the whole not h
+        n.download(r)
+        assert n.st.dr_forged == 1 and "image hash" in update.report(n.st)["uperr"]
+        assert update.load().done == 0 and appslot._load().pending == 0 and not exists("slots/1")
+
+    with_node(run)
+
+
+def test_images_that_break_the_rules_are_refused_and_nothing_is_written():
+    ladder = ("app/ladder.py", b"def run(): pass\n")
+    bad = {
+        "../x": [("../x", b"x"), ladder],
+        "/x": [("/x", b"x"), ladder],
+        "5 levels": [("app/a/b/c/d.py", b"x"), ladder],
+        "main.py": [ladder, ("main.py", b"x")],
+        "appslot.mpy": [ladder, ("appslot.mpy", b"x")],
+        "config.good.json": [ladder, ("config.good.json", b"{}")],
+        "data/": [ladder, ("data/down", b"x")],
+        "a space": [("app/a b.py", b"x"), ladder],
+        "a//b": [("app//b.py", b"x"), ladder],
+        "unsorted": [ladder, ("app/a.py", b"x")],
+        "twice": [ladder, ladder],
+        "no ladder": [("app/cycle.py", b"x")],
+    }
+    for name, entries in bad.items():
+        img = pack(entries)
+        with_node(lambda n, img=img, why=name: _refused_image(n, img, why))
+    for name, img in (("trailing bytes", image() + b"x"), ("truncated", image()[:-3]),
+                      ("magic", b"PTRLAPP2" + image()[8:])):
+        with_node(lambda n, img=img, why=name: _refused_image(n, img, why))
+
+
+def _refused_image(n, img, why):
+    r = Release(img, v=7)
+    n.receive(r.manifest(1))
+    while update.load().busy:
+        n.fetch(r)
+    assert n.st.dr_invalid == 1 and sum(refusals(n.st)) == 1, why
+    assert not exists("slots/1") and not exists("slots") and appslot._load().pending == 0, why
+    assert not exists(update.IMG) and not exists("../x") and not exists("main.py"), why
+    assert not exists("appslot.mpy") and read("config.good.json") != b"{}", why
+    assert read("data/down")[:1] != b"x", why
+
+
+def test_a_damaged_state_file_is_no_download_and_logged():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        raw = bytearray(read(update.PATH))
+        raw[5] ^= 0xFF
+        with open(update.PATH, "wb") as f:
+            f.write(raw)
+        u = update.load()
+        assert not u.busy and u.downv == 0 and any("damaged" in str(x) for x in n.lines)
+        n.wake()
+        assert n.wanted() == [] and n.st.upd == update.IDLE
+
+    with_node(run)
+
+
+def test_report_reads_nothing_on_an_idle_node():
+    def run(n):
+        n.st.upd = update.IDLE
+        with open(update.PATH, "wb") as f:  # would read as damaged if it were read
+            f.write(b"garbage")
+        r = update.report(n.st)
+        assert r["upd"] == "" and r["uperr"] == "" and r["fwv"] == 0 and r["fwt"] == 0
+        assert not any("damaged" in str(x) for x in n.lines)
+
+    with_node(run)
