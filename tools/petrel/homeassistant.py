@@ -34,7 +34,8 @@ it), and the store keeps the real times.
 
 The health record's fields a fleet owner watches (HEALTH: battery, Wi-Fi
 signal, readings queued, awake time, crashes, readings dropped or refused, NTP
-answers refused, the config version applied and downlink messages refused) are
+answers refused, the config version applied, downlink messages refused, the
+app version running, its trial and the updates rolled back) are
 diagnostic entities of the
 same device: homeassistant/sensor/<device>/_health_<field>/config, the value
 on petrel/<device>/state/_health/<field> (a channel name never starts with
@@ -74,6 +75,10 @@ HEALTH = {
     # the downlink (issue 16): 0 is meaningful for both (none pushed yet, none refused)
     "cfgv": ("config version applied", None, None, None),
     "dref": ("downlinks refused since power-on", None, None, None),
+    # updates (issue 17): the app version running (0: the factory app), 1 while on trial, rollbacks
+    "appv": ("app version running", None, None, None),
+    "appt": ("app on trial", None, None, None),
+    "aprb": ("app updates rolled back", None, None, None),
 }
 
 # SenML unit (RFC 8428 and RFC 8798's secondary units) -> (Home Assistant's
