@@ -72,6 +72,9 @@ def test_the_built_image_holds_the_app_minus_what_an_update_never_replaces(tmp_p
     notes = update.sidecar(tmp_path / "app.img")
     assert notes["version"] == 7 and notes["name"] == "0.7.0" and notes["sha256"] == hashlib.sha256(img).hexdigest()
     assert petrel("update", "inspect", tmp_path / "app.img") == 0
+    for cmd in ("build", "inspect", "publish", "advance", "clear"):
+        assert petrel("update", cmd, "--help") == 0
+    assert petrel("update") == 2
 
 
 BAD_PATHS = ["/app/x.mpy", "app/../main.py", "app//x.mpy", "app/./x.mpy", "a/b/c/d/e.mpy", "app/x y.mpy",
@@ -105,6 +108,37 @@ def test_paths_an_update_may_not_carry_are_refused_when_packed_and_when_read():
         update.pack(dict(("app/m%03d.mpy" % i, b"M") for i in range(200)) | {"app/ladder.mpy": b"M"})
     with pytest.raises(update.ImageError, match="ladder"):
         update.pack({"app/cycle.mpy": b"M"})
+
+
+def test_the_nodes_own_reader_unpacks_the_built_image_and_refuses_what_the_host_refuses(tmp_path, monkeypatch):
+    """app/update.py (the node's code, under CPython) on the host's bytes:
+    the built image unpacked into a folder whose tree hashes back to the
+    image, and every path the host refuses refused by the node too."""
+    from app import update as node
+
+    img, files, _ = update.build("sim")
+    monkeypatch.chdir(tmp_path)  # the node's paths are relative to its cwd (slots/1)
+    p = tmp_path / "update.img"
+    p.write_bytes(img)
+    entries = node._entries(str(p), len(img))
+    assert [e[0] for e in entries] == sorted(files)
+    node._unpack(str(p), entries, "slots/1")
+    for path, data in files.items():
+        assert (tmp_path / "slots/1" / path).read_bytes() == data
+    assert node._tree_digest("slots/1", entries) == hashlib.sha256(img).digest()
+    ok = {"app/ladder.mpy": b"M", "lib/x.mpy": b"M"}
+    for bad in BAD_PATHS:
+        raw = b"PTRLAPP1"
+        for path, d in sorted(dict(ok, **{bad: b"x"}).items()):
+            raw += struct.pack("<H", len(path.encode())) + path.encode() + struct.pack("<I", len(d)) + d
+        raw += b"\0\0"
+        p.write_bytes(raw)
+        with pytest.raises(node.downmsg.Refused):
+            node._entries(str(p), len(raw))
+    for path in [e[0] for e in entries] + ["lib/a/b/c.mpy", "app/x-y_z.mpy"]:
+        assert node._path_problem(path) is None and update.path_problem(path) is None, path
+    for bad in BAD_PATHS:
+        assert update.path_problem(bad) is not None, bad
 
 
 # ------------------------------------------------------------ the chain
