@@ -6,9 +6,12 @@ computed here, the manifest verified by pycose and opened by the node's
 lib/downmsg.py."""
 
 import hashlib
+import json
 import os
 import sqlite3
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -280,6 +283,71 @@ def test_publish_retains_the_chunks_once_and_a_sealed_manifest_per_device(broker
         w.close()
     finally:
         clear(broker.ports["plain"], plan.topics() + [downlink.topic(d, "update") for d in (a, b)])
+
+
+NODE_TAKES = r"""
+import json, os, sys
+from petrel import harness
+harness.install()
+import downmsg
+from app import update
+os.mkdir("data")
+got = json.load(open(sys.argv[1]))
+class St:  # the counters app.state keeps
+    def __init__(self):
+        self.counts = {}
+    def bump(self, k):
+        self.counts[k] = self.counts.get(k, 0) + 1
+st = St()
+k_mac = bytes.fromhex(got["k_mac"])
+_, body = downmsg.open_message("update", bytes.fromhex(got["manifest"]), k_mac, got["device"].encode())
+u = update.load()
+u.accept(st, downmsg.update_manifest(body))
+chunks = [(t, bytes.fromhex(m)) for t, m in got["chunks"]]
+t0, m0 = chunks[0]
+u.take(st, t0, m0[:-33] + bytes([m0[-33] ^ 1]) + m0[-32:])  # one bit off: refused, nothing written
+forged = dict(st.counts), os.path.exists(update.IMG)
+for t, m in chunks:
+    u.take(st, t, m)
+u.settle(st)
+print(json.dumps({"forged": forged, "done": u.done, "busy": u.busy, "err": u.err}))
+"""
+
+
+def test_the_nodes_download_takes_the_chunks_and_manifest_the_broker_kept(broker, tmp_path):
+    """What publish left on the broker, as a node's session gets it, fed to
+    the node's app/update.py (CPython, in a process and a flash folder of its
+    own): the manifest accepted, a chunk off by one bit refused, the rest
+    taken in order, the image verified, unpacked and staged in slot 1."""
+    a = new_id("un")
+    reg = registry(tmp_path / "devices.sqlite", {a: os.urandom(32)})
+    img_path, img = small_image(tmp_path, 20000)
+    plan = update.Plan("app", img, 1024, 4, "v4")
+    try:
+        assert petrel("update", "publish", img_path, "--version", 4, "--name", "v4", "--chunk", 1024,
+                      "--devices", a, *broker_args(broker, reg)) == 0
+        w = Watcher(broker.ports["plain"], downlink.topic(a, "update"))
+        manifest = w.wait(1)[0][1]
+        w.close()
+        w = Watcher(broker.ports["plain"], plan.prefix + "/+")
+        chunks = sorted(((t, m) for t, m, _, _ in w.wait(len(plan.msgs))), key=lambda x: int(x[0].rsplit("/", 1)[1]))
+        w.close()
+        flash = tmp_path / "flash"
+        flash.mkdir()
+        (tmp_path / "got.json").write_text(json.dumps({
+            "device": a, "manifest": manifest.hex(), "chunks": [(t, m.hex()) for t, m in chunks],
+            "k_mac": downlink.keys(*downlink.load_device_keys(reg)[a])[0].hex()}))
+        p = subprocess.run([sys.executable, "-c", NODE_TAKES, str(tmp_path / "got.json")], cwd=flash,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        assert out["forged"] == [{"dr_forged": 1}, False]
+        assert out["done"] == len(plan.msgs) and out["busy"] == 0 and out["err"].startswith("update: chunk 0")
+        for path, data in update.unpack(img):
+            assert (flash / "slots/1" / path).read_bytes() == data
+        assert not (flash / "data/update.img").exists()
+    finally:
+        clear(broker.ports["plain"], plan.topics() + [downlink.topic(a, "update")])
 
 
 def test_a_firmware_is_published_in_chunks_that_divide_the_erase_block(broker, tmp_path):
