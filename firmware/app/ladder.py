@@ -44,6 +44,9 @@ WAKES = {0: "none", 2: "ext0", 3: "ext1", 4: "timer", 5: "touch", 6: "ulp"}
 WDT_MARGIN_MS = 20000  # sensors, flash and the log, on top of the network budget
 LOAD_WDT_MS = 10000  # reading and checking two files of at most 8 KiB: well under 1 s on the chip
 CRASH_SLEEP_MS = 300000  # after a crash with no usable configuration
+# set while the wake's own modules (cycle, safemode) are imported: an update
+# on trial that fails there is rolled back at once (appslot), not counted
+_importing = [False]
 
 
 def run():
@@ -74,6 +77,7 @@ def run():
         return
     cfg = None
     wdt = None
+    trial_crash = None  # why this wake crashed, for an app on trial (appslot)
     try:
         wdt = machine.WDT(timeout=LOAD_WDT_MS)  # before the files: a hang in them resets the node
         if st.down_busy or cause in ("poweron", "hard", "other"):
@@ -99,13 +103,30 @@ def run():
         ms = cfg.sample_s * 1000 if cfg is not None else CRASH_SLEEP_MS
         if st.crash_streak >= sm.after_crashes:
             ms = sm.sleep_s * 1000  # crashing again and again: no hurry
+        trial_crash = "%s%s: %s" % ("import: " if _importing[0] else "", type(e).__name__, e)
     if wdt is not None:
         wdt.feed()
     st.save()
+    if trial_crash is not None:
+        _trial_crashed(trial_crash)
     if st.hold_min:
         return _hold(st.hold_min, wdt, hw, ms)
     _before_sleep(hw)
     machine.deepsleep(ms)
+
+
+def _trial_crashed(why):
+    """A crashed wake of an update on trial, counted by appslot (after
+    the RTC record is saved): an import failure rolls back and resets now,
+    REVERT_CRASHES crashed wakes roll back at the next boot. The factory
+    app (no slot, or appslot missing) goes on as before."""
+    try:
+        import appslot
+
+        if appslot.on_trial():
+            appslot.crashed(why[:80])
+    except Exception as e:  # noqa: BLE001  the ladder sleeps whatever appslot does
+        log.error("appslot", "%s: %s", type(e).__name__, e)
 
 
 def _pushed_files(st, cause):
@@ -170,16 +191,20 @@ def _wake(st, cfg, hw, cause, wake, t0):
         log.error("safe", "entered after %d crashed wakes: %d wakes of safe mode",
                   st.crash_streak, st.safe_left)
     if st.safe_left:
+        _importing[0] = True
         from app import safemode
 
+        _importing[0] = False
         st.safe_left -= 1
         if not st.safe_left:
             # one more try of the application next time; one crash brings us back
             st.crash_streak = sm.after_crashes - 1
             log.info("safe", "last safe wake: the application runs again next wake")
         return safemode.run(st, cfg, cause)
+    _importing[0] = True
     from app import cycle
 
+    _importing[0] = False
     return cycle.Wake(st, cfg, hw, cause, wake, t0).run()
 
 

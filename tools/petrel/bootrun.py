@@ -34,6 +34,7 @@ from pathlib import Path
 
 from . import boards, harness, paths
 
+VM_HEAP = "8M"  # a 2 MiB flash partition, its filesystem's caches and the firmware
 ROM_BANNER = "ets Jun  8 2016 00:22:57\n\nrst:0x%x (%s),boot:0x13 (SPI_FAST_FLASH_BOOT)\n"
 REPL_BANNER = ("MicroPython v1.29.0 on 2026-07-12; ESP32 module with ESP32 (simulated)\n"
                "Type \"help()\" for more information.\n>>> \n")
@@ -182,7 +183,11 @@ class BootRunner:
         if self.setup:
             __import__(self.setup).setup(b)
         saved_path = list(sys.path)
-        sys.path[:0] = [str(self.flash), str(self.flash / "lib")]
+        # the flash and its lib/ as the node's sys.path has them ("", /lib), and
+        # not this repo's firmware/ and lib/: a module missing from the flash
+        # (or from an update's slot, firmware/appslot.py) fails as on the node
+        repo = (str(paths.FIRMWARE), str(paths.LIB))
+        sys.path[:] = [str(self.flash), str(self.flash / "lib")] + [p for p in saved_path if p not in repo]
         out = _Tee(lambda text: self._emit(record, text))
         saved_cwd = os.getcwd()
         os.chdir(self.flash)  # the firmware's relative paths land in the flash, as on the VM
@@ -233,7 +238,10 @@ class BootRunner:
             })
             if self.setup:
                 env["PETREL_SIM_SETUP"] = self.setup
-            cmd = [paths.micropython_binary(), str(paths.SIM / "vmboot.py")]
+            # the heap holds the whole littlefs image (norflash keeps every written
+            # sector): the default 2 MB ran out once an update's slot sat beside the
+            # factory app (host_tests/host/test_appslot_boot.py)
+            cmd = [paths.micropython_binary(), "-X", "heapsize=%s" % VM_HEAP, str(paths.SIM / "vmboot.py")]
             try:
                 # no console on the UART: the break-in window passes untaken
                 proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -1,0 +1,94 @@
+"""App updates' boot side (firmware/appslot.py) through whole boots of a
+simulated node: main.py choosing a staged slot that holds a copy of the
+firmware, and an update whose app/cycle.py cannot be imported rolled back to
+the factory app, which then sleeps as usual. On the VM the flash is littlefs
+(simboot mounts it as /, as the ESP32 port does); on CPython a host folder."""
+
+import shutil
+
+import pytest
+
+import appslot
+from petrel import deploy, paths, simflash
+from petrel.simnode import SimNode
+
+INTERPRETERS = ["cpython", "vm"]
+SLOT_VERSION = "0.7.0-slot"
+
+
+def slot_copy(tmp_path, interp, n, version=SLOT_VERSION, cycle=None):
+    """The flash folder with slots/n holding the firmware's app/ and lib/, as
+    app/update.py unpacks an image: on the VM compiled (.mpy, as deploy.build
+    makes them: the VM's heap, which holds the whole littlefs image, has no
+    room for a second copy of the sources), on CPython the sources."""
+    fw = tmp_path / "fw"
+    simflash._copy_tree(paths.FIRMWARE, fw)
+    text = (fw / "app" / "version.py").read_text()
+    (fw / "app" / "version.py").write_text(text.replace('VERSION = "0.6.0"', 'VERSION = "%s"' % version))
+    assert version in (fw / "app" / "version.py").read_text()
+    if cycle is not None:
+        (fw / "app" / "cycle.py").write_text(cycle)
+    flash = tmp_path / "flash"
+    slot = flash / "slots" / str(n)
+    if interp == "vm":
+        built = tmp_path / "built"
+        deploy.build(built, "x64", firmware=fw)
+        shutil.copytree(built / "app", slot / "app")
+        shutil.copytree(built / "lib", slot / "lib")
+    else:
+        simflash._copy_tree(fw / "app", slot / "app")
+        simflash._copy_tree(paths.LIB, slot / "lib")
+    return flash
+
+
+def staged(slot, version, name):
+    """data/appslot as appslot.stage(slot, version, name) writes it."""
+    s = appslot.State()
+    s.pending, s.v_pending, s.n_pending = slot, version, name
+    return appslot._pack(s)
+
+
+def state_on(node):
+    raw = node.image.read(appslot.PATH) if node.image else (node.flash / appslot.PATH).read_bytes()
+    return appslot._parse(raw)
+
+
+def boot_lines(boot):
+    return [line for line in boot.output.splitlines() if " boot: cause=" in line]
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_a_staged_slot_runs_at_the_next_boot(tmp_path, broker, interp):
+    flash = slot_copy(tmp_path, interp, 1)  # on flash before the image is made: one VM run, not one per file
+    node = SimNode(flash, broker, interp)
+    first = node.run(1)[0]
+    assert "fw=0.6.0" in boot_lines(first)[0] and first.end == "halt" and first.sleep_ms
+    node.write_file(appslot.PATH, staged(1, 7, "0.7.0"))
+    b = node.run(1)[0]
+    assert "slot 1 v7 (0.7.0) switched in: on trial" in b.output
+    assert "fw=%s" % SLOT_VERSION in boot_lines(b)[0], b.output
+    assert b.end == "halt" and b.why.startswith("deepsleep"), b.output  # a whole wake, then sleep
+    s = state_on(node)
+    assert (s.active, s.v_active, s.prev) == (1, 7, 0)
+    b = node.run(1)[0]
+    assert "fw=%s" % SLOT_VERSION in boot_lines(b)[0]  # and the wakes after it
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_a_slot_whose_cycle_cannot_be_imported_is_rolled_back_to_the_factory(tmp_path, broker, interp):
+    flash = slot_copy(tmp_path, interp, 1, cycle="raise RuntimeError('half an update')\n")
+    node = SimNode(flash, broker, interp)
+    node.run(1)
+    node.write_file(appslot.PATH, staged(1, 7, "0.7.0"))
+    bad = node.run(1)[0]
+    assert "fw=%s" % SLOT_VERSION in boot_lines(bad)[0]
+    assert "rolled back to slot 0 v0: import: RuntimeError: half an update" in bad.output, bad.output
+    assert bad.why == "machine.reset()"  # at once: not one more wake on the broken app
+    s = state_on(node)
+    assert (s.active, s.trial, s.rollbacks, s.rb_max) == (0, 0, 1, 7)
+    assert s.err == "import: RuntimeError: half an update"
+    back = node.run(2)
+    for b in back:
+        assert "fw=0.6.0" in boot_lines(b)[0], b.output
+        assert b.end == "halt" and b.why.startswith("deepsleep"), b.output
+        assert "crash" not in b.output.lower().replace("crashes", ""), b.output
