@@ -16,7 +16,7 @@ INTERPRETERS = ["cpython", "vm"]
 SLOT_VERSION = "0.7.0-slot"
 
 
-def slot_copy(tmp_path, interp, n, version=SLOT_VERSION, cycle=None):
+def slot_copy(tmp_path, interp, n, version=SLOT_VERSION, cycle=None, without=()):
     """The flash folder with slots/n holding the firmware's app/ and lib/, as
     app/update.py unpacks an image: on the VM compiled (.mpy, as deploy.build
     makes them: the VM's heap, which holds the whole littlefs image, has no
@@ -38,6 +38,9 @@ def slot_copy(tmp_path, interp, n, version=SLOT_VERSION, cycle=None):
     else:
         simflash._copy_tree(fw / "app", slot / "app")
         simflash._copy_tree(paths.LIB, slot / "lib")
+    for rel in without:  # an image that lacks a module
+        for f in slot.glob(rel + ".*"):
+            f.unlink()
     return flash
 
 
@@ -92,3 +95,18 @@ def test_a_slot_whose_cycle_cannot_be_imported_is_rolled_back_to_the_factory(tmp
         assert "fw=0.6.0" in boot_lines(b)[0], b.output
         assert b.end == "halt" and b.why.startswith("deepsleep"), b.output
         assert "crash" not in b.output.lower().replace("crashes", ""), b.output
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_a_slot_missing_a_lib_module_fails_to_import_and_is_rolled_back(tmp_path, broker, interp):
+    # never the factory's /lib copy (nor, on CPython, this repo's lib/): the
+    # slot's app does not import, main.py rolls it back at once
+    flash = slot_copy(tmp_path, interp, 1, without=("lib/eventlog",))
+    node = SimNode(flash, broker, interp)
+    node.run(1)
+    node.write_file(appslot.PATH, staged(1, 7, "0.7.0"))
+    bad = node.run(1)[0]
+    assert "rolled back to slot 0 v0: import: " in bad.output and "eventlog" in bad.output, bad.output  # (ModuleNotFound on CPython)
+    assert bad.why == "machine.reset()"
+    b = node.run(1)[0]
+    assert "fw=0.6.0" in boot_lines(b)[0] and b.why.startswith("deepsleep"), b.output
