@@ -216,7 +216,9 @@ def broker_pair():
 def read_exactly(peer, n):
     got = b""
     while len(got) < n:
-        got += peer.recv(n - len(got))
+        more = peer.recv(n - len(got))
+        assert more, "closed after %r" % got
+        got += more
     return got
 
 

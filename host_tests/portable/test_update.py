@@ -395,11 +395,15 @@ def test_a_power_cut_between_a_chunk_and_the_state_writes_that_chunk_again():
         r = Release(image(), v=7)
         n.receive(r.manifest(1))
         save = update.Update.save
+        at = [0]
 
-        def cut(self):
+        def cut(self):  # the chunk is whole on flash before its state is written
+            i = at[0]
+            assert read(update.IMG)[i * 512:(i + 1) * 512] == r.img[i * 512:(i + 1) * 512]
             raise PowerCut()
 
         for i in range(len(r.msgs)):
+            at[0] = i
             update.Update.save = cut
             try:
                 n.receive(r.chunk(i))
@@ -440,6 +444,34 @@ def test_a_power_cut_in_the_finish_is_redone_from_the_image():
         assert u.busy and u.done == len(r.msgs) and exists(update.IMG) and appslot._load().pending == 0
         n.receive()  # the next wake with an uplink: nothing to fetch, the finish redone
         assert not update.load().busy and appslot._load().pending == 1 and not exists(update.IMG)
+
+    with_node(run)
+
+
+def test_a_power_cut_after_the_stage_only_cleans_up_at_the_trial_boot():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        done = update.Update._done
+
+        def cut(self, why):
+            raise PowerCut()
+
+        update.Update._done = cut  # staged, the image and the state not yet cleaned up
+        try:
+            n.download(r)
+            raise AssertionError("no cut")
+        except PowerCut:
+            pass
+        finally:
+            update.Update._done = done
+        assert appslot._load().pending == 1 and update.load().busy
+        n.boot()  # the switch: v7 on trial from slot 1
+        assert appslot.running()[:2] == (1, 7)
+        n.receive()
+        assert not update.load().busy and not exists(update.IMG)
+        assert appslot._load().pending == 0 and not exists("slots/2")  # not unpacked again elsewhere
+        assert appslot.running()[:2] == (1, 7) and appslot.on_trial()
 
     with_node(run)
 
@@ -507,8 +539,8 @@ def test_images_that_break_the_rules_are_refused_and_nothing_is_written():
 def _refused_image(n, img, why):
     r = Release(img, v=7)
     n.receive(r.manifest(1))
-    while update.load().busy:
-        n.fetch(r)
+    n.download(r)
+    assert not update.load().busy, why
     assert n.st.dr_invalid == 1 and sum(refusals(n.st)) == 1, why
     assert not exists("slots/1") and not exists("slots") and appslot._load().pending == 0, why
     assert not exists(update.IMG) and not exists("../x") and not exists("main.py"), why
