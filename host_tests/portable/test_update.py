@@ -20,13 +20,15 @@ import cbor
 import clock
 import cose
 import downmsg
+import esp32
+import espimage
 import eventlog
 import machine
 import rtcmem
 import simstate
 
-from app import config, mailbox, state, update
-from ptest import scratch_dir
+from app import config, fwupdate, mailbox, state, update
+from ptest import raises, scratch_dir
 
 HMAC = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 DEV = "p-a1b2c3"
@@ -122,8 +124,11 @@ def _folder():
 class Node:
     """A node's flash folder (cwd), its RTC record, appslot as at boot."""
 
-    def __init__(self, cfg=CONFIG):
-        simstate.board.power_on()
+    def __init__(self, cfg=CONFIG, table="factory"):
+        b = simstate.reset_world(power=False)
+        b.partition_table = table  # "ota": ESP32_GENERIC-OTA's two app slots (firmware updates)
+        b.power_on()
+        fwupdate._forget()
         self.dir = _folder()
         self.here = os.getcwd()
         self.path = list(sys.path)
@@ -184,8 +189,8 @@ class Node:
         os.chdir(self.here)
 
 
-def with_node(fn, cfg=CONFIG):
-    n = Node(cfg)
+def with_node(fn, cfg=CONFIG, table="factory"):
+    n = Node(cfg, table)
     try:
         fn(n)
     finally:
@@ -572,5 +577,50 @@ def test_report_reads_nothing_on_an_idle_node():
         r = update.report(n.st)
         assert r["upd"] == "" and r["uperr"] == "" and r["fwv"] == 0 and r["fwt"] == 0
         assert not any("damaged" in str(x) for x in n.lines)
+
+    with_node(run)
+
+
+def fw_image(size=9000):
+    """A valid ESP app image (what set_boot accepts), as test_fwupdate builds one."""
+    blob = bytes((i * 7) & 0xFF for i in range(size))
+    return espimage.build([(0x3F400020, espimage.app_desc("1.30.0")), (0x3FFB0000, blob),
+                           (0x40080000, b"\x36\x41\x00\x1d\xf0\x00\x00\x00")], version="1.30.0")
+
+
+def running_partition():
+    return esp32.Partition(esp32.Partition.RUNNING).info()[4]
+
+
+def test_a_firmware_download_goes_to_the_ota_partition_and_switches_with_a_reset():
+    def run(n):
+        img = fw_image()
+        r = Release(img, v=3, c=1024, t="fw", name="1.30.0")
+        n.receive(r.manifest(1))
+        assert update.load().busy and running_partition() == "ota_0"
+        for _ in range((len(r.msgs) + 3) // 4 - 1):
+            n.fetch(r)
+        assert not exists(update.IMG)  # straight into the partition, no copy on littlefs
+        buf = bytearray(4096)
+        esp32.Partition("ota_1").readblocks(0, buf)
+        assert bytes(buf) == img[:4096]
+        h = raises(simstate.Halt, n.fetch, r)  # the last chunks: verified read back, set_boot, reset
+        simstate.board.after_halt(h)
+        fwupdate._forget()
+        assert running_partition() == "ota_1" and fwupdate.on_trial()
+        n.st = state.State()
+        n.receive()  # the trial wake's mailbox: the download is over, nothing flashed again
+        assert not update.load().busy and n.st.upd == update.IDLE
+        assert refusals(n.st) == (0,) * 7
+
+    with_node(run, table="ota")
+
+
+def test_a_firmware_manifest_on_a_build_without_ota_partitions_is_invalid():
+    def run(n):
+        r = Release(fw_image(), v=3, c=1024, t="fw")
+        n.receive(r.manifest(1))
+        assert n.st.dr_invalid == 1 and not update.load().busy
+        assert "firmware" in update.report(n.st)["uperr"]
 
     with_node(run)
