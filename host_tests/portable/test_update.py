@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import sys
+import time
 
 import appslot
 import cbor
@@ -622,5 +623,134 @@ def test_a_firmware_manifest_on_a_build_without_ota_partitions_is_invalid():
         n.receive(r.manifest(1))
         assert n.st.dr_invalid == 1 and not update.load().busy
         assert "firmware" in update.report(n.st)["uperr"]
+
+    with_node(run)
+
+
+# app.cycle's part: a trial's wake tries an uplink even when none is due (inside
+# a backoff too), and tells appslot how it went; a download in progress has its
+# next chunks fetched in the session and taken after it. The session is one
+# whose link and broker are there (as test_cycle's Linked): what the wake does
+# with it is under test, the session itself in test_session.
+BOARD = {"i2c": {"0": {"scl": 22, "sda": 21}}, "sensors": {"sht4x": {"bus": 0}},
+         "battery": {"pin": 35, "divider": [2, 1]}}
+CHANNELS = [{"name": "t", "sensor": "sht4x.t", "scale": 10, "unit": "Cel"}]
+
+
+class Linked:
+    """A session that reaches the broker; fetch() finds the chunks of
+    Linked.release on it. Linked.ok False: the broker fails at close."""
+    opened = 0
+    fetched = []
+    release = None
+    ok = True
+
+    def __init__(self, cfg, rtc):
+        self.result, self.sent, self.rssi, self.wifi_ms, self.auth_refused = None, 0, -60, 100, False
+        self.inbox = []
+
+    def open(self):
+        Linked.opened += 1
+        return True
+
+    def sync_clock(self, clk, ppm=None):
+        return None
+
+    def connect(self):
+        return True
+
+    def drain(self, ob, enc, kind=None):
+        return 0
+
+    def publish(self, topic, msg):
+        return True
+
+    def await_time(self, ms):
+        return False
+
+    def fetch(self, topics):
+        Linked.fetched.append(list(topics))
+        for t in topics:
+            self.inbox.append(Linked.release.chunk(int(t.rsplit("/", 1)[1])))
+        return len(topics)
+
+    def close(self):
+        self.result = "ok" if Linked.ok else "broker:timeout: no answer"
+
+
+def wake(n, samples=0, backoff=False):
+    """One sampling wake of the node, its uplink through Linked."""
+    from simdev.sht4x import SHT4xModel
+
+    from app import cycle, hardware, session
+
+    simstate.board.i2c[0] = {0x44: SHT4xModel()}
+    simstate.board.analog[35] = 1505000
+    cfg = config.check({"device_id": DEV, "channels": CHANNELS, "uplink_every": 12, "wifi": {"ssid": "lab"},
+                        "broker": {"host": "broker.lan", "ca": "ca.der"}})
+    cfg._secrets = {"hmac_key": HMAC}
+    n.st.samples = samples
+    n.st.up_next = time.time() + 600 if backoff else 0
+    Linked.opened, Linked.fetched = 0, []
+    real = session.Session
+    session.Session = Linked
+    try:
+        cycle.Wake(n.st, cfg, hardware.Hardware(BOARD), "deepsleep", "timer", 0).run()
+    finally:
+        session.Session = real
+    n.wake()
+
+
+def test_a_trial_wake_tries_an_uplink_even_when_none_is_due_and_confirms_the_trial():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        n.download(r)
+        n.boot()
+        assert appslot.on_trial()
+        wake(n, samples=0, backoff=True)  # not due, and inside a backoff
+        assert Linked.opened == 1
+        assert not appslot.on_trial() and appslot._load().trial == 0  # confirmed, on flash
+        wake(n, samples=0)
+        assert Linked.opened == 0  # confirmed: back to the schedule
+
+    with_node(run)
+
+
+def test_a_trial_wake_whose_uplink_fails_counts_toward_the_rollback():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        n.download(r)
+        n.boot()
+        Linked.ok = False
+        try:
+            for i in range(appslot.TRIAL_UPLINKS):
+                wake(n)
+                assert Linked.opened == 1 and appslot._load().fails == i + 1
+        finally:
+            Linked.ok = True
+        n.boot()
+        assert appslot.running()[0] == 0 and appslot.refused(7)  # rolled back to the factory
+
+    with_node(run)
+
+
+def test_an_uplink_wake_fetches_the_next_chunks_and_takes_them_after_the_session():
+    def run(n):
+        r = Release(image(), v=7)
+        Linked.release = r
+        wake(n, samples=12)  # no download: nothing fetched, data/update read once (RTC memory was new)
+        assert Linked.opened == 1 and Linked.fetched == [] and n.st.upd == update.IDLE
+        wake(n, samples=12)
+        assert Linked.fetched == []
+        n.receive(r.manifest(1))
+        for i in range(0, len(r.msgs), 4):
+            assert update.load().done == i
+            wake(n, samples=12)
+            assert Linked.fetched == [[r.p + "/%d" % j for j in range(i, min(i + 4, len(r.msgs)))]]
+        assert not update.load().busy and appslot._load().pending == 1 and n.st.upd == update.IDLE
+        wake(n, samples=3)  # a wake with no uplink due: nothing of it
+        assert Linked.opened == 0 and Linked.fetched == []
 
     with_node(run)
