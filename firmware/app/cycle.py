@@ -294,8 +294,18 @@ class Wake:
         except Exception as e:  # noqa: BLE001  no update today; the session goes on
             log.error("update", "fetch: %s: %s", type(e).__name__, e)
             return
-        if topics:
-            s.fetch(topics)
+        if not topics:
+            return
+        if s.fetch(topics):
+            self.st.upd_miss = 0
+        elif s.result is None:  # connected, and the broker had none of them
+            self.st.bump("upd_miss")
+            if self.st.upd_miss >= update.FETCH_MISSES:  # chunks cleared: no radio time on them for ever
+                self.st.upd_miss = 0
+                try:
+                    update.abandon(self.st, "no chunk on the broker in %d sessions" % update.FETCH_MISSES)
+                except OSError as e:
+                    log.error("update", "not abandoned: %s", e)
 
     def _trial(self):
         """-> bit 1: the app runs on trial (appslot), bit 2: the firmware

@@ -239,7 +239,8 @@ class Session:
         chunk missed is asked again next time), then wait until all came, the
         budget (less 500 ms for close) ends, or FETCH_IDLE_MS pass with
         nothing new after the SUBACK (the broker sends retained messages right
-        after it: a chunk not there by then is not on the broker). The
+        after it: a chunk not there by then is not on the broker), or the
+        broker refuses the topics (its ACL: counted as no chunk). The
         subscriptions go with the DISCONNECT (close). The chunks land in
         self.inbox with the other downlink messages. -> how many came."""
         c = self.client
@@ -264,11 +265,14 @@ class Session:
             c.timeout_ms = min(5000, self.budget.left())
             pid = mqtt_keepalive.subscribe_many(c, topics, 0)
             self.fetched = topics
+
+            def done(inbox):  # all came, or none will
+                return got(inbox) >= len(want) or pid in c.refused_subs
+
             seen = -1
             while True:
                 left = self.budget.left() - 500
-                if left <= 0 or mqtt_keepalive.wait_msg(c, min(left, FETCH_IDLE_MS),
-                                                        lambda inbox: got(inbox) >= len(want), mqtt.MQTTError):
+                if left <= 0 or mqtt_keepalive.wait_msg(c, min(left, FETCH_IDLE_MS), done, mqtt.MQTTError):
                     break
                 n = len(getattr(c, "inbox", ()))
                 if n == seen and pid not in c.inflight:  # nothing new since the SUBACK
@@ -277,7 +281,8 @@ class Session:
         except (mqtt.MQTTError, OSError, ValueError) as e:
             self._failed(e)
         n = got(getattr(c, "inbox", ()) if self.client is not None else self.inbox)
-        log.info("update", "fetched %d of %d chunks", n, len(want))
+        log.info("update", "fetched %d of %d chunks%s", n, len(want),
+                 " (the broker refused the topics)" if self.fetched and c.refused_subs else "")
         return n
 
     def close(self, status=b"sleeping"):

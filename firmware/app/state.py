@@ -63,6 +63,7 @@ FIELDS = (
     ("treq_unanswered", "B"),  # waits for a time answer that came to nothing, since power-on
     ("upd", "B"),  # app.update's data/update as last seen: 0 not read since RTC memory was lost,
     # 1 nothing to do or report, 2 a download in progress, 3 idle with a refusal to report
+    ("upd_miss", "B"),  # sessions in a row that fetched none of an update's chunks (app.update)
 )
 FMT = "<" + "".join(code for _, code in FIELDS)
 VERSION = 8
@@ -83,7 +84,7 @@ class State:
     boots = crash_streak = crashes = safe_left = safe_entries = samples = up_fails = 0
     up_next = synced = ppm = awake_ms = alarms = auth_fails = power = batt_mv = 0
     wdt_resets = lost_rtc = cfg_crc = rssi = rejected = refused = last_stamp = 0
-    exhausted = ntp_refused = ntp_streak = down_busy = treq = treq_ms = treq_unanswered = upd = 0
+    exhausted = ntp_refused = ntp_streak = down_busy = treq = treq_ms = treq_unanswered = upd = upd_miss = 0
     dr_forged = dr_replay = dr_oversized = dr_malformed = dr_invalid = dr_stale = dr_reverted = 0
     hold_min = None  # minutes of a maintenance hold asked for in this wake (app.mailbox): not kept, not in FIELDS
 

@@ -38,6 +38,7 @@ IMG = "data/update.img"
 MAGIC = b"PTRLAPP1"
 ROOM_SPARE = 16384  # free flash left beside the image and its unpacked copy
 FETCH_BYTES = 16384  # chunk bytes one session may hold on the heap (the inbox, until mailbox time)
+FETCH_MISSES = 24  # sessions in a row that found no chunk on the broker: the download is given up
 MAX_ENTRIES = 200
 MAX_PATH = 64
 MAX_LEVELS = 4
@@ -281,6 +282,18 @@ def wanted(st, cfg):
     u = load()
     u.flag(st)
     return u.wanted(cfg)
+
+
+def abandon(st, why):
+    """The download given up (its chunks are not on the broker any more): a
+    new manifest starts it again."""
+    u = load()
+    if u.busy:
+        u.refuse(st, "stale", "%s v%d: %s" % (u.target(), u.v, why))
+        u.busy = 0
+        _remove(IMG)
+        u.save()
+    u.flag(st)
 
 
 def report(st):

@@ -329,3 +329,16 @@ def test_a_suback_refusing_one_filter_lists_the_subscribe_and_the_session_goes_o
     assert "SUBACK" in str(raises(mqtt.MQTTError, c.wait_all))
     for x in (peer, srv):
         x.close()
+
+
+def test_fetch_ends_at_once_when_the_broker_refuses_the_chunk_topics():
+    s, peer, srv = fetch_session()
+    topics = chunk_topics(2)
+    peer.send(b"\x90\x04\x00\x01\x80\x80")  # its ACL does not let the node have them
+    t0 = time.ticks_ms()
+    assert s.fetch(topics) == 0
+    assert time.ticks_diff(time.ticks_ms(), t0) < session.FETCH_IDLE_MS
+    assert s.result is None and s.client.refused_subs == [1]
+    s.client.close()
+    for x in (peer, srv):
+        x.close()

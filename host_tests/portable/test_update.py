@@ -670,6 +670,8 @@ class Linked:
 
     def fetch(self, topics):
         Linked.fetched.append(list(topics))
+        if Linked.release is None:  # the chunks are not on the broker
+            return 0
         for t in topics:
             self.inbox.append(Linked.release.chunk(int(t.rsplit("/", 1)[1])))
         return len(topics)
@@ -752,5 +754,30 @@ def test_an_uplink_wake_fetches_the_next_chunks_and_takes_them_after_the_session
         assert not update.load().busy and appslot._load().pending == 1 and n.st.upd == update.IDLE
         wake(n, samples=3)  # a wake with no uplink due: nothing of it
         assert Linked.opened == 0 and Linked.fetched == []
+
+    with_node(run)
+
+
+def test_a_download_whose_chunks_are_gone_from_the_broker_is_given_up():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        Linked.release = None
+        for _ in range(update.FETCH_MISSES - 1):
+            wake(n, samples=12)
+            assert Linked.fetched and update.load().busy
+        Linked.release = r
+        wake(n, samples=12)  # one that finds them: the count starts again
+        assert n.st.upd_miss == 0 and update.load().done == 4
+        Linked.release = None
+        for _ in range(update.FETCH_MISSES):
+            assert update.load().busy
+            wake(n, samples=12)
+        assert not update.load().busy and n.st.dr_stale == 1 and not exists(update.IMG)
+        assert "no chunk on the broker" in update.report(n.st)["uperr"]
+        wake(n, samples=12)
+        assert Linked.fetched == []  # no radio time on it any more
+        n.receive(Release(image(), v=7).manifest(2))  # sent again: a new start
+        assert update.load().busy and update.load().done == 0
 
     with_node(run)
