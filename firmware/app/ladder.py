@@ -25,6 +25,7 @@ timeout: on the ESP32 port a second WDT() reconfigures the one task watchdog
 and the simulated board's WDT does the same (a new timeout, fed).
 """
 
+import sys
 import time
 
 import machine
@@ -109,6 +110,16 @@ def run():
     st.save()
     if trial_crash is not None:
         _trial_crashed(trial_crash)
+    # a firmware update's one-wake trial not confirmed: reset into the
+    # bootloader's rollback, never sleep on it (app/fwupdate.py: the port's
+    # deep-sleep wakes skip the bootloader's choice). Loaded only on a wake
+    # that looked at a firmware trial.
+    fw = sys.modules.get("app.fwupdate")
+    if fw is not None:
+        try:
+            fw.before_sleep()
+        except Exception as e:  # noqa: BLE001  the sleep below is never skipped for a bug in it
+            log.error("update", "fwupdate: %s: %s", type(e).__name__, e)
     if st.hold_min:
         return _hold(st.hold_min, wdt, hw, ms)
     _before_sleep(hw)
