@@ -167,6 +167,17 @@ def test_deploy_builds_lib_without_the_host_only_modules(tmp_path):
     assert remove == ["lib/cbordec.py", "lib/senml.mpy"]
 
 
+def test_deploy_ends_an_over_the_air_update_so_the_deployed_app_runs():
+    # a node running an update from a slot (firmware/appslot.py) would keep
+    # running it after a USB deploy: the slot choice and the slots go, the
+    # node's data (its readings, the update download's versions) stays
+    remote = {"data/appslot": "x", "slots/1/app/cycle.mpy": "x", "slots/2/lib/mqtt.mpy": "x",
+              "data/update": "x", "data/outbox/00000001": "x", "app/cycle.mpy": "x"}
+    folders, copy, remove = deploy.plan({"app/cycle.mpy": __file__}, remote)
+    assert remove == ["data/appslot", "slots/1/app/cycle.mpy", "slots/2/lib/mqtt.mpy"]
+    assert "over-the-air" in deploy.why_removed("data/appslot")
+
+
 def test_a_sleeping_node_is_reached_again_through_its_break_in_window(vboard):
     deploy.deploy(vboard.path, "sim", reset=True, say=lambda s: None)
     out = read_serial(vboard.path, 20, until=b"rst:0x5")  # it runs its wake and deep-sleeps

@@ -209,6 +209,14 @@ class Board:
         return files, impl
 
 
+def why_removed(rel):
+    if host_only(rel):
+        return "host-only"
+    if rel == "data/appslot" or rel.startswith("slots/"):
+        return "an over-the-air update's: the app deployed now runs"
+    return "stale source beside its .mpy"
+
+
 def plan(local, remote):
     """-> (folders to make, files to copy, files to remove)."""
     copy = []
@@ -222,6 +230,11 @@ def plan(local, remote):
             remove.append(rel)  # a .py beside its .mpy wins at import: it must go
         elif host_only(rel) and rel not in local:
             remove.append(rel)  # an older deploy's copy: flash the node never reads
+        elif rel == "data/appslot" or rel.startswith("slots/"):
+            # an update the node took over the air (firmware/appslot.py) would
+            # keep running instead of what is deployed now: the app deployed
+            # over USB is the one that runs, and its slots' flash is freed
+            remove.append(rel)
     have = set()
     for rel in remote:
         parts = rel.split("/")[:-1]
@@ -267,7 +280,7 @@ def deploy(port, board="esp32-devkitc", config=None, dry_run=False, reset=False,
         for rel in copy:
             say("copy   :%s" % rel)
         for rel in remove:
-            say("remove :%s (%s)" % (rel, "host-only" if host_only(rel) else "stale source beside its .mpy"))
+            say("remove :%s (%s)" % (rel, why_removed(rel)))
         if not (folders or copy or remove):
             say("up to date: %d files" % len(local))
         if dry_run or not (folders or copy or remove or reset):
