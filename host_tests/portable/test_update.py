@@ -28,7 +28,7 @@ import machine
 import rtcmem
 import simstate
 
-from app import config, fwupdate, mailbox, state, update
+from app import config, fwupdate, mailbox, state, update, updating
 from ptest import raises, scratch_dir
 
 HMAC = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
@@ -315,13 +315,13 @@ def test_manifests_refused_by_reason_start_nothing():
         refused(r.manifest(22, v=0), "invalid")
         refused(r.manifest(23, t="fw", c=3000), "invalid")  # a fw chunk must divide 4096
         refused(r.manifest(9), "replay")  # below the last downlink version (23)
-        spare = update.ROOM_SPARE
-        update.ROOM_SPARE = 1 << 40  # more than this flash has
+        spare = updating.ROOM_SPARE
+        updating.ROOM_SPARE = 1 << 40  # more than this flash has
         try:
             refused(r.manifest(24), "invalid")
             assert "no room" in update.report(n.st)["uperr"]
         finally:
-            update.ROOM_SPARE = spare
+            updating.ROOM_SPARE = spare
         assert sum(refusals(n.st)) - sum(before) == 17
         assert update.load().downv == 24  # every refused one used its version: never again
         n.receive(r.manifest(24, retained=True))  # its retained copy at the next connect: not counted
@@ -458,19 +458,19 @@ def test_a_power_cut_after_the_stage_only_cleans_up_at_the_trial_boot():
     def run(n):
         r = Release(image(), v=7)
         n.receive(r.manifest(1))
-        done = update.Update._done
+        done = updating._done
 
-        def cut(self, why):
+        def cut(u, why):
             raise PowerCut()
 
-        update.Update._done = cut  # staged, the image and the state not yet cleaned up
+        updating._done = cut  # staged, the image and the state not yet cleaned up
         try:
             n.download(r)
             raise AssertionError("no cut")
         except PowerCut:
             pass
         finally:
-            update.Update._done = done
+            updating._done = done
         assert appslot._load().pending == 1 and update.load().busy
         n.boot()  # the switch: v7 on trial from slot 1
         assert appslot.running()[:2] == (1, 7)
@@ -486,7 +486,7 @@ def test_a_corrupted_unpack_is_refused_and_nothing_is_staged():
     def run(n):
         r = Release(image(), v=7)
         n.receive(r.manifest(1))
-        unpack = update._unpack
+        unpack = updating._unpack
 
         def flaky(img, entries, d):  # the flash gives back one byte wrong
             unpack(img, entries, d)
@@ -494,11 +494,11 @@ def test_a_corrupted_unpack_is_refused_and_nothing_is_staged():
                 f.seek(7)
                 f.write(b"!")
 
-        update._unpack = flaky
+        updating._unpack = flaky
         try:
             n.download(r)
         finally:
-            update._unpack = unpack
+            updating._unpack = unpack
         assert n.st.dr_forged == 1 and "slot 1" in update.report(n.st)["uperr"]
         assert appslot._load().pending == 0 and not exists("slots/1")
         u = update.load()
@@ -575,8 +575,19 @@ def test_report_reads_nothing_on_an_idle_node():
         n.st.upd = update.IDLE
         with open(update.PATH, "wb") as f:  # would read as damaged if it were read
             f.write(b"garbage")
-        r = update.report(n.st)
-        assert r["upd"] == "" and r["uperr"] == "" and r["fwv"] == 0 and r["fwt"] == 0
+        import app
+
+        held = {name: sys.modules.pop("app." + name) for name in ("updating", "fwupdate")}
+        for name in held:  # as if never imported: an import would load them again
+            delattr(app, name)
+        try:  # neither the download's work nor the firmware's module is loaded for it
+            r = update.report(n.st)
+            assert "app.updating" not in sys.modules and "app.fwupdate" not in sys.modules
+        finally:
+            for name, m in held.items():
+                sys.modules["app." + name] = m
+                setattr(app, name, m)
+        assert r == {"upd": "", "uperr": "", "fwv": 0, "fwt": 0}
         assert not any("damaged" in str(x) for x in n.lines)
 
     with_node(run)
