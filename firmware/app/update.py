@@ -35,7 +35,6 @@ import eventlog as log
 PATH = "data/update"
 IMG = "data/update.img"
 FW_PATH = "data/fw"  # app.fwupdate's state: absent until a firmware update was switched to
-MAGIC = b"PTRLAPP1"
 FETCH_BYTES = 16384  # chunk bytes one session may hold on the heap (the inbox, until mailbox time)
 FETCH_MISSES = 24  # sessions in a row that found no chunk on the broker: the download is given up
 ERR_MAX = 80
@@ -47,6 +46,9 @@ IDLE, BUSY, IDLE_ERR = 1, 2, 3  # st.upd: 0 not read since RTC memory was lost
 
 
 class Update:
+    IMG = IMG  # for app.updating, which does not import this module back
+    TARGETS = TARGETS
+
     def __init__(self):
         self.downv = 0  # the last update manifest's downlink version (mailbox: replays)
         self.busy = 0

@@ -13,8 +13,9 @@ import struct
 import downmsg
 import eventlog as log
 
-from app.update import IMG, MAGIC, TARGETS, _remove, _size
-
+# nothing of app.update is imported back: what is shared comes with the
+# Update handed in (u.IMG, u.TARGETS)
+MAGIC = b"PTRLAPP1"
 ROOM_SPARE = 16384  # free flash left beside the image and its unpacked copy
 MAX_ENTRIES = 200
 MAX_PATH = 64
@@ -29,7 +30,7 @@ def accept(u, st, m):
     """A Manifest (downmsg.update_manifest) whose downlink version the
     caller found new: the download it describes starts, or Refused. The
     same image as the download in progress keeps its progress."""
-    t = TARGETS.index(m.t)
+    t = u.TARGETS.index(m.t)
     if u.busy and (u.t, u.v, u.h, u.c, u.p) == (t, m.v, m.h, m.c, m.p):
         return False
     running, refused = _target_version(m.t)
@@ -40,12 +41,12 @@ def accept(u, st, m):
     if u.busy and m.v < u.v:
         raise downmsg.Refused("stale", "%s v%d, v%d downloading" % (m.t, m.v, u.v))
     if m.t == "app":
-        free = _free_bytes() + _size(IMG)  # the old download's image goes
+        free = _free_bytes() + _size(u.IMG)  # the old download's image goes
         if free < 2 * m.z + ROOM_SPARE:
             raise downmsg.Refused("invalid", "no room: %d bytes free for %d" % (free, m.z))
     else:
         _fw_sink(m.z, m.c)  # the build has an OTA partition that takes it (Refused if not)
-    _remove(IMG)
+    _remove(u.IMG)
     u.busy, u.t, u.v, u.n, u.z, u.c = 1, t, m.v, m.n, m.z, m.c
     u.h, u.f, u.expect, u.p, u.done = m.h, m.f, m.f, m.p, 0
     log.info("update", "%s v%d (%s) accepted: %d bytes in %d chunks", m.t, m.v, m.n, m.z, u.chunks())
@@ -89,10 +90,10 @@ def take(u, st, topic, msg):
 
 def _write_img(u, i, data):
     if i == 0:
-        f = open(IMG, "wb")
+        f = open(u.IMG, "wb")
     else:
         try:
-            f = open(IMG, "r+b")
+            f = open(u.IMG, "r+b")
         except OSError:
             f = None
     try:
@@ -103,7 +104,7 @@ def _write_img(u, i, data):
     finally:
         if f is not None:
             f.close()
-    log.warn("update", "%s lost: download starts over", IMG)
+    log.warn("update", "%s lost: download starts over", u.IMG)
     u.restart()
     u.save()
     return False
@@ -121,17 +122,17 @@ def settle(u, st):
         return
     if u.t == 1:
         return _finish_fw(u, st)
-    if _digest(IMG, u.z) != u.h:
+    if _digest(u.IMG, u.z) != u.h:
         u.refuse(st, "forged", "image hash")
         u.restart()
         u.save()
         return
     try:
-        entries = _entries(IMG, u.z)
+        entries = _entries(u.IMG, u.z)
     except downmsg.Refused as e:
         u.refuse(st, e.args[0], e.args[1])
         u.busy = 0
-        _remove(IMG)
+        _remove(u.IMG)
         u.save()
         return
     import appslot
@@ -139,7 +140,7 @@ def settle(u, st):
     slot = appslot.free_slot()
     d = appslot.slot_dir(slot)
     _rmtree(d)
-    _unpack(IMG, entries, d)
+    _unpack(u.IMG, entries, d)
     if _tree_digest(d, entries) != u.h:  # what littlefs gave back is not what was written
         u.refuse(st, "forged", "unpacked slot %d differs" % slot)
         _rmtree(d)
@@ -169,7 +170,7 @@ def _done(u, why):
     if why:
         log.info("update", "%s", why)
     u.busy = 0
-    _remove(IMG)
+    _remove(u.IMG)
     u.save()
 
 
@@ -366,3 +367,17 @@ def _rmtree(d):
         else:
             os.remove(p)
     os.rmdir(d)
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return 0
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
