@@ -137,6 +137,9 @@ def settle(u, st):
         return
     import appslot
 
+    if appslot.on_trial():  # the free slot is the trial's way back: staged once the trial ends
+        log.info("update", "app v%d waits for the app on trial to be confirmed or rolled back", u.v)
+        return
     slot = appslot.free_slot()
     d = appslot.slot_dir(slot)
     _rmtree(d)

@@ -256,6 +256,37 @@ def test_a_download_over_several_wakes_is_unpacked_verified_and_staged():
     with_node(run)
 
 
+def test_a_download_done_during_a_trial_waits_for_it_to_end_before_taking_its_way_back():
+    def release(v):
+        files = dict(FILES)
+        files["app/version.py"] = b"VERSION = '0.%d.0'\n" % v
+        return Release(image(files), v=v, name="0.%d.0" % v)
+
+    def run(n):
+        running_v5(n)  # slot 1, confirmed
+        r6 = release(6)
+        n.receive(r6.manifest(2))
+        n.download(r6)
+        n.boot()  # v6 on trial in slot 2; its way back is v5 in slot 1
+        s = appslot._load()
+        assert (s.active, s.prev, s.trial) == (2, 1, 1)
+        r8 = release(8)
+        n.receive(r8.manifest(3))
+        n.download(r8)
+        # every chunk in, nothing staged: slot 1 still holds the way back, whole
+        assert update.load().busy and exists(update.IMG)
+        s = appslot._load()
+        assert (s.active, s.prev, s.pending) == (2, 1, 0)
+        assert read("slots/1/app/version.py") == FILES["app/version.py"]
+        appslot.uplink(True)  # v6 confirmed
+        n.fetch(r8)  # the next uplink wake's mailbox finishes it
+        s = appslot._load()
+        assert (s.pending, s.v_pending) == (1, 8) and not update.load().busy
+        assert read("slots/1/app/version.py") == b"VERSION = '0.8.0'\n"
+
+    with_node(run)
+
+
 def test_wanted_gives_the_next_k_chunk_topics_within_the_heap_bound():
     def run(n):
         r = Release(image(), v=7, c=512)
