@@ -14,10 +14,13 @@ with pipelined publishes, and a deadline on every wait.
   (SNI and the name checked). TLS-PSK is the low-energy mode: a per-device
   identity and key, and only PSK cipher suites offered. Plain TCP exists only
   with insecure=True, and says so on the log at every connect.
-- Every packet goes out in one write (no header/body split for Nagle to stall),
-  QoS 1 publishes are pipelined up to `window` in flight. TCP_NODELAY on the
-  socket where the port has it (the ESP32's does): no delayed-ACK wait inside
-  the TLS handshake either.
+- TCP_NODELAY on the socket (by number: the ESP32's lwIP and Linux agree on
+  6 and 1): no delayed-ACK wait inside the TLS handshake, and a PUBLISH goes
+  out as its header, then the message as it is, never copied into one packet
+  (a 60-reading batch: 787 B less at the peak). Where the socket refuses the
+  option, or with nodelay = False, Nagle is on and every packet goes out in
+  one write instead (a second would wait out the broker's delayed ACK). QoS 1
+  publishes are pipelined up to `window` in flight.
 - subscribe() is pipelined too (wait_all() waits for its SUBACK); messages
   published to us land in `inbox` (mqtt_keepalive: its bound and refusals).
 - Every read has a deadline (timeout_ms); keepalive pings; a broker that stops
@@ -30,13 +33,19 @@ heap the TLS context (3 KB in one piece), the TLS socket (520 bytes) and the
 packets then cannot have (bench/uplink.py finds the smallest heap that
 completes a batch; what fails there is one of those large pieces, the heap
 being fragmented, not a lack of bytes; README, "Memory budget"). Hence packet
-types as literals, few methods, attributes and names (each new name is a qstr
-for good, and a qstr pool that overflows doubles), short messages; the code a
-session needs once before its handshake (TLS context set-up, the CONNECT
-packet, the insecure warning) in mqtt_setup, which connect() lets go before the
-handshake; check() (keepalive) and messages published to us in mqtt_keepalive,
-loaded only when needed. Neither imports this module back: what they need of
-it is handed to them (_head, _str, MQTTError).
+types as literals, few methods and names, short messages, no constant tuples
+or bytes (each is an object of 64 B on the 64-bit VM; a message string too).
+Each new name is a qstr for good, and the qstr pool that overflows is followed
+by one twice its size (in the bench's run: the 61st name costs 1.1 KB), so
+parameters and attributes reuse names the firmware has anyway (end, head).
+Few attributes: what only connect() reads is one tuple (broker), since the
+instance's table grows in steps (12 slots for the 11 here, 17 for 13..17).
+The code a session needs once before its handshake (TLS context set-up, the
+CONNECT packet) is in mqtt_setup, which connect() lets go before the handshake;
+the warning of a plain-TCP connect in mqtt_insecure; check() (keepalive) and
+messages published to us in mqtt_keepalive, loaded only when needed. None
+imports this module back: what they need of it is handed to them (_head, _str,
+MQTTError).
 gc.collect() before the client's long-lived objects and the TLS context are
 made puts them in the holes left by garbage, so the large free runs stay whole.
 """
@@ -89,15 +98,12 @@ def _head(code, n):
 
 class MQTTClient:
     max_packet = 4096  # the largest packet taken from the broker
+    nodelay = True  # TCP_NODELAY (False: Nagle, each packet in one write); set per client too
 
     def __init__(self, client_id, host, port, ssl_context=None, server_hostname=None,
                  insecure=False, keepalive=60, clean=True, will=None, user=None, password=None,
                  timeout_ms=5000, window=8, max_packet=4096):
-        if ssl_context is None and not insecure:
-            raise ValueError("MQTT needs a TLS context (or insecure=True)")
         gc.collect()  # our long-lived objects into the holes, not past them
-        self.addr = (host, port, server_hostname or host)
-        self.context = ssl_context
         self.keepalive = keepalive
         self.timeout_ms = timeout_ms
         self.window = window
@@ -105,9 +111,13 @@ class MQTTClient:
             self.max_packet = max_packet
         import mqtt_setup  # let go again by connect(), before the handshake
 
-        self.conn_pkt = mqtt_setup.connect_packet(_head, _str, client_id, keepalive, clean, will, user, password)
+        # what connect() needs, one attribute (each is a slot of the instance's
+        # table): host, port, the name TLS checks, the TLS context, CONNECT
+        self.broker = (host, port, server_hostname or host, ssl_context,
+                       mqtt_setup.connect(_head, _str, ssl_context, insecure, client_id, keepalive, clean, will,
+                                          user, password))
         self.raw = self.sock = self.ping_sent = None
-        self.pid = self.last_send = self.connect_ms = 0
+        self.pid = self.last_send = 0
         self.inflight = {}  # packet id -> ticks_ms sent
         self.acked = []  # packet ids confirmed by PUBACK, in arrival order
         # self.inbox: [(topic, message, retained)] published to us, made by the first one
@@ -115,34 +125,36 @@ class MQTTClient:
     def connect(self):
         """Open the connection, do the TLS handshake, CONNECT; returns whether
         the broker had a session for us. MQTTError on any failure."""
-        t0 = time.ticks_ms()
         self.inflight = {}  # a new connection: nothing of the old one is in flight
         self.acked = []
         self.ping_sent = None
-        if self.context is None:  # only with insecure=True: say so at every connect
-            import mqtt_setup
+        host, port, name, context, packet = self.broker
+        if context is None:  # only with insecure=True: say so at every connect
+            import mqtt_insecure
 
-            mqtt_setup.insecure(self.addr)
+            mqtt_insecure.warn(host, port)
         # the setup code (mqtt_setup) is done with: garbage before the handshake
         sys.modules.pop("mqtt_setup", None)
         gc.collect()  # as in __init__: keep big free runs for TLS and the packets
         stage = "tcp: %s"
         try:
-            addr = socket.getaddrinfo(self.addr[0], self.addr[1])[0][-1]
+            addr = socket.getaddrinfo(host, port)[0][-1]
             self.raw = self.sock = socket.socket()
-            if hasattr(socket, "TCP_NODELAY"):  # the ESP32's lwip has it, before the TLS wrap:
-                # mbedTLS sends a handshake flight in several writes, and with Nagle
-                # the last one waits out the broker's delayed ACK (~40 ms on Linux)
-                self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.nodelay:  # before the TLS wrap: mbedTLS writes a handshake flight in
+                # pieces, and with Nagle the last waits out the broker's delayed ACK
+                try:  # IPPROTO_TCP 6, TCP_NODELAY 1: lwIP's (ESP32), Linux's, BSD's numbers
+                    self.raw.setsockopt(6, 1, 1)
+                except OSError:  # a socket without the option: Nagle, so one write a packet
+                    self.nodelay = False
             self.raw.settimeout(self.timeout_ms / 1000)
             self.raw.connect(addr)
-            if self.context is not None:
+            if context is not None:
                 stage = "tls: %s"  # the broker not accepted (CA, name, date), or it refused us
-                self.sock = self.context.wrap_socket(self.raw, server_hostname=self.addr[2])
+                self.sock = context.wrap_socket(self.raw, server_hostname=name)
         except (OSError, ValueError) as e:
             self.close()
             raise MQTTError(stage % str(e).strip())
-        self._send(self.conn_pkt)
+        self._send(packet)
         # the broker's first packet is CONNACK, 4 bytes: 0x20, 2, flags, code
         ack = self._recv(4, time.ticks_add(time.ticks_ms(), self.timeout_ms))
         if ack[0] != 0x20 or ack[1] != 2:
@@ -151,7 +163,6 @@ class MQTTClient:
         if ack[3]:  # 1 protocol version, 2 client id, 3 unavailable, 4 user/password, 5 not authorized
             self.close()
             raise MQTTError("refused: code %d" % ack[3])
-        self.connect_ms = time.ticks_diff(time.ticks_ms(), t0)
         return bool(ack[2] & 1)
 
     def close(self):
@@ -165,7 +176,7 @@ class MQTTClient:
     def disconnect(self):
         """A clean goodbye: the broker does not publish the will."""
         try:
-            self._send(b"\xe0\0")
+            self._send(bytes((0xE0, 0)))
         except MQTTError:
             pass
         self.close()
@@ -174,7 +185,7 @@ class MQTTClient:
     def publish(self, topic, msg, qos=0, retain=False):
         """Send one message; QoS 1 returns its packet id at once while fewer than
         `window` are unconfirmed, else first waits (deadline) for a PUBACK."""
-        if qos not in (0, 1):
+        if qos < 0 or qos > 1:
             raise ValueError("QoS must be 0 or 1")
         deadline = time.ticks_add(time.ticks_ms(), self.timeout_ms)
         while qos and len(self.inflight) >= self.window:
@@ -185,9 +196,15 @@ class MQTTClient:
             while pid == self.pid or pid in self.inflight:  # the next id not in flight
                 pid = pid % 65535 + 1
             self.pid = pid
-        pre = _str(topic) + (bytes((pid >> 8, pid & 255)) if qos else b"")
-        # one buffer for the whole packet: one copy of the message, one write
-        self._send(_head(0x30 | qos << 1 | (1 if retain else 0), len(pre) + len(msg)) + pre + msg)
+        pre = _str(topic)
+        if qos:
+            pre += bytes((pid >> 8, pid & 255))
+        pre = _head(0x30 | qos << 1 | (1 if retain else 0), len(pre) + len(msg)) + pre
+        if self.nodelay:  # the message written as it is, no copy: nothing waits for an ACK
+            self._send(pre)
+            self._send(msg)
+        else:  # with Nagle a second write would wait out a delayed ACK: one write
+            self._send(pre + msg)
         if qos:
             self.inflight[pid] = time.ticks_ms()
         return pid
@@ -226,11 +243,11 @@ class MQTTClient:
             raise MQTTError("link: %s" % e)
         self.last_send = time.ticks_ms()
 
-    def _recv(self, n, deadline):
-        out = b""
+    def _recv(self, n, end):
+        out = bytes()
         while len(out) < n:
             try:
-                left = time.ticks_diff(deadline, time.ticks_ms())
+                left = time.ticks_diff(end, time.ticks_ms())
                 if left <= 0:
                     raise OSError(errno.ETIMEDOUT)
                 self.raw.settimeout(left / 1000)
@@ -246,20 +263,20 @@ class MQTTClient:
             out += chunk
         return out
 
-    def _process(self, deadline, first=None):
+    def _process(self, end, head=None):
         """Read and handle one packet (PUBACK, PINGRESP, a PUBLISH to us),
-        waiting until deadline; MQTTError past it. first: its first byte,
-        when the caller read it (mqtt_keepalive.wait_msg)."""
-        if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+        waiting until the tick `end`; MQTTError past it. head: the packet's
+        first byte, when the caller read it (mqtt_keepalive.wait_msg)."""
+        if time.ticks_diff(end, time.ticks_ms()) <= 0:
             self.close()
             raise MQTTError("timeout: no answer")
         if self.sock is None:
             raise MQTTError("not connected")
-        if first is None:
-            first = self._recv(1, deadline)[0]
+        if head is None:
+            head = self._recv(1, end)[0]
         n = 0
-        for shift in (0, 7, 14, 21):  # the remaining length: 4 bytes at most
-            b = self._recv(1, deadline)[0]
+        for shift in range(0, 28, 7):  # the remaining length: 4 bytes at most
+            b = self._recv(1, end)[0]
             n |= (b & 0x7F) << shift
             if b < 0x80:
                 break
@@ -267,14 +284,14 @@ class MQTTClient:
             self.close()
             raise MQTTError("malformed remaining length")
         if n > self.max_packet:
-            if first & 0xF0 == 0x30:  # a PUBLISH too big for us: read past, acked, noted (rare)
+            if head & 0xF0 == 0x30:  # a PUBLISH too big for us: read past, acked, noted (rare)
                 import mqtt_keepalive
 
-                return mqtt_keepalive.skip(self, first, n, deadline, MQTTError)
+                return mqtt_keepalive.skip(self, head, n, end, MQTTError)
             self.close()
             raise MQTTError("%d bytes exceeds max_packet" % n)
-        body = self._recv(n, deadline)
-        kind = first & 0xF0
+        body = self._recv(n, end)
+        kind = head & 0xF0
         if kind == 0x40 and len(body) == 2:  # PUBACK
             pid = body[0] << 8 | body[1]
             if self.inflight.pop(pid, None) is None:
@@ -286,7 +303,7 @@ class MQTTClient:
         elif kind == 0x30 or kind == 0x90:  # a PUBLISH to us, a SUBACK: rare, loaded then
             import mqtt_keepalive
 
-            mqtt_keepalive.incoming(self, first, body, MQTTError)
+            mqtt_keepalive.incoming(self, head, body, MQTTError)
         else:
             self.close()
-            raise MQTTError("unexpected packet 0x%02x" % first)
+            raise MQTTError("unexpected packet 0x%02x" % head)

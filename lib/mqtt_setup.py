@@ -1,5 +1,5 @@
 """What an MQTTClient needs once, before its TLS handshake: the TLS context
-set-up, the CONNECT packet and the warning of a plain-TCP connect. Loaded by
+set-up and the CONNECT packet (and the check that there is TLS). Loaded by
 mqtt.tls_context() and MQTTClient(), and let go by connect() before the
 handshake, so that this code is no heap the handshake and the batch could use
 (bench/uplink.py measures that heap). It imports nothing of mqtt's: what it
@@ -33,9 +33,12 @@ def context(tls, context, ca, cert, key, psk_identity, psk_key):
     return context
 
 
-def connect_packet(_head, _str, client_id, keepalive, clean, will, user, password):
-    """CONNECT, the same at every connect of a client. _head, _str: mqtt's,
-    handed in (their names are qstrs already: they cost nothing here)."""
+def connect(_head, _str, ssl_context, insecure, client_id, keepalive, clean, will, user, password):
+    """The CONNECT packet, the same at every connect of a client; ValueError
+    without TLS unless insecure. _head, _str: mqtt's, handed in. Named and
+    with parameters named as in MQTTClient(): names that are qstrs already."""
+    if ssl_context is None and not insecure:
+        raise ValueError("MQTT needs a TLS context (or insecure=True)")
     flags = 2 if clean else 0
     p = _str(client_id)
     if will:  # (topic, message, retain), sent QoS 1
@@ -50,9 +53,3 @@ def connect_packet(_head, _str, client_id, keepalive, clean, will, user, passwor
     p = b"\0\4MQTT\4" + bytes((flags,)) + bytes((keepalive >> 8, keepalive & 255)) + p
     return _head(0x10, len(p)) + p
 
-
-def insecure(addr):
-    """Said at every connect with insecure=True: plain TCP, nothing verified."""
-    import eventlog
-
-    eventlog.warn("mqtt", "INSECURE plain TCP to %s:%d", addr[0], addr[1])

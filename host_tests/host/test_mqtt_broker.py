@@ -25,12 +25,13 @@ kind, port, host = args[0], int(args[1]), args[2]
 c = mqtt.MQTTClient("vm-" + kind, "127.0.0.1", port, ssl_context=ctx(kind), server_hostname=host,
                     insecure=(kind == "plain"), timeout_ms=3000,
                     will=("petrel/vm/status", b"lost", True))
+t0 = time.ticks_ms()
 try:
     c.connect()
 except mqtt.MQTTError as e:
     print("REFUSED", e)
     sys.exit(0)
-print("CONNECTED", c.connect_ms)
+print("CONNECTED", time.ticks_diff(time.ticks_ms(), t0))
 c.publish("petrel/vm/status", b"online", qos=1, retain=True)
 for i in range(60):
     c.publish("petrel/vm/up", b"reading %d" % i, qos=1)

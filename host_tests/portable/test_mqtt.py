@@ -27,6 +27,81 @@ def test_publish_without_a_connection_is_an_mqtt_error():
     raises(mqtt.MQTTError, c.publish, "t", b"x", 1)
 
 
+class Writes:
+    """A connected socket that keeps what is written to it, write by write."""
+
+    def __init__(self):
+        self.writes = []
+
+    def sendall(self, b):
+        self.writes.append(b)
+
+
+def test_a_publish_is_its_header_then_the_message_uncopied_or_with_nagle_one_write():
+    msg = bytearray(bytes(range(200)) * 4)  # 800 B: a remaining length of two bytes
+    # PUBLISH QoS 1 retained, remaining length 2 + 12 + 2 + 800 = 816, topic, id 1
+    head = b"\x33\xb0\x06\x00\x0cpetrel/n1/up\x00\x01"
+    c = mqtt.MQTTClient("node", "127.0.0.1", 1883, insecure=True)
+    c.sock = Writes()
+    assert c.publish("petrel/n1/up", msg, qos=1, retain=True) == 1
+    assert c.sock.writes[0] == head
+    assert c.sock.writes[1] is msg  # written as it is: no second 800 B at the heap's peak
+    assert len(c.sock.writes) == 2
+    c.nodelay = False  # Nagle on: a second write would wait out the broker's delayed ACK
+    c.sock = Writes()
+    assert c.publish("petrel/n1/up", msg, qos=1, retain=True) == 2
+    assert c.sock.writes == [head[:-1] + b"\x02" + msg]  # the same bytes, in one write
+
+
+class Sockets:
+    """socket for mqtt.connect(): each socket() records setsockopt() calls,
+    refuses them (OSError) if refuse, and refuses to connect: connect() stops
+    at the TCP stage, after the option."""
+
+    def __init__(self, refuse):
+        self.refuse = refuse
+        self.options = []
+
+    def getaddrinfo(self, host, port):
+        return [(2, 1, 6, "", (host, port))]
+
+    def socket(self):
+        return self
+
+    def setsockopt(self, level, option, value):
+        self.options.append((level, option, value))
+        if self.refuse:
+            raise OSError(92)  # ENOPROTOOPT
+
+    def settimeout(self, t):
+        pass
+
+    def connect(self, addr):
+        raise OSError(111)  # ECONNREFUSED
+
+    def close(self):
+        pass
+
+
+def test_connect_sets_tcp_nodelay_and_a_socket_that_refuses_it_means_one_write_a_packet():
+    real = mqtt.socket
+    try:
+        for refuse in (False, True):
+            mqtt.socket = Sockets(refuse)
+            c = mqtt.MQTTClient("node", "127.0.0.1", 1883, insecure=True)
+            assert "tcp:" in str(raises(mqtt.MQTTError, c.connect))
+            assert mqtt.socket.options == [(6, 1, 1)]  # IPPROTO_TCP, TCP_NODELAY (lwIP and Linux)
+            assert c.nodelay is not refuse  # refused: this client writes each packet whole
+        assert mqtt.MQTTClient.nodelay  # other clients still try
+        mqtt.socket = Sockets(False)
+        c = mqtt.MQTTClient("node", "127.0.0.1", 1883, insecure=True)
+        c.nodelay = False  # asked for Nagle: the option is left alone
+        raises(mqtt.MQTTError, c.connect)
+        assert mqtt.socket.options == []
+    finally:
+        mqtt.socket = real
+
+
 def test_waiting_past_the_deadline_is_an_error_not_a_spin():
     import socket
 
