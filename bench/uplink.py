@@ -13,7 +13,8 @@ Prints, with the conditions beside each figure:
   acknowledged in the outbox on their PUBACKs. Every message is verified by
   the collector's verifier (tools/petrel/verify.py) on an independent
   subscriber, sequence numbers seen twice counted;
-- the same for lib/mqtt without TCP_NODELAY on the node's socket, and for the
+- the same for lib/mqtt without TCP_NODELAY on the node's socket (nodelay =
+  False: Nagle, and each packet in one write), and for the
   umqtt.simple pattern (umqtt_pattern.py: its writes, one publish at a time to
   its PUBACK, no TCP_NODELAY) doing the same job with the same encoder, outbox
   and TLS; each on a broker with `set_tcp_nodelay true` and with Mosquitto's
@@ -27,7 +28,8 @@ Prints, with the conditions beside each figure:
   mpy-cross), lib/mqtt alone and the umqtt.simple pattern alone, and lib/mqtt
   with the node's encoder: each the smallest size from which every larger
   size tried completes too, the largest of three client ids (README, "Memory
-  budget").
+  budget"); beside it the live heap after each part of the same job (code,
+  client made, connected, batch acknowledged) at a large heap.
 On loopback a round trip is ~0: what remains is CPU and the TCP stalls (Nagle
 against Linux's 40 ms delayed ACK). Compare rows, not absolute radio times;
 `petrel energy` prices the stalls on a Wi-Fi link from sourced figures.
@@ -77,6 +79,52 @@ c.connect()
 c.publish("petrel/bench/up", msg, qos=1)
 c.disconnect()
 print("RESULT heap_ok 1")
+"""
+
+# The same two jobs at a large heap, the live heap (gc.mem_alloc after a
+# collect) after each part: the client's code (its import), the TLS context
+# and the client made, connected (the handshake done, lib/mqtt's set-up code
+# let go), the batch published and acknowledged. Written like the heap
+# scripts above with no name they lack (each new name is a qstr, and one past
+# the pool's end costs 1.1 KB: it would be counted in the part that crosses it).
+PARTS_SCRIPT = r"""
+import sys, gc
+f = open(sys.argv[4], "rb"); msg = f.read(); f.close()
+f = open(sys.argv[3], "rb"); ca = f.read(); f.close()
+n = []
+gc.collect(); n.append(gc.mem_alloc())
+import mqtt
+gc.collect(); n.append(gc.mem_alloc())
+c = mqtt.MQTTClient(sys.argv[1], "127.0.0.1", int(sys.argv[2]), ssl_context=mqtt.tls_context(ca=ca),
+                    server_hostname="localhost")
+gc.collect(); n.append(gc.mem_alloc())
+c.connect()
+gc.collect(); n.append(gc.mem_alloc())
+c.publish("petrel/bench/up", msg, qos=1)
+c.wait_all()
+gc.collect(); n.append(gc.mem_alloc())
+c.disconnect()
+print("ROW parts", n[1] - n[0], n[2] - n[1], n[3] - n[2], n[4] - n[3])
+"""
+PARTS_UMQTT_SCRIPT = r"""
+import sys, gc, tls
+f = open(sys.argv[4], "rb"); msg = f.read(); f.close()
+f = open(sys.argv[3], "rb"); ca = f.read(); f.close()
+n = []
+gc.collect(); n.append(gc.mem_alloc())
+import umqtt_pattern
+gc.collect(); n.append(gc.mem_alloc())
+ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+ctx.verify_mode = tls.CERT_REQUIRED
+ctx.load_verify_locations(ca)
+c = umqtt_pattern.MQTTClient(sys.argv[1], "127.0.0.1", int(sys.argv[2]), ssl=ctx)
+gc.collect(); n.append(gc.mem_alloc())
+c.connect()
+gc.collect(); n.append(gc.mem_alloc())
+c.publish("petrel/bench/up", msg, qos=1)
+gc.collect(); n.append(gc.mem_alloc())
+c.disconnect()
+print("ROW parts", n[1] - n[0], n[2] - n[1], n[3] - n[2], n[4] - n[3])
 """
 
 # The 36- and 60-reading messages of the wire and heap rows, encoded by the node's encoder.
@@ -185,6 +233,7 @@ import uplink
 from outbox import Outbox
 who, mode, port, secret, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 reps, seq0, jobs = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8].split(",")
+NODELAY = sys.argv[9] == "1"  # lib/mqtt's TCP_NODELAY: off, it is Nagle and one write a packet
 DEV = "%(dev)s"
 TOPIC = "petrel/%%s/up" %% DEV
 CHANNELS = [("t", "Cel", 100), ("h", "%%RH", 100), ("p", "Pa", 1)]
@@ -252,6 +301,7 @@ def upload(ob, batch):
         import mqtt
         c = mqtt.MQTTClient("bench-node", "127.0.0.1", port, ssl_context=petrel_context(),
                             server_hostname="localhost", timeout_ms=10000, window=4)
+        c.nodelay = NODELAY
         t0 = time.ticks_us()
         c.connect()
         t1 = time.ticks_us()
@@ -424,13 +474,9 @@ def main():
     p = subprocess.run([deploy.mpy_cross(), "-march=x64", "-o", str(lib / "umqtt_pattern.mpy"),
                         str(ROOT / "bench" / "umqtt_pattern.py")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    # the ESP32 port's socket names TCP_NODELAY, the unix port's does not:
-    # on this path lib/mqtt finds it, as on the chip
-    esp_socket = build / "esp32socket"
-    esp_socket.mkdir()
-    (esp_socket / "socket.py").write_text(
-        "from usocket import *  # noqa\nIPPROTO_TCP = 6  # lwip's values (and Linux's)\nTCP_NODELAY = 1\n")
-    node_path = {True: ".frozen:%s:%s" % (esp_socket, lib), False: ".frozen:%s" % lib}
+    # lib/mqtt sets TCP_NODELAY by number, as on the ESP32: the unix port's socket
+    # takes it too; the Nagle rows ask for none (MQTTClient.nodelay = False)
+    node_path = ".frozen:%s" % lib
     jobs = ",".join("%s:%d:%d" % w for w in WAKES)
     print("uplink bench: a node's upload on the MicroPython VM (%s), lib/ as deployed (mpy-cross),"
           % sys.platform)
@@ -459,8 +505,8 @@ def main():
                     seq0 += 100000
                     more = "," + "%s:%d:%d" % RATE if (broker_nodelay and mode == "psk"
                                                       and node_nodelay) else ""
-                    r = run_vm([who, mode] + modes[mode] + [folder, REPS, seq0, jobs + more],
-                               path=node_path[node_nodelay], script=UPLOAD_SCRIPT % {"dev": DEVICE})
+                    r = run_vm([who, mode] + modes[mode] + [folder, REPS, seq0, jobs + more, int(node_nodelay)],
+                               path=node_path, script=UPLOAD_SCRIPT % {"dev": DEVICE})
                     shutil.rmtree(folder)
                     if "error" in r:
                         print("  %s %s: %s" % (who, mode, r["error"]))
@@ -474,7 +520,7 @@ def main():
             results[("verified", broker_nodelay)] = (published, col)
     report(results)
     print()
-    run_vm([build], path=node_path[False], script=ENCODE_SCRIPT)
+    run_vm([build], path=node_path, script=ENCODE_SCRIPT)
     wire(build)
     heap(build, lib)
     shutil.rmtree(build)
@@ -530,9 +576,11 @@ def wire(build):
         proxy = CountingProxy(broker.ports["tls"])
         r = run_vm([proxy.port, ca, build / "batch36.bin"], script=WIRE_SCRIPT)
         chunks = proxy.sent_chunks
-        # the 10 publishes are the node's last 10 sends before DISCONNECT
-        publish_bytes = [n for _, n in chunks[-11:-1]]
-        per_msg = sum(publish_bytes) / len(publish_bytes) if publish_bytes else 0
+        # the 10 publishes are what the node sent between its two 300 ms pauses
+        # (each PUBLISH one write or two, as lib/mqtt's nodelay has it)
+        gaps = [i for i in range(1, len(chunks)) if chunks[i][0] - chunks[i - 1][0] > 0.2]
+        publish_bytes = [n for _, n in chunks[gaps[0]:gaps[1]]] if len(gaps) > 1 else []
+        per_msg = sum(publish_bytes) / 10
         print("bytes on the wire, batch of 12 samples x 3 channels (36 readings):")
         print("  COSE_Mac0(SenML CBOR) payload   %d B" % r.get("payload_bytes", -1))
         print("  one QoS 1 PUBLISH as TLS records %.0f B (MQTT + TLS framing included)" % per_msg)
@@ -542,13 +590,18 @@ def wire(build):
 
 def heap(build, lib):
     print("smallest -X heapsize for a TLS connect (certificate) + one 60-reading batch (QoS 1, its")
-    print("PUBACK) + disconnect, modules as .mpy, the unix port's own socket (no TCP_NODELAY shim);")
+    print("PUBACK) + disconnect, modules as .mpy, the unix port's own socket (lib/mqtt sets")
+    print("TCP_NODELAY on it, as on the ESP32, so its PUBLISH is two writes and the batch is not copied);")
     print("the smallest from which every larger size tried completes too, the largest of 3 client ids:")
     with Broker() as broker:
         ca = broker.pki["ca"].with_suffix(".der")
         msg = build / "batch60.bin"
         path = ".frozen:%s" % lib
         args = [broker.ports["tls"], ca]
+        parts = {}
+        for who, script in (("petrel", PARTS_SCRIPT), ("umqtt", PARTS_UMQTT_SCRIPT)):
+            rows = run_vm([CLIENT_IDS[0]] + args + [msg], heapsize="128k", path=path, script=script)["rows"]
+            parts[who] = rows[0][1:] + [sum(rows[0][1:])] if rows else ["-"] * 5
         print("  lib/mqtt alone (message encoded beforehand)           %s"
               % smallest_heap(args + [msg], path, HEAP_SCRIPT))
         print("  umqtt.simple pattern, the same job, same VM and TLS   %s"
@@ -556,6 +609,12 @@ def heap(build, lib):
         print("  lib/mqtt + the node's encoder (uplink.encoder)        %s"
               % smallest_heap(args, path, HEAPALL_SCRIPT))
         print("  (64-bit VM: object sizes about twice the ESP32's)")
+        print("live heap, bytes (gc.mem_alloc after a collect; -X heapsize=128k), the same job by part:")
+        print("  %-36s %9s %9s" % ("", "lib/mqtt", "umqtt.simple pattern"))
+        for i, label in enumerate(("the client's code (import)", "+ TLS context and client made",
+                                   "+ connected (handshake done)", "+ batch published, PUBACK read",
+                                   "live at the end, all parts")):
+            print("  %-36s %9s %9s" % (label, parts["petrel"][i], parts["umqtt"][i]))
 
 
 if __name__ == "__main__":
