@@ -118,7 +118,7 @@ fleet-scale: $(STAMP)
 	$(PY) bench/collect.py --fleet-scale --nodes 500 --hours 48
 
 sim: $(STAMP)
-	$(PETREL) sim --boots 48 $(if $(PUSH),--push-config-at $(PUSH))
+	$(PETREL) sim --boots 48 $(if $(PUSH),--push-config-at $(PUSH)) $(if $(UPDATE),--update-at $(UPDATE))
 
 clean:
 	rm -rf $(VENV) build *.egg-info tools/*.egg-info

@@ -90,6 +90,41 @@ def test_sim_pushes_a_configuration_mid_run_and_shows_the_node_taking_it(tmp_pat
     assert h["cfgv"] == int(re.search(r"pushed config v(\d+)", r.stdout).group(1)) and h["dref"] == 0
 
 
+def test_sim_publishes_an_app_update_mid_run_and_shows_the_node_taking_it(tmp_path):
+    # make sim UPDATE=4: after boot 4 the fleet side publishes today's firmware
+    # marked "-update" (about 120 KB of .mpy in 3584-byte chunks); the node,
+    # uplinking every 3 samples, takes 4 chunks per uplink, stages it, runs
+    # it on trial at the next boot and confirms it with that boot's uplink;
+    # the health record of the uplink after says so (appt 0)
+    import re
+
+    r = run("sim", "--boots", "38", "--update-at", "4", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = re.search(r"app update v1 \(0\.6\.0-update, (\d+) bytes, (\d+) chunks\) after boot 4: (.*)",
+                     r.stdout)
+    assert line, r.stdout[-3000:]
+    size, chunks, steps = int(line.group(1)), int(line.group(2)), line.group(3)
+    assert size >= 60000 and chunks == -(-size // 3584)
+    seen = dict((w.strip(), int(n)) for w, n in re.findall(r"([a-z ]+) at boot (\d+)", steps))
+    assert list(seen) == ["accepted", "staged", "on trial", "confirmed", "running"], steps
+    assert seen["on trial"] == seen["staged"] + 1 == seen["confirmed"] == seen["running"]
+    assert "fw=0.6.0-update" in r.stdout.split("# summary")[0].split("switched in: on trial")[1]
+    from petrel import store
+
+    with store.open(str(tmp_path / "readings.sqlite")) as st:
+        h = [d["health"] for d in st.devices() if d["device"] == "node-1"][0]
+    assert (h["appv"], h["appt"], h["aprb"], h["upd"]) == (1, 0, 0, "")
+    taken = sum(int(n) for n in re.findall(r" wake: .* readings=(\d+)", r.stdout))
+    queued = int(re.findall(r" wake: .* queue=(\d+)", r.stdout)[-1])
+    assert "readings taken %d; stored %d" % (taken, taken - queued) in r.stdout  # none lost on the way
+
+
+def test_sim_update_at_needs_the_vm():
+    r = run("sim", "--boots", "5", "--update-at", "2", "--interpreter", "cpython")
+    assert r.returncode == 2 and "--update-at needs --interpreter vm" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_sim_stores_every_reading_sent_once_and_the_summary_says_so(tmp_path):
     """make sim's collector: each reading of every `sample:` line the node
     logged and sent is in the store once, with its value, unit and time; the

@@ -42,6 +42,10 @@ def _cmd_sim(args):
     if args.boots < 1:
         print("petrel sim: --boots must be at least 1", file=sys.stderr)
         return 2
+    if args.update_at and args.interpreter != "vm":
+        print("petrel sim: --update-at needs --interpreter vm (an app image is .mpy, which CPython "
+              "cannot load)", file=sys.stderr)
+        return 2
     tmp = tempfile.TemporaryDirectory(prefix="petrel-sim-")
     flash = Path(args.flash) if args.flash else Path(tmp.name) / "flash"
     folder = Path(args.dir)
@@ -56,7 +60,10 @@ def _cmd_sim(args):
     with _broker.Broker(Path(tmp.name) / "broker") as b:
         arrived = []
         sub = _subscribe(b, arrived)
-        node = simnode.SimNode(flash, b, args.interpreter, profile=args.board,
+        config = None
+        if args.update_at:  # an update travels with the uplinks: 4 chunks each, so more of them
+            config = simnode.node_config(b, "psk", uplink_every=UPDATE_UPLINK_EVERY)
+        node = simnode.SimNode(flash, b, args.interpreter, profile=args.board, config=config,
                                serial=None if quiet else (lambda t: (out.write(t), out.flush())))
         # the collector answers the node's time requests with the simulated world's clock
         col = collect.Collector(st, {simnode.DEVICE_ID: node.hmac_key}, "localhost", b.ports["tls"],
@@ -69,13 +76,17 @@ def _cmd_sim(args):
                   "collector storing into %s\n" % (
                       args.board, "MicroPython VM" if args.interpreter == "vm" else "CPython",
                       flash, "TLS-PSK" if node.tls == "psk" else "certificate TLS", db))
-        push = None
-        if 0 < args.push_config_at < args.boots:
-            boots = node.run(args.push_config_at)
-            push = _push_config(b, node, out)
-            boots += node.run(args.boots - args.push_config_at)
-        else:
-            boots = node.run(args.boots)
+        push = upd = None
+        events = sorted(e for e in ((args.push_config_at, "config"), (args.update_at, "update"))
+                        if 0 < e[0] < args.boots)
+        boots = []
+        for at, what in events:
+            boots += node.run(at - len(boots))
+            if what == "config":
+                push = _push_config(b, node, out)
+            else:
+                upd = _publish_update(b, node, out)
+        boots += node.run(args.boots - len(boots))
         import time
 
         # until the collector has answered every message the broker got (10 s at most)
@@ -113,6 +124,8 @@ def _cmd_sim(args):
                       " %s=%d" % kv for kv in sorted(counts["refused"].items()))))
     if push is not None:
         _push_summary(push, boots, args.push_config_at, out)
+    if upd is not None:
+        _update_summary(upd, boots, args.update_at, out)
     wear = node.flash_wear()
     if wear is not None:
         out.write("flash (littlefs on a NOR image): %d sector erases, %.1f KiB programmed\n"
@@ -178,6 +191,65 @@ def _push_summary(push, boots, at, out):
     out.write("pushed config v%d after boot %d: %s\n" % (version, at, ", ".join(
         "%s at boot %d" % (w, n) for w, n in sorted(seen.items(), key=lambda kv: kv[1])) or
         "not taken (no uplink since the push)"))
+
+
+SIM_UPDATE_VERSION = "-update"  # appended to app/version.py's VERSION in the image
+UPDATE_UPLINK_EVERY = 3  # --update-at's node uplinks every 3 samples (15 min), not hourly
+
+
+def _publish_update(b, node, out):
+    """The fleet side publishing an app update to the sleeping simulated node
+    (README, "Updating the application"): today's firmware with VERSION
+    marked, compiled for the VM as `petrel update build` does, its chunks
+    retained for the fleet and a manifest sealed for the node. -> (image
+    version, name, bytes, chunks)."""
+    import re
+    import shutil
+    import time
+
+    from . import deploy, downlink, paths, update
+
+    with tempfile.TemporaryDirectory(prefix="petrel-sim-update-") as tmp:
+        fw = Path(tmp) / "firmware"
+        shutil.copytree(paths.FIRMWARE, fw, ignore=shutil.ignore_patterns("__pycache__"))
+        vfile = fw / "app" / "version.py"
+        text = vfile.read_text()
+        name = re.search(r'VERSION = "([^"]*)"', text).group(1) + SIM_UPDATE_VERSION
+        vfile.write_text(re.sub(r'VERSION = "[^"]*"', 'VERSION = "%s"' % name, text))
+        files = deploy.build(Path(tmp) / "out", "x64", firmware=fw)
+        taken = dict((rel, Path(src).read_bytes()) for rel, src in files.items()
+                     if update.path_problem(rel) is None)
+    img = update.pack(taken)
+    plan = update.Plan("app", img, update.APP_CHUNK[1], 1, name)  # the largest: fewer uplinks
+    device = node.config["device_id"]
+    k_mac, _ = downlink.keys(node.hmac_key)
+    with downlink.Link("localhost", b.ports["tls"], ca=b.pki["ca"]) as link:
+        update.publish_chunks(link, plan, lambda line: None)
+        link.publish(downlink.topic(device, "update"),
+                     downlink.seal("update", device, int(time.time() * 1000), plan.body, k_mac), retain=True)
+    out.write("\n# the fleet side published app update v1 (%s): %d bytes in %d chunks of %d, "
+              "and its manifest for the sleeping node (which uplinks every %d samples in this run)\n\n"
+              % (name, len(img), len(plan.msgs), plan.chunk, UPDATE_UPLINK_EVERY))
+    return 1, name, len(img), len(plan.msgs)
+
+
+def _update_summary(upd, boots, at, out):
+    """Where the update was downloaded, staged, switched in and confirmed."""
+    version, name, size, chunks = upd
+    seen = {}
+    for i, boot in enumerate(boots):
+        for line in boot.output.splitlines():
+            for word, mark in (("accepted", "update: app v%d" % version), ("staged", "staged in slot"),
+                               ("on trial", "switched in: on trial"), ("confirmed", "confirmed by an uplink"),
+                               ("rolled back", "rolled back"), ("refused", "update: refused")):
+                if mark in line and word not in seen:
+                    seen[word] = i + 1
+        if "fw=%s" % name in boot.output and "running" not in seen:
+            seen["running"] = i + 1
+    out.write("app update v%d (%s, %d bytes, %d chunks) after boot %d: %s\n" % (
+        version, name, size, chunks, at, ", ".join(
+            "%s at boot %d" % (w, n) for w, n in sorted(seen.items(), key=lambda kv: kv[1])) or
+        "not taken (no uplink since it was published)"))
 
 
 def _subscribe(b, arrived):
@@ -253,6 +325,10 @@ def build_parser():
                           "temperature.png (default build/sim)")
     sim.add_argument("--db", help="store the readings here instead (a SQLite file or "
                                   "postgresql:// URL, kept and added to)")
+    sim.add_argument("--update-at", type=int, default=0, metavar="BOOT",
+                     help="after this many boots, publish an app update (this firmware, its version "
+                          "marked '%s') and let the node download it over its uplinks, switch to it "
+                          "on trial and confirm it (make sim UPDATE=6; the VM only)" % SIM_UPDATE_VERSION)
     sim.add_argument("--push-config-at", type=int, default=0, metavar="BOOT",
                      help="after BOOT boots, the fleet side pushes a new configuration (sample_s "
                           "doubled) over the downlink: the log shows the node take it at its next "
