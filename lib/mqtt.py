@@ -144,7 +144,7 @@ class MQTTClient:
                 # pieces, and with Nagle the last waits out the broker's delayed ACK
                 try:  # IPPROTO_TCP 6, TCP_NODELAY 1: lwIP's (ESP32), Linux's, BSD's numbers
                     self.raw.setsockopt(6, 1, 1)
-                except OSError:  # a socket without the option: Nagle, so one write a packet
+                except (OSError, AttributeError):  # a socket without it: Nagle, one write a packet
                     self.nodelay = False
             self.raw.settimeout(self.timeout_ms / 1000)
             self.raw.connect(addr)

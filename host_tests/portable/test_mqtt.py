@@ -53,25 +53,15 @@ def test_a_publish_is_its_header_then_the_message_uncopied_or_with_nagle_one_wri
     assert c.sock.writes == [head[:-1] + b"\x02" + msg]  # the same bytes, in one write
 
 
-class Sockets:
-    """socket for mqtt.connect(): each socket() records setsockopt() calls,
-    refuses them (OSError) if refuse, and refuses to connect: connect() stops
-    at the TCP stage, after the option."""
-
-    def __init__(self, refuse):
-        self.refuse = refuse
-        self.options = []
+class NoOptions:
+    """socket for mqtt.connect() whose sockets have no setsockopt() and refuse
+    to connect: connect() stops at the TCP stage, after the option."""
 
     def getaddrinfo(self, host, port):
         return [(2, 1, 6, "", (host, port))]
 
     def socket(self):
         return self
-
-    def setsockopt(self, level, option, value):
-        self.options.append((level, option, value))
-        if self.refuse:
-            raise OSError(92)  # ENOPROTOOPT
 
     def settimeout(self, t):
         pass
@@ -83,6 +73,19 @@ class Sockets:
         pass
 
 
+class Sockets(NoOptions):
+    """The same with setsockopt(): its calls recorded, refused (OSError) if refuse."""
+
+    def __init__(self, refuse):
+        self.refuse = refuse
+        self.options = []
+
+    def setsockopt(self, level, option, value):
+        self.options.append((level, option, value))
+        if self.refuse:
+            raise OSError(92)  # ENOPROTOOPT
+
+
 def test_connect_sets_tcp_nodelay_and_a_socket_that_refuses_it_means_one_write_a_packet():
     real = mqtt.socket
     try:
@@ -92,6 +95,9 @@ def test_connect_sets_tcp_nodelay_and_a_socket_that_refuses_it_means_one_write_a
             assert "tcp:" in str(raises(mqtt.MQTTError, c.connect))
             assert mqtt.socket.options == [(6, 1, 1)]  # IPPROTO_TCP, TCP_NODELAY (lwIP and Linux)
             assert c.nodelay is not refuse  # refused: this client writes each packet whole
+        mqtt.socket = NoOptions()
+        c = mqtt.MQTTClient("node", "127.0.0.1", 1883, insecure=True)
+        assert "tcp:" in str(raises(mqtt.MQTTError, c.connect)) and c.nodelay is False
         assert mqtt.MQTTClient.nodelay  # other clients still try
         mqtt.socket = Sockets(False)
         c = mqtt.MQTTClient("node", "127.0.0.1", 1883, insecure=True)
