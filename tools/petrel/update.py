@@ -184,14 +184,15 @@ def check_fw(data):
         raise ImageError("%d bytes; the app partition holds %d" % (len(data), MAX_FW))
 
 
-def build(board):
+def build(board, firmware=None, lib=None):
     """deploy.build for the profile's mpy_arch, minus what an image never
-    carries -> (image bytes, {path: bytes}, arch)."""
-    from . import boards, deploy
+    carries -> (image bytes, {path: bytes}, arch). firmware, lib: other
+    source folders than the repository's (a test's changed copy)."""
+    from . import boards, deploy, paths
 
     prof = boards.load(board)
     with tempfile.TemporaryDirectory(prefix="petrel-update-") as tmp:
-        files = deploy.build(tmp, prof["mpy_arch"])
+        files = deploy.build(tmp, prof["mpy_arch"], firmware=firmware or paths.FIRMWARE, lib=lib or paths.LIB)
         taken = dict((rel, Path(src).read_bytes()) for rel, src in files.items() if path_problem(rel) is None)
     return pack(taken), taken, prof["mpy_arch"]
 
