@@ -93,7 +93,9 @@ def nodelay_saving(profile, sample_s, every):
 # trip; at a power-on the node waits up to TIME_WAIT_MS for the fleet side's
 # time, once, answered within a round trip and the collector (3 ms on
 # loopback, host_tests/host/test_collect.py) where a time service runs.
-DOWN_HEALTH_BYTES = 70
+# App updates' fields (appv appt aprb aperr upd uperr fwv fwt, app/health.py)
+# add 71 B more to every health record, as SenML CBOR with nothing under way.
+DOWN_HEALTH_BYTES = 70 + 71
 TIME_WAIT_MS = 1500  # firmware/app/cycle.py
 COLLECTOR_MS = 3
 
