@@ -251,6 +251,11 @@ class Wake:
             s.close()
         self.uplink = s.result
         self._trial_uplink(trial, self.uplink in ("ok", "partial"))
+        if st.upd == 2:
+            # a download under way may finish in the mailbox: a firmware's
+            # switch resets from there, and the next app reads RTC memory
+            # with its own code. What RTC memory holds goes to flash first.
+            self._flush()
         if s.inbox or st.down_busy or st.upd == 2:
             self._mailbox(s)
         if s.auth_refused:

@@ -800,6 +800,33 @@ def test_an_uplink_wake_fetches_the_next_chunks_and_takes_them_after_the_session
     with_node(run)
 
 
+def test_a_download_wake_puts_the_readings_held_in_rtc_memory_on_flash_first():
+    # the mailbox may finish the download (a firmware's switch resets from
+    # there; the next app reads RTC memory with its own code): what the
+    # outbox holds in RTC memory is on flash before it runs
+    import outbox
+
+    from app import stores
+
+    def on_flash():
+        return len(outbox.Outbox(stores.OUTBOX_PATH))  # no RTC region: flash alone
+
+    def held():
+        return len(outbox.Outbox(stores.OUTBOX_PATH, rtc=rtcmem.Region(machine.RTC(), *state.OUTBOX)))
+
+    def run(n):
+        r = Release(image(), v=7)
+        Linked.release = r
+        wake(n, samples=12)  # no download: the wake's readings stay in RTC memory (the broker kept none)
+        first = held()
+        assert first > 0 and on_flash() == 0
+        n.receive(r.manifest(1))
+        wake(n, samples=12)
+        assert held() > first and on_flash() == held() and update.load().done == 4
+
+    with_node(run)
+
+
 def test_a_download_whose_chunks_are_gone_from_the_broker_is_given_up():
     def run(n):
         r = Release(image(), v=7)
