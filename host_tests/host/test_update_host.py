@@ -281,6 +281,23 @@ def test_publish_retains_the_chunks_once_and_a_sealed_manifest_per_device(broker
         time.sleep(0.5)
         assert w.got == []
         w.close()
+        # --chunks-only: the same chunks back (a broker that lost them), no manifest, the registry unchanged
+        with sqlite3.connect(str(reg)) as db:
+            before = db.execute("SELECT device, last_version FROM down_versions ORDER BY device").fetchall()
+        w = Watcher(broker.ports["plain"], "petrel/+/down/update")
+        time.sleep(0.3)
+        seen = len(w.got)
+        assert petrel("update", "publish", img_path, "--version", 8, "--chunks-only",
+                      *broker_args(broker, reg)) == 0
+        time.sleep(0.3)
+        assert len(w.got) == seen
+        w.close()
+        with sqlite3.connect(str(reg)) as db:
+            assert db.execute("SELECT device, last_version FROM down_versions ORDER BY device").fetchall() == before
+        w = Watcher(broker.ports["plain"], plan.prefix + "/+")
+        got = w.wait(len(plan.msgs))
+        w.close()
+        assert dict((t, m) for t, m, _, _ in got) == dict(zip(plan.topics(), plan.msgs))
     finally:
         clear(broker.ports["plain"], plan.topics() + [downlink.topic(d, "update") for d in (a, b)])
 

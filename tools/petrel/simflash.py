@@ -68,7 +68,9 @@ def _vm(*args, check=True, out=False):
     from .paths import SIM, micropython_binary
 
     env = dict(os.environ, MICROPYPATH=str(SIM))
-    p = subprocess.run([micropython_binary(), str(SIM / "flashimage.py")] + list(args), env=env,
+    # the NOR model keeps every written sector in the VM's heap: the default
+    # 2 MB runs out once an update's slot sits beside the factory app
+    p = subprocess.run([micropython_binary(), "-X", "heapsize=8M", str(SIM / "flashimage.py")] + list(args), env=env,
                        capture_output=True, text=True, timeout=60)
     if check and p.returncode:
         raise RuntimeError("flash image %s: %s" % (args[0], (p.stderr or p.stdout).strip()[-500:]))

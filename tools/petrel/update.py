@@ -426,6 +426,14 @@ def _cmd_publish(args):
         raise Refused("--canary must be 0 or more", 2)
     data = read_image(args.image, target)
     link = fleet._link(args)
+    if args.chunks_only:  # the same chunks, for a broker that lost them: nothing else changes
+        try:
+            plan = Plan(target, data, args.chunk, version, name, args.topic_prefix)
+        except ValueError as e:
+            raise Refused(str(e), 2)
+        with link:
+            publish_chunks(link, plan, print)
+        return 0
     devices, keys = _devices(args)
     try:
         plan = Plan(target, data, args.chunk, version, name, args.topic_prefix)
@@ -809,6 +817,10 @@ failed, or (--follow) halted or timed out; 2 bad usage.""",
                    help="give up following after S seconds (default a day)")
     p.add_argument("--poll", type=float, default=60.0, metavar="S", help="seconds between looks (default 60)")
     p.add_argument("--store", metavar="URL", help="the collector's store (for --follow)")
+    p.add_argument("--chunks-only", action="store_true",
+                   help="publish the image's chunks again and nothing else (no manifest, no registry "
+                        "change): for a broker that lost its retained messages mid-rollout; the same "
+                        "image and --chunk give the same topics and bytes")
     fleet._broker_options(p)
     p.set_defaults(func=_run("publish", _cmd_publish))
 
