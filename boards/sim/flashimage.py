@@ -3,7 +3,7 @@ littlefs): what `petrel` does to a board's filesystem over mpremote, done to
 the image between boots.
 
     micropython flashimage.py make FOLDER IMAGE [BLOCKS]   littlefs with FOLDER's files
-    micropython flashimage.py get IMAGE PATH OUT           copy a file out (exit 1: absent)
+    micropython flashimage.py get IMAGE PATH OUT           copy a file out (exit 3: absent)
     micropython flashimage.py put IMAGE PATH IN            copy a file in (folders made)
     micropython flashimage.py ls IMAGE                     every file, a line each
 """
@@ -70,7 +70,7 @@ def main(argv):
         try:
             _copy_in(MOUNT + "/" + argv[3].lstrip("/"), argv[4])
         except OSError:
-            return 1
+            return ABSENT
     elif cmd == "put":
         _copy_in(argv[4], MOUNT + "/" + argv[3].lstrip("/"))
     elif cmd == "ls":
@@ -82,4 +82,5 @@ def main(argv):
     return 0
 
 
+ABSENT = 3  # not 1: what the VM exits with on an uncaught error (a MemoryError)
 sys.exit(main(sys.argv))

@@ -188,3 +188,17 @@ def test_a_cpython_boot_leaves_the_hosts_modules_as_they_were(tmp_path):
     flash_copies = [n for n, m in sys.modules.items()
                     if str(getattr(m, "__file__", "") or "").startswith(str(flash))]
     assert flash_copies == []
+
+
+def test_a_flash_image_tells_a_missing_file_from_a_failed_read(tmp_path, monkeypatch):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "a.txt").write_bytes(b"kept")
+    img = simflash.Image.make(tmp_path / "f", tmp_path / "flash.img", blocks=64)
+    assert img.read("a.txt") == b"kept" and img.read("nope.txt") is None
+    img.write("data/b", b"\x00\x01")
+    assert img.read("data/b") == b"\x00\x01"
+    # a VM that fails (as one out of heap did) is an error, not "no such file"
+    monkeypatch.setattr(simflash, "_vm", lambda *a, check=True, out=False: (_ for _ in ()).throw(
+        RuntimeError("flash image get: MemoryError")) if check else 1)
+    with pytest.raises(RuntimeError, match="MemoryError"):
+        img.read("a.txt")

@@ -45,8 +45,11 @@ class Image:
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "f"
-            if _vm("get", str(self.path.resolve()), name, str(out), check=False) != 0:
+            rc = _vm("get", str(self.path.resolve()), name, str(out), check=False)
+            if rc == 3:  # boards/sim/flashimage.py's ABSENT
                 return None
+            if rc:
+                _vm("get", str(self.path.resolve()), name, str(out))  # raises with the VM's why
             return out.read_bytes()
 
     def write(self, name, data):
