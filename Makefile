@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PETREL := $(VENV)/bin/petrel
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv lint test test-cpython test-vm test-host test-powercut fuzz-collector fuzz soak bench bench-outbox bench-filters bench-uplink bench-payload bench-collect fleet-scale sim clean
+.PHONY: all venv lint test test-cpython test-vm test-host test-powercut test-powercut-update fuzz-collector fuzz soak bench bench-outbox bench-filters bench-uplink bench-payload bench-collect fleet-scale sim clean
 
 all: test
 
@@ -71,6 +71,19 @@ test-powercut: $(STAMP)
 	$(POWERCUT) -q rtc-power 1000 all 8192
 	$(POWERCUT) -q direct 1000 spread:400 8192
 	$(POWERCUT) -q direct 1000 spread:2000
+
+# The app update's campaign (issue 17): the power cut at every program/erase of
+# an update's run (the chunks' writes over several wakes, the settle, the stage,
+# the switch at the next boot, the confirmation, the readings between them),
+# from the factory app (into slot 1) and from v5 in slot 1 (into slot 2), then
+# a bigger image; after each cut the node must boot a whole, verified app, keep
+# every reading and finish the update (make test runs a fast slice:
+# host/test_update_powercut.py). 2328 cuts, about 11 minutes.
+POWERCUT_UPDATE := MICROPYPATH=.frozen:$(CURDIR)/boards/sim:$(CURDIR)/lib:$(CURDIR)/firmware $(VENV)/bin/micropython -X heapsize=8M host_tests/vm/powercut_update.py
+test-powercut-update: $(STAMP)
+	$(POWERCUT_UPDATE) -q factory all
+	$(POWERCUT_UPDATE) -q slot1 all
+	$(POWERCUT_UPDATE) -q factory all 20000 1024
 
 # The long wake-cycle run: a month of wakes under CPython and a week on the VM
 # (littlefs), with random faults drawn from a seed (make test keeps a week on
