@@ -5,9 +5,21 @@ carry the board across as JSON: snapshot() gives everything that outlives one
 process (the world, the RTC domain, what deep sleep keeps, the ledger);
 restore() takes it back and starts the CPU afresh, as a boot does.
 
+The flash partitions esp32.Partition wrote (board.partitions: otadata, an OTA
+slot with a firmware update) go along, as the sectors ever programmed in hex,
+with the build's table and the slot the bootloader started: a node on the VM
+takes a firmware update across its boots as one on CPython does. A board that
+never wrote a partition (every ESP32_GENERIC node) adds an empty dict; an OTA
+node carries otadata (one sector) and what it wrote to its update slot (a
+1.5 MiB firmware: 3 MB of hex per boot, a few tens of KB: a few ms).
+
 A mixin: Board (simboard.py) holds the state. From the clock part it uses
 _clear_cpu() (simclock.py), from the ledger account() (simledger.py).
 """
+
+from binascii import hexlify, unhexlify
+
+from norflash import NorFlash
 
 
 class Snapshot:
@@ -60,6 +72,9 @@ class Snapshot:
             "ledger": self.ledger,
             "ledger_us": self.ledger_us,
             "boot_mark": self.boot_mark,
+            "partition_table": self.partition_table,
+            "running_app": self.running_app,
+            "partitions": dict((label, _flash_out(self.partitions[label])) for label in self.partitions),
         }
 
     def restore(self, d):
@@ -81,9 +96,26 @@ class Snapshot:
                 v = d["nvs"][ns][k]
                 nvs[ns][k] = v if isinstance(v, int) else _unhex(v["blob"])
         self.nvs = nvs
+        parts = d.get("partitions", {})
+        self.partitions = dict((label, _flash_in(parts[label])) for label in parts)
         self._clear_cpu()
         for pin in self.held:
             self.outputs[pin] = self.held[pin]
+
+
+def _flash_out(chip):
+    """A NorFlash as JSON: its size, wear counters and programmed sectors."""
+    return {"blocks": chip.blocks, "block_size": chip.block_size, "programs": chip.programs,
+            "erases": chip.erases, "bytes_programmed": chip.bytes_programmed,
+            "sectors": dict((str(n), hexlify(chip.sectors[n]).decode()) for n in chip.sectors)}
+
+
+def _flash_in(d):
+    chip = NorFlash(d["blocks"], d["block_size"])
+    chip.programs, chip.erases, chip.bytes_programmed = d["programs"], d["erases"], d["bytes_programmed"]
+    for n in d["sectors"]:
+        chip.sectors[int(n)] = bytearray(unhexlify(d["sectors"][n]))
+    return chip
 
 
 def _hex(b):

@@ -20,3 +20,28 @@ def test_snapshot_and_restore_keep_the_ledger_and_the_radio_figures():
     assert other.phases() == b.phases() and other.world_us == b.world_us
     assert other.tls_cert_us == 123000 and other.boot_mark == b.boot_mark
     assert b.phases()["radio"] == (100 + 60 + 600 + 80 + 100 + 5) * 1000  # profile's DHCP time
+
+
+def test_snapshot_and_restore_keep_the_ota_flash_and_the_running_slot():
+    # a firmware update on the VM crosses its boots this way (host/test_fwupdate_node.py)
+    import esp32
+    import simota
+
+    b = simstate.reset_world(power=False)
+    b.partition_table = "ota"
+    b.power_on()
+    nxt = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+    nxt.ioctl(6, 1)
+    nxt.writeblocks(1, b"firmware" * 64, 100)
+    snap = json.loads(json.dumps(b.snapshot()))
+    other = simstate.Board()
+    other.restore(snap)
+    assert other.partition_table == "ota" and other.running_app == b.running_app == "ota_0"
+    buf = bytearray(512)
+    other.partitions["ota_1"].read(4096 + 100, buf)
+    assert bytes(buf) == b"firmware" * 64
+    assert other.partitions["ota_1"].erases == 1 and other.partitions["ota_1"].bytes_programmed == 512
+    assert simota.read_otadata(other) == simota.read_otadata(b)
+    # a board that never wrote a partition carries nothing more than before
+    plain = simstate.reset_world()
+    assert plain.snapshot()["partitions"] == {}
