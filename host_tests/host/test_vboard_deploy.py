@@ -4,6 +4,7 @@ reached again through its break-in window; what cannot run is refused before
 anything is written; one tool at a time on a port."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -165,6 +166,27 @@ def test_deploy_builds_lib_without_the_host_only_modules(tmp_path):
     # a board's old copy of one goes, whatever its form; the node's own stay
     folders, copy, remove = deploy.plan({}, {"lib/senml.mpy": "x", "lib/cbordec.py": "x", "lib/cbor.mpy": "x"})
     assert remove == ["lib/cbordec.py", "lib/senml.mpy"]
+
+
+def test_deploy_compiles_the_mqtt_client_at_O3_and_the_rest_as_mpy_cross_does(tmp_path):
+    # the client's modules without line numbers (heap at the TLS handshake,
+    # bench/uplink.py); every other module keeps them for its tracebacks
+    files = deploy.build(tmp_path / "out", "x64")
+    for name, options in (("mqtt", ["-O3"]), ("mqtt_setup", ["-O3"]), ("outbox", [])):
+        assert deploy.mpy_cross_args("lib/%s.py" % name) == options
+        plain = tmp_path / ("%s-plain.mpy" % name)
+        subprocess.run([deploy.mpy_cross(), "-march=x64", "-o", str(plain), str(deploy.paths.LIB / (name + ".py"))],
+                       check=True)
+        built = files["lib/%s.mpy" % name].read_bytes()
+        if options:
+            assert len(built) < len(plain.read_bytes())  # the line-number tables gone
+        else:
+            assert built == plain.read_bytes()
+    # a node still imports and runs it: the VM loads the -O3 module
+    out = subprocess.run([deploy.paths.micropython_binary(), "-c", "import mqtt; print(mqtt._head(0x10, 200))"],
+                         env=dict(os.environ, MICROPYPATH=str(tmp_path / "out" / "lib")),
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "bytearray(b'\\x10\\xc8\\x01')", out.stdout + out.stderr
 
 
 def test_deploy_ends_an_over_the_air_update_so_the_deployed_app_runs():
