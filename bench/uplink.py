@@ -208,8 +208,9 @@ def smallest_heap(args, path, script):
     """The smallest -X heapsize from which every larger size tried completes
     too, for each client id; the largest of those. Fragmentation can let one
     size pass while a larger one fails, or one id pass where another fails,
-    and that luck is not a result."""
-    worst = 0
+    and that luck is not a result. -> "15k (14,464 B)": in steps of 1k, then
+    within the last kilobyte in steps of 128 B (what the kilobyte hides)."""
+    worst = fine = 0
     for cid in CLIENT_IDS:
         found = None
         for heap in reversed(HEAPS):
@@ -218,8 +219,37 @@ def smallest_heap(args, path, script):
             found = heap
         if found is None:
             return None
-        worst = max(worst, int(found[:-1]))
-    return "%dk" % worst
+        k = int(found[:-1])
+        worst = max(worst, k)
+        least = k * 1024
+        for size in range(least - 128, (k - 1) * 1024, -128):
+            if not run_vm([cid] + args, heapsize=str(size), path=path, script=script).get("heap_ok"):
+                break
+            least = size
+        fine = max(fine, least)
+    return "%dk (%s B)" % (worst, format(fine, ","))
+
+
+def compile_pattern(lib, options):
+    """bench/umqtt_pattern.py into lib/ as umqtt_pattern.mpy, with mpy-cross's options."""
+    p = subprocess.run([deploy.mpy_cross(), "-march=x64"] + options + ["-o", str(lib / "umqtt_pattern.mpy"),
+                        str(ROOT / "bench" / "umqtt_pattern.py")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def compiled_with(lib, options, out):
+    """lib/ as deployed (lib: deploy.build's) copied to out, with the modules
+    deploy compiles with options of their own (deploy.mpy_cross_args: the MQTT
+    client's) and the umqtt.simple pattern compiled with `options` instead:
+    the two clients compiled alike, either way."""
+    shutil.copytree(lib, out)
+    for src in sorted(paths.LIB.glob("*.py")):
+        if deploy.mpy_cross_args("lib/" + src.name):
+            p = subprocess.run([deploy.mpy_cross(), "-march=x64"] + options
+                               + ["-o", str(out / (src.stem + ".mpy")), str(src)], capture_output=True, text=True)
+            assert p.returncode == 0, p.stderr
+    compile_pattern(out, options)
+    return out
 
 # A node's upload, as firmware/app/session.py does it: readings in a real
 # outbox (lib/outbox on the VM's filesystem), drained by uplink.drain() in
@@ -471,9 +501,9 @@ def main():
     build = Path(tempfile.mkdtemp(prefix="petrel-mpy-"))
     deploy.build(build, "x64")  # lib/ as `petrel deploy` puts it on a node (the VM's arch)
     lib = build / "lib"
-    p = subprocess.run([deploy.mpy_cross(), "-march=x64", "-o", str(lib / "umqtt_pattern.mpy"),
-                        str(ROOT / "bench" / "umqtt_pattern.py")], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    # the pattern compiled as deploy compiles the client's modules (-O3), so
+    # that the two are compared as alike as a node would run them
+    compile_pattern(lib, deploy.mpy_cross_args("lib/mqtt.py"))
     # lib/mqtt sets TCP_NODELAY by number, as on the ESP32: the unix port's socket
     # takes it too; the Nagle rows ask for none (MQTTClient.nodelay = False)
     node_path = ".frozen:%s" % lib
@@ -589,10 +619,12 @@ def wire(build):
 
 
 def heap(build, lib):
+    deployed = deploy.mpy_cross_args("lib/mqtt.py")
     print("smallest -X heapsize for a TLS connect (certificate) + one 60-reading batch (QoS 1, its")
     print("PUBACK) + disconnect, modules as .mpy, the unix port's own socket (lib/mqtt sets")
     print("TCP_NODELAY on it, as on the ESP32, so its PUBLISH is two writes and the batch is not copied);")
-    print("the smallest from which every larger size tried completes too, the largest of 3 client ids:")
+    print("the smallest from which every larger size tried completes too, the largest of 3 client ids;")
+    print("the client's modules (lib/mqtt*) and the umqtt.simple pattern compiled alike, each way:")
     with Broker() as broker:
         ca = broker.pki["ca"].with_suffix(".der")
         msg = build / "batch60.bin"
@@ -602,20 +634,22 @@ def heap(build, lib):
         for who, script in (("petrel", PARTS_SCRIPT), ("umqtt", PARTS_UMQTT_SCRIPT)):
             rows = run_vm([CLIENT_IDS[0]] + args + [msg], heapsize="128k", path=path, script=script)["rows"]
             parts[who] = rows[0][1:] + [sum(rows[0][1:])] if rows else ["-"] * 5
-        print("  lib/mqtt alone (message encoded beforehand)           %s"
-              % smallest_heap(args + [msg], path, HEAP_SCRIPT))
-        print("  umqtt.simple pattern, the same job, same VM and TLS   %s"
-              % smallest_heap(args + [msg], path, HEAP_UMQTT_SCRIPT))
-        print("  lib/mqtt + the node's encoder (uplink.encoder)        %s"
+        print("  %-44s %-18s %s" % ("mpy-cross options", "lib/mqtt alone", "umqtt.simple pattern, same job"))
+        for label, options in (("%s, as `petrel deploy` compiles lib/mqtt*" % " ".join(deployed), deployed),
+                               ("none (mpy-cross's default)", [])):
+            where = lib if options == deployed else compiled_with(lib, options, build / "lib-default")
+            where = ".frozen:%s" % where
+            print("  %-44s %-18s %s" % (label, smallest_heap(args + [msg], where, HEAP_SCRIPT),
+                                        smallest_heap(args + [msg], where, HEAP_UMQTT_SCRIPT)))
+        print("  lib/mqtt + the node's encoder (uplink.encoder), as deployed   %s"
               % smallest_heap(args, path, HEAPALL_SCRIPT))
-        print("  (64-bit VM: object sizes about twice the ESP32's)")
-        print("live heap, bytes (gc.mem_alloc after a collect; -X heapsize=128k), the same job by part:")
+        print("  (message encoded beforehand in the first rows; 64-bit VM: object sizes about twice the ESP32's)")
+        print("live heap, bytes (gc.mem_alloc after a collect; -X heapsize=128k; as deployed), the same job by part:")
         print("  %-36s %9s %9s" % ("", "lib/mqtt", "umqtt.simple pattern"))
         for i, label in enumerate(("the client's code (import)", "+ TLS context and client made",
                                    "+ connected (handshake done)", "+ batch published, PUBACK read",
                                    "live at the end, all parts")):
             print("  %-36s %9s %9s" % (label, parts["petrel"][i], parts["umqtt"][i]))
-
 
 if __name__ == "__main__":
     main()
