@@ -25,9 +25,12 @@ Prints, with the conditions beside each figure:
   proxy between the node and the broker (SenML + COSE + MQTT + TLS);
 - the smallest -X heapsize that completes a TLS connect + one 60-reading
   QoS 1 batch + disconnect with the modules as deployed (petrel.deploy.build:
-  mpy-cross), lib/mqtt alone and the umqtt.simple pattern alone, and lib/mqtt
-  with the node's encoder: each the smallest size from which every larger
-  size tried completes too, the largest of three client ids (README, "Memory
+  mpy-cross, lib/mqtt*.py at -O3), lib/mqtt alone and the umqtt.simple
+  pattern alone, compiled alike (the pattern with the client's options,
+  deploy.mpy_cross_args), then both again with mpy-cross's default options;
+  and lib/mqtt with the node's encoder: each the smallest size from which
+  every larger size tried completes too (1k steps, then 128 B steps within
+  the last kilobyte), the largest of three client ids (README, "Memory
   budget"); beside it the live heap after each part of the same job (code,
   client made, connected, batch acknowledged) at a large heap.
 On loopback a round trip is ~0: what remains is CPU and the TCP stalls (Nagle
