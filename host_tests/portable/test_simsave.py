@@ -5,7 +5,7 @@ import json
 import simstate
 import time
 
-from ptest import station
+from ptest import raises, station
 
 
 def test_snapshot_and_restore_keep_the_ledger_and_the_radio_figures():
@@ -45,3 +45,37 @@ def test_snapshot_and_restore_keep_the_ota_flash_and_the_running_slot():
     # a board that never wrote a partition carries nothing more than before
     plain = simstate.reset_world()
     assert plain.snapshot()["partitions"] == {}
+
+
+def test_a_restored_board_hands_back_only_the_sectors_it_changed_and_the_host_merges_them():
+    # a VM boot's halt: a few chunks written, not the whole firmware twice over
+    import esp32
+
+    host = simstate.reset_world(power=False)
+    host.partition_table = "ota"
+    host.power_on()
+    part = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+    for block in range(4):
+        part.ioctl(6, block)
+        part.writeblocks(block, bytes([block + 1]) * 4096)
+    vm = simstate.Board()
+    vm.flash_delta = True  # what a MicroPython process does
+    vm.restore(json.loads(json.dumps(host.snapshot())))
+    chip = vm.partitions["ota_1"]
+    chip.erase(2)
+    chip.program(2 * 4096, b"new" * 10)
+    chip.erase(3)
+    back = json.loads(json.dumps(vm.snapshot()))
+    sent = back["partitions"]["ota_1"]
+    assert sent["delta"] and sorted(sent["sectors"]) == ["2"] and sent["gone"] == [3], sent
+    assert back["partitions"]["otadata"]["sectors"] == {}  # unchanged: nothing sent
+    host.restore(back)
+    merged = host.partitions["ota_1"]
+    buf = bytearray(30)
+    merged.read(2 * 4096, buf)
+    assert bytes(buf) == b"new" * 10 and 3 not in merged.sectors
+    merged.read(0, buf)
+    assert bytes(buf) == b"\x01" * 30 and merged.erases == chip.erases
+    # a change without the chip it changes is an error, not a blank partition
+    e = raises(ValueError, simstate.Board().restore, back)
+    assert "changed sectors without the chip" in str(e)
