@@ -233,25 +233,28 @@ def smallest_heap(args, path, script):
     return "%dk (%s B)" % (worst, format(fine, ","))
 
 
-def compile_pattern(lib, options):
-    """bench/umqtt_pattern.py into lib/ as umqtt_pattern.mpy, with mpy-cross's options."""
-    p = subprocess.run([deploy.mpy_cross(), "-march=x64"] + options + ["-o", str(lib / "umqtt_pattern.mpy"),
-                        str(ROOT / "bench" / "umqtt_pattern.py")], capture_output=True, text=True)
+def mpy_cross(src, target, rel, optimize):
+    """src compiled into target as deploy compiles the module at board path
+    rel (deploy.mpy_cross_args), -O3 or not as `optimize` says."""
+    p = subprocess.run([deploy.mpy_cross(), "-march=x64"] + deploy.mpy_cross_args(rel, optimize)
+                       + ["-o", str(target), str(src)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
 
 
-def compiled_with(lib, options, out):
-    """lib/ as deployed (lib: deploy.build's) copied to out, with the modules
-    deploy compiles with options of their own (deploy.mpy_cross_args: the MQTT
-    client's) and the umqtt.simple pattern compiled with `options` instead:
-    the two clients compiled alike, either way."""
+def compile_pattern(lib, optimize):
+    """bench/umqtt_pattern.py into lib/ as umqtt_pattern.mpy, compiled as deploy would."""
+    mpy_cross(ROOT / "bench" / "umqtt_pattern.py", lib / "umqtt_pattern.mpy", "lib/umqtt_pattern.py", optimize)
+
+
+def compiled_with(lib, optimize, out):
+    """lib/ as deployed (lib: deploy.build's) copied to out, with the client's
+    modules (deploy.OPTIMIZED) and the umqtt.simple pattern compiled -O3 or
+    not as `optimize` says: the two clients compiled alike, either way."""
     shutil.copytree(lib, out)
     for src in sorted(paths.LIB.glob("*.py")):
-        if deploy.mpy_cross_args("lib/" + src.name):
-            p = subprocess.run([deploy.mpy_cross(), "-march=x64"] + options
-                               + ["-o", str(out / (src.stem + ".mpy")), str(src)], capture_output=True, text=True)
-            assert p.returncode == 0, p.stderr
-    compile_pattern(out, options)
+        if ("lib/" + src.name).startswith(deploy.OPTIMIZED):
+            mpy_cross(src, out / (src.stem + ".mpy"), "lib/" + src.name, optimize)
+    compile_pattern(out, optimize)
     return out
 
 # A node's upload, as firmware/app/session.py does it: readings in a real
@@ -506,7 +509,7 @@ def main():
     lib = build / "lib"
     # the pattern compiled as deploy compiles the client's modules (-O3), so
     # that the two are compared as alike as a node would run them
-    compile_pattern(lib, deploy.mpy_cross_args("lib/mqtt.py"))
+    compile_pattern(lib, "-O3" in deploy.mpy_cross_args("lib/mqtt.py"))
     # lib/mqtt sets TCP_NODELAY by number, as on the ESP32: the unix port's socket
     # takes it too; the Nagle rows ask for none (MQTTClient.nodelay = False)
     node_path = ".frozen:%s" % lib
@@ -622,7 +625,7 @@ def wire(build):
 
 
 def heap(build, lib):
-    deployed = deploy.mpy_cross_args("lib/mqtt.py")
+    deployed = "-O3" in deploy.mpy_cross_args("lib/mqtt.py")
     print("smallest -X heapsize for a TLS connect (certificate) + one 60-reading batch (QoS 1, its")
     print("PUBACK) + disconnect, modules as .mpy, the unix port's own socket (lib/mqtt sets")
     print("TCP_NODELAY on it, as on the ESP32, so its PUBLISH is two writes and the batch is not copied);")
@@ -638,9 +641,10 @@ def heap(build, lib):
             rows = run_vm([CLIENT_IDS[0]] + args + [msg], heapsize="128k", path=path, script=script)["rows"]
             parts[who] = rows[0][1:] + [sum(rows[0][1:])] if rows else ["-"] * 5
         print("  %-44s %-18s %s" % ("mpy-cross options", "lib/mqtt alone", "umqtt.simple pattern, same job"))
-        for label, options in (("%s, as `petrel deploy` compiles lib/mqtt*" % " ".join(deployed), deployed),
-                               ("none (mpy-cross's default)", [])):
-            where = lib if options == deployed else compiled_with(lib, options, build / "lib-default")
+        for label, optimize in (("-O3%s" % (", as `petrel deploy` compiles lib/mqtt*" if deployed else ""), True),
+                                ("none (mpy-cross's default)%s" % (", as deployed" if not deployed else ""),
+                                 False)):
+            where = lib if optimize == deployed else compiled_with(lib, optimize, build / "lib-other")
             where = ".frozen:%s" % where
             print("  %-44s %-18s %s" % (label, smallest_heap(args + [msg], where, HEAP_SCRIPT),
                                         smallest_heap(args + [msg], where, HEAP_UMQTT_SCRIPT)))

@@ -168,20 +168,23 @@ def test_deploy_builds_lib_without_the_host_only_modules(tmp_path):
     assert remove == ["lib/cbordec.py", "lib/senml.mpy"]
 
 
-def test_deploy_compiles_the_mqtt_client_at_O3_and_the_rest_as_mpy_cross_does(tmp_path):
+def test_deploy_compiles_the_mqtt_client_at_O3_and_names_modules_by_their_board_path(tmp_path):
     # the client's modules without line numbers (heap at the TLS handshake,
     # bench/uplink.py); every other module keeps them for its tracebacks
     files = deploy.build(tmp_path / "out", "x64")
-    for name, options in (("mqtt", ["-O3"]), ("mqtt_setup", ["-O3"]), ("outbox", [])):
-        assert deploy.mpy_cross_args("lib/%s.py" % name) == options
+    for name, optimized in (("mqtt", True), ("mqtt_setup", True), ("outbox", False)):
+        rel = "lib/%s.py" % name
+        assert deploy.mpy_cross_args(rel) == ["-s", rel] + (["-O3"] if optimized else [])
         plain = tmp_path / ("%s-plain.mpy" % name)
-        subprocess.run([deploy.mpy_cross(), "-march=x64", "-o", str(plain), str(deploy.paths.LIB / (name + ".py"))],
+        subprocess.run([deploy.mpy_cross(), "-march=x64", "-s", rel, "-o", str(plain), str(deploy.paths.LIB / (name + ".py"))],
                        check=True)
         built = files["lib/%s.mpy" % name].read_bytes()
-        if options:
+        if optimized:
             assert len(built) < len(plain.read_bytes())  # the line-number tables gone
         else:
             assert built == plain.read_bytes()
+        # its name is the board's path, not this checkout's (a qstr on the node's heap)
+        assert rel.encode() in built and str(deploy.paths.LIB).encode() not in built
     # a node still imports and runs it: the VM loads the -O3 module
     out = subprocess.run([deploy.paths.micropython_binary(), "-c", "import mqtt; print(mqtt._head(0x10, 200))"],
                          env=dict(os.environ, MICROPYPATH=str(tmp_path / "out" / "lib")),

@@ -67,10 +67,16 @@ def mpy_cross():
 OPTIMIZED = ("lib/mqtt",)
 
 
-def mpy_cross_args(rel):
+def mpy_cross_args(rel, optimize=None):
     """mpy-cross's options beyond -march for the module at board path rel
-    (lib/mqtt.py): what a node runs, for the bench to compile the same way."""
-    return ["-O3"] if rel.startswith(OPTIMIZED) else []
+    (lib/mqtt.py): what a node runs, for the bench to compile the same way.
+    Its source name is the board path (-s), not this machine's: a qstr on the
+    node's heap while it is loaded (a long checkout path, tens of bytes a
+    module), the name its tracebacks give, and the same .mpy from any checkout.
+    optimize: -O3 or not, whatever OPTIMIZED says (the bench compares both)."""
+    if optimize is None:
+        optimize = rel.startswith(OPTIMIZED)
+    return ["-s", rel] + (["-O3"] if optimize else [])
 
 
 def build(out, arch, firmware=paths.FIRMWARE, lib=paths.LIB, config=None, hardware=None):
