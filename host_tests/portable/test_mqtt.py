@@ -53,6 +53,14 @@ def test_a_publish_is_its_header_then_the_message_uncopied_or_with_nagle_one_wri
     assert c.sock.writes == [head[:-1] + b"\x02" + msg]  # the same bytes, in one write
 
 
+def test_disconnect_is_two_bytes_in_one_write_then_closed():
+    c = mqtt.MQTTClient("node", "127.0.0.1", 1883, insecure=True)
+    c.sock = w = Writes()
+    c.disconnect()
+    assert w.writes == [b"\xe0\x00"] and c.sock is None
+    c.disconnect()  # again, not connected: nothing to say, no error
+
+
 class NoOptions:
     """socket for mqtt.connect() whose sockets have no setsockopt() and refuse
     to connect: connect() stops at the TCP stage, after the option."""
@@ -150,6 +158,42 @@ def connected_pair(window=8):
     peer, _ = srv.accept()
     peer.settimeout(2)
     return c, peer, srv
+
+
+class Talker:
+    """A broker's socket with a PINGRESP always waiting, without end."""
+
+    def __init__(self):
+        self.reads = 0
+        self.left = b""
+
+    def settimeout(self, t):
+        pass
+
+    def recv(self, n):
+        self.reads += 1
+        if self.reads > 100000:
+            raise RuntimeError("still reading, long past the deadline")
+        if not self.left:
+            self.left = b"\xd0\x00"
+        out, self.left = self.left[:n], self.left[n:]
+        return out
+
+    def close(self):
+        pass
+
+
+def test_a_broker_that_keeps_talking_cannot_hold_wait_all_past_its_deadline():
+    # PINGRESPs, never the PUBACK: every read finds data waiting, so only the
+    # deadline, checked before each read, ends the wait (and says so)
+    import time
+
+    c = mqtt.MQTTClient("node", "127.0.0.1", 1883, insecure=True)
+    c.raw = c.sock = talker = Talker()
+    c.inflight = {1: time.ticks_ms()}
+    e = raises(mqtt.MQTTError, c.wait_all, 20)
+    assert "timeout" in str(e) and c.sock is None
+    assert 0 < talker.reads < 100000
 
 
 def read_exactly(peer, n):
