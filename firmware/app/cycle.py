@@ -52,6 +52,9 @@ class Wake:
         self.chains = [c.chain for c in cfg.channels]  # built once, by config.check
         self.readings = 0  # readings kept this wake
         self.uplink = "-"  # what the uplink did: "-", "ok", "partial", "backoff", a failure
+        # the uplink attempt's outcome (None: none made), for the ladder to
+        # judge a trial by once the whole wake is done (appslot, app.fwupdate)
+        self.trial_uplink = None
 
     # ------------------------------------------------------------ pieces
     def _open_stores(self):
@@ -250,11 +253,13 @@ class Wake:
         finally:
             s.close()
         self.uplink = s.result
-        self._trial_uplink(trial, self.uplink in ("ok", "partial"))
-        if st.upd == 2:
-            # a download under way may finish in the mailbox: a firmware's
-            # switch resets from there, and the next app reads RTC memory
-            # with its own code. What RTC memory holds goes to flash first.
+        self.trial_uplink = self.uplink in ("ok", "partial")
+        if trial or st.upd == 2:
+            # a trial may end in a reset or a switch back (a rolled-back
+            # firmware is another MicroPython build), and a download under
+            # way may finish in the mailbox (a firmware's switch resets from
+            # there); the next app reads RTC memory with its own code. What
+            # RTC memory holds goes to flash first.
             self._flush()
         if s.inbox or st.down_busy or st.upd == 2:
             self._mailbox(s)
@@ -337,25 +342,6 @@ class Wake:
             except Exception as e:  # noqa: BLE001
                 log.error("update", "fwupdate: %s: %s", type(e).__name__, e)
         return t
-
-    def _trial_uplink(self, trial, ok):
-        """After an uplink attempt: a trial confirmed (written before the
-        wake sleeps) or a failure counted toward its rollback."""
-        try:
-            import appslot
-
-            appslot.uplink(ok)
-        except ImportError:
-            pass
-        except Exception as e:  # noqa: BLE001
-            log.error("update", "appslot: %s: %s", type(e).__name__, e)
-        if trial & 2:
-            try:
-                from app import fwupdate
-
-                fwupdate.uplink(ok)
-            except Exception as e:  # noqa: BLE001
-                log.error("update", "fwupdate: %s: %s", type(e).__name__, e)
 
     def _mailbox(self, s):
         """What came down in the session (app.mailbox), after the radio is

@@ -58,6 +58,8 @@ def run():
     wake = WAKES.get(machine.wake_reason(), "other")
     log.info("boot", "cause=%s wake=%s boot=%d rtc=%s fw=%s", cause, wake, st.boots, st.why,
              version.VERSION)
+    if cause != "deepsleep":
+        _fw_boot()
     if cause == "watchdog":
         # the last wake hung: as much a crash as an exception
         st.bump("wdt_resets")
@@ -74,11 +76,13 @@ def run():
         maintenance = False
     if maintenance:
         st.save()
+        _hold_trial_watchdog()
         log.warn("maintenance", "pin held at boot: staying awake at the REPL, no sleep")
         return
     cfg = None
     wdt = None
     trial_crash = None  # why this wake crashed, for an app on trial (appslot)
+    uplinked = None  # the wake's uplink attempt: None (none), True (ok), False (failed)
     try:
         wdt = machine.WDT(timeout=LOAD_WDT_MS)  # before the files: a hang in them resets the node
         if st.down_busy or cause in ("poweron", "hard", "other"):
@@ -94,7 +98,7 @@ def run():
                 log.error("config", "%s", e)
         wdt = machine.WDT(timeout=cfg.network_budget_ms + WDT_MARGIN_MS)  # the wake's own
         wdt.feed()
-        ms = _wake(st, cfg, hw, cause, wake, t0)
+        ms, uplinked = _wake(st, cfg, hw, cause, wake, t0)
     except Exception as e:  # noqa: BLE001  the ladder: log, keep, count, sleep
         _count_crash(st)
         st.cfg_crc = _config_crc()
@@ -110,10 +114,12 @@ def run():
     st.save()
     if trial_crash is not None:
         _trial_crashed(trial_crash)
+    elif uplinked is not None:
+        _trial_uplink(uplinked)  # a completed wake: only now may it confirm a trial
     # a firmware update's one-wake trial not confirmed: reset into the
     # bootloader's rollback, never sleep on it (app/fwupdate.py: the port's
-    # deep-sleep wakes skip the bootloader's choice). Loaded only on a wake
-    # that looked at a firmware trial.
+    # deep-sleep wakes skip the bootloader's choice). Loaded at every boot
+    # after a reset (_fw_boot), and on a wake that downloaded a firmware.
     fw = sys.modules.get("app.fwupdate")
     if fw is not None:
         try:
@@ -124,6 +130,51 @@ def run():
         return _hold(st.hold_min, wdt, hw, ms)
     _before_sleep(hw)
     machine.deepsleep(ms)
+
+
+def _fw_boot():
+    """What became of a firmware switch or trial, first thing after a reset
+    (app.fwupdate.boot): a trial is then known on every way this wake can
+    end (safe mode, low battery, a crash, a hold), and before_sleep() resets
+    it into the bootloader's rollback instead of sleeping on it. A bug there
+    must not stop the wake."""
+    try:
+        from app import fwupdate
+
+        fwupdate.boot()
+    except Exception as e:  # noqa: BLE001
+        log.error("update", "fwupdate: %s: %s", type(e).__name__, e)
+
+
+def _hold_trial_watchdog():
+    """The maintenance pin on a trial boot: appslot's watchdog (armed before
+    this code ran) fed, so the technician's REPL is not reset under them."""
+    try:
+        import appslot
+
+        appslot.hold_watchdog()
+    except Exception as e:  # noqa: BLE001  a node without appslot, or a bug in it
+        log.error("appslot", "%s: %s", type(e).__name__, e)
+
+
+def _trial_uplink(ok):
+    """After a wake that completed with an uplink attempt, its state saved:
+    an app or firmware on trial confirmed (on flash before the sleep) or a
+    failure counted toward its rollback."""
+    try:
+        import appslot
+
+        appslot.uplink(ok)
+    except ImportError:  # a node deployed without slots
+        pass
+    except Exception as e:  # noqa: BLE001  the ladder sleeps whatever appslot does
+        log.error("appslot", "%s: %s", type(e).__name__, e)
+    fw = sys.modules.get("app.fwupdate")  # a trial is known only where _fw_boot() loaded it
+    if fw is not None:
+        try:
+            fw.uplink(ok)
+        except Exception as e:  # noqa: BLE001
+            log.error("update", "fwupdate: %s: %s", type(e).__name__, e)
 
 
 def _trial_crashed(why):
@@ -211,12 +262,13 @@ def _wake(st, cfg, hw, cause, wake, t0):
             # one more try of the application next time; one crash brings us back
             st.crash_streak = sm.after_crashes - 1
             log.info("safe", "last safe wake: the application runs again next wake")
-        return safemode.run(st, cfg, cause)
+        return safemode.run(st, cfg, cause), None  # no trial is judged in safe mode
     _importing[0] = True
     from app import cycle
 
     _importing[0] = False
-    return cycle.Wake(st, cfg, hw, cause, wake, t0).run()
+    w = cycle.Wake(st, cfg, hw, cause, wake, t0)
+    return w.run(), w.trial_uplink
 
 
 def _before_sleep(hw):

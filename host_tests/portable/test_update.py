@@ -726,10 +726,11 @@ class Linked:
 
 
 def wake(n, samples=0, backoff=False):
-    """One sampling wake of the node, its uplink through Linked."""
+    """One sampling wake of the node, its uplink through Linked; a trial
+    judged by it as the ladder does once the wake is done."""
     from simdev.sht4x import SHT4xModel
 
-    from app import cycle, hardware, session
+    from app import cycle, hardware, ladder, session
 
     simstate.board.i2c[0] = {0x44: SHT4xModel()}
     simstate.board.analog[35] = 1505000
@@ -742,9 +743,12 @@ def wake(n, samples=0, backoff=False):
     real = session.Session
     session.Session = Linked
     try:
-        cycle.Wake(n.st, cfg, hardware.Hardware(BOARD), "deepsleep", "timer", 0).run()
+        w = cycle.Wake(n.st, cfg, hardware.Hardware(BOARD), "deepsleep", "timer", 0)
+        w.run()
     finally:
         session.Session = real
+    if w.trial_uplink is not None:
+        ladder._trial_uplink(w.trial_uplink)
     n.wake()
 
 
