@@ -6,7 +6,10 @@ only and is never part of an update; main.py calls choose() first thing.
     choose()          a staged slot switched in, on trial; a trial past its
                       limits rolled back; the active slot's folders first on
                       sys.path (the factory's "" and /lib taken off, so
-                      nothing mixes). Never raises: any error -> factory.
+                      nothing mixes); on a trial boot a watchdog armed
+                      (TRIAL_WDT_MS). Never raises: any error -> factory.
+    hold_watchdog()   awake at the REPL on purpose on a trial boot: its
+                      watchdog fed by a timer
     on_trial()        the running slot is on trial (cached by choose())
     uplink(ok)        after a wake's uplink attempt: ok confirms the trial
                       (on flash before it returns); TRIAL_UPLINKS failures
@@ -27,6 +30,17 @@ temporary file renamed over it), so a power cut leaves the old state or the
 new one. A missing file is the factory, silently (a node as deployed); a
 damaged one is the factory too, logged and removed (logged once).
 
+The trial's judge is a completed wake: the ladder calls uplink(ok) after
+the wake's state is saved, so a wake that crashes after its uplink is a
+crash, not a confirmation; main.py counts an exception out of the ladder
+itself, and the watchdog armed here covers a hang before the ladder's own.
+Known limits, not handled: a node on low battery makes no uplink, yet its
+trial boots count toward TRIAL_BOOTS (a long low-battery spell rolls a good
+app back); a version rolled back because the network was out through its
+trial is never tried again (a new version has to be published); a panic
+(HARD_RESET on the ESP32: a crash in C) is not counted as a trial crash, only
+exceptions, import failures and watchdog resets are.
+
 Nothing from /lib is imported here: a module loaded before the switch would
 stay the factory's copy for the slot's app.
 """
@@ -43,6 +57,11 @@ PATH = "data/appslot"
 REVERT_CRASHES = 2  # crashed (or hung) wakes on trial before the previous app is back
 TRIAL_UPLINKS = 3  # failed uplinks on trial before the same
 TRIAL_BOOTS = 48  # an app that never even tries an uplink: back after this many boots
+# armed by choose() on a trial boot, before any of the slot's code runs: a hang
+# anywhere in it (an import, before the ladder arms its own) resets, counted
+# as a hung wake. The ladder's WDT() calls reconfigure this one watchdog (the
+# ESP32 port: esp_task_wdt_reconfigure; the simulated board alike).
+TRIAL_WDT_MS = 60000
 NAME_MAX = 32
 ERR_MAX = 80
 # format, active, previous, pending slot, trial, trial boots, crashes, of them
@@ -63,6 +82,7 @@ class State:
 
 
 _cur = None  # the state choose() settled on for this boot
+_wdt = None  # the trial's watchdog, once choose() armed it
 
 
 def _log(letter, msg):
@@ -251,6 +271,26 @@ def choose():
         _cur = State()
         sys.path.clear()
         sys.path.extend(saved)
+    if _cur.trial:
+        _arm()
+
+
+def _arm():
+    global _wdt
+    try:
+        _wdt = machine.WDT(timeout=TRIAL_WDT_MS)
+    except Exception as e:  # noqa: BLE001  the ladder arms its own; the trial goes on
+        _log("E", "trial watchdog: %s: %s" % (type(e).__name__, e))
+
+
+def hold_watchdog():
+    """Awake at the REPL on purpose (the break-in window taken, the
+    maintenance pin held) on a trial boot: its watchdog, which cannot be
+    stopped, fed by a timer. Nothing when none was armed."""
+    if _wdt is None:
+        return
+    w = _wdt
+    machine.Timer(0).init(mode=machine.Timer.PERIODIC, period=1000, callback=lambda t: w.feed())
 
 
 def on_trial():
