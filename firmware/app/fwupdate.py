@@ -237,9 +237,15 @@ def before_sleep():
     """Right before machine.deepsleep(), after the wake's state is saved: an
     unconfirmed trial resets instead (a deep-sleep wake would start it again
     unchecked), and the bootloader rolls it back at this reset."""
-    if not _mem["trial"]:
-        return
     s = _mem["st"]
+    if not _mem["trial"]:
+        if s is not None and s["phase"] in (SWITCH, SWITCHED):
+            # finish() failed after its note (a flash error in set_boot):
+            # otadata may have changed, and a wake never sleeps after
+            # set_boot(); the next boot tells what runs (boot())
+            log.error("fw", "v%d switch not finished: reset", s["ver"])
+            machine.reset()
+        return
     if not s["err"]:
         s["err"] = "no uplink in its trial wake" if _mem["tried"] else "its trial wake made no uplink"
     try:
@@ -271,6 +277,11 @@ class Sink:
 
     def __init__(self, size, chunk):
         self.part = _update_partition()
+        s = _state()
+        if s is not None and s["phase"] != IDLE:
+            # a switch or trial not settled (the next reset's boot() settles
+            # it): the partition written may be the one a rollback needs
+            raise OSError(_EBUSY, "firmware v%d switch or trial not settled: no update yet" % s["ver"])
         cap = self.part.info()[3]
         if chunk <= 0 or BLOCK % chunk:
             raise ValueError("chunk of %d bytes does not divide %d" % (chunk, BLOCK))
