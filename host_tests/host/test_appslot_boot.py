@@ -110,3 +110,56 @@ def test_a_slot_missing_a_lib_module_fails_to_import_and_is_rolled_back(tmp_path
     assert bad.why == "machine.reset()"
     b = node.run(1)[0]
     assert "fw=0.6.0" in boot_lines(b)[0] and b.why.startswith("deepsleep"), b.output
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_an_exception_out_of_the_ladder_is_a_crashed_wake_and_a_sleep_not_the_repl(tmp_path, broker, interp):
+    # main.py calls ladder.run() of the app on trial: what escapes it is
+    # counted against the trial and the node sleeps; two such wakes roll back
+    flash = slot_copy(tmp_path, interp, 1)
+    ladder = "def run():\n    raise RuntimeError('ladder broken')\n"
+    if interp == "vm":
+        (flash / "slots" / "1" / "app" / "ladder.mpy").unlink()
+    (flash / "slots" / "1" / "app" / "ladder.py").write_text(ladder)
+    node = SimNode(flash, broker, interp)
+    node.run(1)
+    node.write_file(appslot.PATH, staged(1, 7, "0.7.0"))
+    first = node.run(1)[0]
+    assert "wake crashed: RuntimeError: ladder broken" in first.output, first.output
+    assert first.end == "halt" and first.why.startswith("deepsleep"), first.output  # never the REPL
+    s = state_on(node)
+    assert (s.active, s.trial, s.crashes) == (1, 1, 1)
+    node.run(1)
+    b = node.run(1)[0]
+    assert "rolled back to slot 0 v0: crashed 2 wakes" in b.output, b.output
+    assert "fw=0.6.0" in boot_lines(b)[0] and b.why.startswith("deepsleep"), b.output
+
+
+def test_a_new_firmware_that_cannot_import_the_app_is_reset_into_the_rollback(tmp_path, broker):
+    # a new MicroPython on its trial that cannot load the app (an old .mpy,
+    # here a ladder that raises at import): main.py resets, the bootloader
+    # rolls the unconfirmed image back; a 1 h deep sleep would keep it running
+    import espimage
+    import simota
+
+    from app import fwupdate
+
+    def ota_trial(board):  # flashed with the OTA build; set_boot(ota_1) done, its reset next
+        board.partition_table = "ota"
+        row = simota.find(board, label="ota_1")
+        simota.flash(board, row).program(0, espimage.build(version="1.30.0"))
+        assert simota.set_boot(board, row) == 0
+
+    flash = tmp_path / "flash"
+    node = SimNode(flash, broker, "cpython", prepare=ota_trial)
+    s = fwupdate._fresh()
+    s.update(phase=fwupdate.SWITCHED, ver=7, name="1.30.0", new="ota_1", prev="ota_0")
+    node.write_file(fwupdate.PATH, bytes(fwupdate._encode(s)))
+    node.write_file("app/ladder.py", "raise ValueError('incompatible .mpy file')\n")
+    assert node.board.running_app == "ota_1"
+    bad = node.run(1)[0]
+    assert "new firmware on trial: reset to roll it back" in bad.output, bad.output
+    assert bad.why == "machine.reset()"
+    assert node.board.running_app == "ota_0"  # the bootloader rolled back
+    b = node.run(2)
+    assert [x.sleep_ms for x in b] == [3600000, 3600000], [x.output for x in b]  # the old one: no reset loop

@@ -216,6 +216,24 @@ def test_an_import_crash_rolls_back_and_resets_at_once():
     with_node(t)
 
 
+def test_a_trial_boot_arms_a_watchdog_before_the_slot_runs():
+    # the slot's own ladder arms one only once its modules are imported: a
+    # hang before that (an import, the break-in) would keep a trial awake
+    import time
+
+    def t(n):
+        n.boot()
+        assert simstate.board.wdt_deadline is None  # the factory app: none armed here
+        on_trial_in_slot_1(n)
+        assert simstate.board.wdt_timeout_us == appslot.TRIAL_WDT_MS * 1000
+        h = sleep_and_wake(time.sleep, appslot.TRIAL_WDT_MS // 1000 + 1)  # the slot hangs
+        assert h.cause == machine.WDT_RESET
+        n.boot(machine.WDT_RESET)
+        assert appslot._load().hung == 1 and appslot.on_trial()  # counted as a hung wake
+
+    with_node(t)
+
+
 def test_an_app_that_never_tries_an_uplink_goes_back_after_trial_boots():
     def t(n):
         on_trial_in_slot_1(n)

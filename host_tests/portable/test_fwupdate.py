@@ -447,3 +447,53 @@ def test_the_state_file_round_trips_and_refuses_any_flipped_byte():
         bad[i] ^= 0x40
         assert fwupdate._decode(bytes(bad)) is None, i
     assert fwupdate._decode(data[:-1]) is None
+
+
+# ---------------------------------------------------------------- the ladder's part
+def _ladder_wake(n, crash_streak=0, cycle_raises=False):
+    """One whole wake through app.ladder.run() in the trial wake (no
+    configuration: no radio), the state in RTC memory as given -> the Halt."""
+    from app import cycle, ladder, state
+
+    st = state.State()
+    st.crash_streak = crash_streak  # at the safe-mode threshold: the app does not run
+    st.save()
+    real = cycle.Wake.run
+
+    def boom(self):
+        raise RuntimeError("the new firmware's wake crashed")
+
+    if cycle_raises:
+        cycle.Wake.run = boom
+    try:
+        return n.reboot(ladder.run)
+    finally:
+        cycle.Wake.run = real
+
+
+def test_a_trial_wake_that_never_reaches_its_uplink_resets_into_the_rollback():
+    # the trial is decided first thing in the wake (ladder: fwupdate.boot()),
+    # not where the uplink would start: a crash before it, or safe mode,
+    # ends in a reset and the bootloader rolls back; a deep sleep would keep
+    # the unconfirmed image running (SKIP_VALIDATE_IN_DEEP_SLEEP)
+    from app import config
+
+    for case in ("crash", "safe mode"):
+        def run(n, case=case):
+            img = image()
+            sink = download(img)
+            assert sink.digest() == hashlib.sha256(img).digest()
+            n.reboot(fwupdate.finish, 7, "1.30.0")  # into the trial wake; nothing has looked at it yet
+            assert running() == "ota_1"
+            if case == "crash":
+                h = _ladder_wake(n, cycle_raises=True)
+            else:
+                h = _ladder_wake(n, crash_streak=config.SafeMode().after_crashes)
+                assert "safe mode" in n.log()
+            assert h.cause == machine.SOFT_RESET, (case, h)  # reset, not deep sleep
+            assert running() == "ota_0" and ota_state("ota_1") == simota.ABORTED
+            fwupdate.boot()
+            assert not fwupdate.on_trial() and fwupdate.refused(7)
+            assert "its trial wake made no uplink" in fwupdate.report()["fwerr"], fwupdate.report()
+
+        with_node(run)

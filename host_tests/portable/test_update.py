@@ -787,6 +787,57 @@ def test_a_trial_wake_whose_uplink_fails_counts_toward_the_rollback():
     with_node(run)
 
 
+def test_a_trial_wake_that_crashes_after_its_uplink_is_a_crash_not_a_confirmation():
+    # a trial is judged by a completed wake: the ladder confirms after the
+    # wake's state is saved; a crash later in the wake is counted instead
+    from app import cycle, ladder, session
+    from ptest import sleep_and_wake
+
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        n.download(r)
+        n.boot()
+        assert appslot.on_trial()
+        n.wake()
+        real_session, real_sleep = session.Session, cycle.Wake.sleep
+
+        def boom(self, ms):
+            raise RuntimeError("after the uplink")
+
+        session.Session, cycle.Wake.sleep = Linked, boom
+        Linked.opened = 0
+        try:
+            h = sleep_and_wake(ladder.run)
+        finally:
+            session.Session, cycle.Wake.sleep = real_session, real_sleep
+        assert Linked.opened == 1 and h.cause == machine.DEEPSLEEP_RESET
+        s = appslot._load()
+        assert (s.trial, s.crashes, s.fails) == (1, 1, 0)  # on trial still, one crashed wake
+
+    with_node(run)
+
+
+def test_a_trial_wake_puts_the_readings_held_in_rtc_memory_on_flash():
+    # a trial may end in a reset or a rollback to an app (or a MicroPython)
+    # that reads RTC memory with other code: the readings are on flash first
+    import outbox
+
+    from app import stores
+
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        n.download(r)
+        n.boot()
+        assert appslot.on_trial() and not update.load().busy
+        wake(n)
+        held = len(outbox.Outbox(stores.OUTBOX_PATH, rtc=rtcmem.Region(machine.RTC(), *state.OUTBOX)))
+        assert held > 0 and len(outbox.Outbox(stores.OUTBOX_PATH)) == held  # flash alone holds them all
+
+    with_node(run)
+
+
 def test_an_uplink_wake_fetches_the_next_chunks_and_takes_them_after_the_session():
     def run(n):
         r = Release(image(), v=7)
