@@ -42,6 +42,12 @@ class Refused(Exception):
     (never a secret's value)."""
 
 
+class Later(Refused):
+    """A refusal that may pass later (no room yet, a firmware trial on): the
+    caller counts it but does not spend the message's version on it, so the
+    same message (its retained copy) is taken when it comes again."""
+
+
 def keys(hmac_key, down_key=None):
     """-> (K_mac, K_enc), 32 bytes each."""
     root = down_key or cose.hmac_sha256(hmac_key, b"petrel downlink key")
@@ -221,9 +227,11 @@ class Manifest:
         return (self.z + self.c - 1) // self.c
 
 
-def update_manifest(body):
+def update_manifest(body, down=None):
     """-> a Manifest; Refused("malformed") for a field of the wrong type,
-    Refused("invalid") for one out of its range."""
+    Refused("invalid") for one out of its range. down: the node's own
+    downlink topics' prefix ("<topic>/down/"), which no chunk topic may be
+    under (a chunk would reach the mailbox as a downlink kind)."""
     m = Manifest()
     m.t = _field(body, "t", str)
     m.v = _field(body, "v", int)
@@ -250,4 +258,6 @@ def update_manifest(body):
     if not 1 <= len(p.encode()) <= 64 or "+" in p or "#" in p or "\x00" in p or "//" in p \
             or p[0] == "/" or p[-1] == "/":
         raise Refused("invalid", "chunk topic prefix")
+    if down and (p + "/").startswith(down):
+        raise Refused("invalid", "chunk topic prefix under the node's downlink")
     return m

@@ -296,26 +296,28 @@ class Wake:
 
     def _fetch(self, s):
         """The next chunks of an update's download, in this session (taken
-        by the mailbox after the radio is off)."""
+        by the mailbox after the radio is off). st.upd_miss counts the
+        fetches the broker answered since the download last advanced (the
+        chunk taken resets it: app.updating.take): chunks gone from the
+        broker, or a next chunk that is never the one the chain expects
+        while later ones come, end in the download given up after
+        FETCH_MISSES, not in radio time on it at every uplink for ever. A
+        fetch skipped or never answered proves nothing and is not counted."""
+        st = self.st
         try:
             from app import update
 
-            topics = update.wanted(self.st, self.cfg)
+            if st.upd_miss >= update.FETCH_MISSES:
+                st.upd_miss = 0
+                update.abandon(st, "no progress in %d sessions" % update.FETCH_MISSES)
+            topics = update.wanted(st, self.cfg)
         except Exception as e:  # noqa: BLE001  no update today; the session goes on
             log.error("update", "fetch: %s: %s", type(e).__name__, e)
             return
-        if not topics:
-            return
-        if s.fetch(topics):
-            self.st.upd_miss = 0
-        elif s.result is None:  # connected, and the broker had none of them
-            self.st.bump("upd_miss")
-            if self.st.upd_miss >= update.FETCH_MISSES:  # chunks cleared: no radio time on them for ever
-                self.st.upd_miss = 0
-                try:
-                    update.abandon(self.st, "no chunk on the broker in %d sessions" % update.FETCH_MISSES)
-                except OSError as e:
-                    log.error("update", "not abandoned: %s", e)
+        if topics:
+            s.fetch(topics)
+            if s.fetch_acked:
+                st.bump("upd_miss")
 
     def _trial(self):
         """-> bit 1: the app runs on trial (appslot), bit 2: the firmware

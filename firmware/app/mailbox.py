@@ -32,7 +32,9 @@ An update's manifest (kind "update") and its chunks go to app.update: its
 last version is kept in data/update (data/down's format is that of the four
 kinds before it), the chunks (topics under the manifest's prefix, fetched by
 app.session) are taken in order, and a download whose last chunk came is
-finished here, after the radio is off.
+finished here, after the radio is off. A manifest refused for a reason that
+may pass later (downmsg.Later: no room yet, a firmware trial on) does not use
+its downlink version: its retained copy is taken when it comes again.
 
 A hold keeps the node awake at the REPL (ladder.run: the watchdog fed, the
 node back on its schedule afterwards). A time answer is the fleet side's
@@ -266,11 +268,14 @@ def receive(st, cfg, clk, inbox):
                 _refuse(st, e.args[0], kind, e.args[1], m if kind != "update" else None)
                 if kind == "update":
                     upd.get().err = ("update: %s" % e.args[1])[:ERR_MAX]
+                    upd.dirty = True
+                    if isinstance(e, downmsg.Later):  # no room yet, a trial on: its copy is taken again
+                        continue
             except OSError as e:  # the flash: tried again only if the fleet side sends it again
                 log.error("down", "%s v%d not kept: %s", kind, version, e)
                 continue
             if kind == "update":
-                upd.get().downv = version  # refused or not: never again
+                upd.get().downv = version  # taken or refused for good: never again
                 upd.dirty = True
             else:
                 m.applied[downmsg.KINDS.index(kind)] = version
@@ -343,7 +348,9 @@ def _apply(st, cfg, clk, m, kind, version, body, k_enc, upd=None):
     if kind == "update":
         if upd.get() is None:
             raise OSError("no update state")
-        if upd.get().accept(st, downmsg.update_manifest(body)):
+        man = downmsg.update_manifest(body, cfg.topic + "/down/")
+        man.downv = version  # kept with it if it waits for another target's download
+        if upd.get().accept(st, man):
             upd.dirty = True
     elif kind == "config":
         text = downmsg.config_text(body)

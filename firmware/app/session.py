@@ -122,6 +122,7 @@ class Session:
         self.inbox = []  # what the broker had for us (the downlink), taken at close()
         self.subscribed = False  # SUBSCRIBE sent: the broker had no session for us
         self.fetched = None  # the chunk topics fetch() subscribed to, left at close()
+        self.fetch_acked = False  # fetch()'s SUBSCRIBE was answered: a session that could bring chunks
 
     def open(self):
         """Wi-Fi within the budget, leaving a second of it for the broker (a
@@ -242,7 +243,10 @@ class Session:
         after it: a chunk not there by then is not on the broker), or the
         broker refuses the topics (its ACL: counted as no chunk). The
         subscriptions go with the DISCONNECT (close). The chunks land in
-        self.inbox with the other downlink messages. -> how many came."""
+        self.inbox with the other downlink messages. -> how many came;
+        self.fetch_acked: whether the broker answered the SUBSCRIBE (a fetch
+        skipped, for the budget or the inbox's room, or cut short before its
+        SUBACK, is no evidence that the chunks are gone)."""
         c = self.client
         if c is None or self.result is not None:
             return 0
@@ -278,6 +282,7 @@ class Session:
                 if n == seen and pid not in c.inflight:  # nothing new since the SUBACK
                     break
                 seen = n
+            self.fetch_acked = pid not in c.inflight  # only a SUBACK (taken or refused) takes it out
         except (mqtt.MQTTError, OSError, ValueError) as e:
             self._failed(e)
         n = got(getattr(c, "inbox", ()) if self.client is not None else self.inbox)

@@ -22,7 +22,18 @@ data/update (done, expect) is saved whole (tmp + rename), so a cut between
 the two writes the same chunk again. The finish (verify, unpack, verify the
 tree, appslot.stage) starts over from the image after a cut anywhere before
 stage(), which is one atomic write; after it, a finish found done (the new
-version running, or refused) only cleans up.
+version running, or refused) only cleans up. A finish that fails (no room on
+the flash at the check before unpacking, or an unpack that fails: ENOSPC)
+removes the half-filled slot at once and is tried UNPACK_TRIES times in all,
+then given up (refused, the image removed): never a retry at every wake that
+keeps the outbox's flash.
+
+One download at a time: a manifest for the other target (a firmware's while
+an app's downloads, or the reverse) waits in data/update.next, checked and
+started once the download in progress ends (done, refused, given up): the
+fleet side sends a manifest once. A refusal then that may pass later (no
+room yet) gives its downlink version back, so its retained copy is taken
+when the broker sends it again.
 """
 
 import os
@@ -34,12 +45,16 @@ import eventlog as log
 
 PATH = "data/update"
 IMG = "data/update.img"
+QUEUE = "data/update.next"  # the other target's manifest, waiting for this download to end
 FW_PATH = "data/fw"  # app.fwupdate's state: absent until a firmware update was switched to
 FETCH_BYTES = 16384  # chunk bytes one session may hold on the heap (the inbox, until mailbox time)
-FETCH_MISSES = 24  # sessions in a row that found no chunk on the broker: the download is given up
+FETCH_MISSES = 24  # fetch sessions in a row (SUBACK come) that took no chunk: the download is given up
+UNPACK_TRIES = 2  # finishes that found no room or failed to unpack: then the download is given up
 ERR_MAX = 80
-# downlink version, busy, target (0 app, 1 fw), image version, size, chunk size,
-# chunks done, SHA-256 of the image, of chunk 0's message, of the next chunk's
+# downlink version, busy (bit 0; bits 1..7: the finishes that failed, so a file
+# of a build that had no count reads as none), target (0 app, 1 fw), image
+# version, size, chunk size, chunks done, SHA-256 of the image, of chunk 0's
+# message, of the next chunk's
 _FMT = "<QBBIIHH32s32s32s"
 TARGETS = ("app", "fw")
 IDLE, BUSY, IDLE_ERR = 1, 2, 3  # st.upd: 0 not read since RTC memory was lost
@@ -47,11 +62,14 @@ IDLE, BUSY, IDLE_ERR = 1, 2, 3  # st.upd: 0 not read since RTC memory was lost
 
 class Update:
     IMG = IMG  # for app.updating, which does not import this module back
+    QUEUE = QUEUE
     TARGETS = TARGETS
+    UNPACK_TRIES = UNPACK_TRIES
 
     def __init__(self):
         self.downv = 0  # the last update manifest's downlink version (mailbox: replays)
         self.busy = 0
+        self.fails = 0  # finishes that failed (no room, unpack): UNPACK_TRIES and it is given up
         self.t = 0
         self.v = self.z = self.c = self.done = 0
         self.h = self.f = self.expect = bytes(32)
@@ -63,15 +81,15 @@ class Update:
     def target(self):
         return TARGETS[self.t]
 
-    def save(self):
-        body = struct.pack(_FMT, self.downv, self.busy, self.t, self.v, self.z, self.c, self.done,
-                           self.h, self.f, self.expect)
-        n, p = self.n.encode()[:32], self.p.encode()[:64]
-        body += bytes((len(n),)) + n + bytes((len(p),)) + p + self.err.encode()[:ERR_MAX]
-        tmp = PATH + ".tmp"
+    def save(self, path=PATH):
+        body = struct.pack(_FMT, self.downv, (1 if self.busy else 0) | min(self.fails, 127) << 1, self.t,
+                           self.v, self.z, self.c, self.done, self.h, self.f, self.expect)
+        n, p = cut(self.n, 32), cut(self.p, 64)
+        body += bytes((len(n),)) + n + bytes((len(p),)) + p + cut(self.err, ERR_MAX)
+        tmp = path + ".tmp"
         with open(tmp, "wb") as f:
             f.write(body + struct.pack("<I", crc32(body) & 0xFFFFFFFF))
-        os.rename(tmp, PATH)  # whole or not at all
+        os.rename(tmp, path)  # whole or not at all
 
     def flag(self, st):
         st.upd = BUSY if self.busy else IDLE_ERR if self.err else IDLE
@@ -117,12 +135,38 @@ class Update:
 
     def settle(self, st):
         """With every chunk in: the image verified whole and handed to its
-        target (a firmware's ends in a reset: never returns)."""
-        if not self.busy or self.done < self.chunks():
+        target (a firmware's ends in a reset: never returns). With none in
+        progress (any more), a queued manifest starts."""
+        if self.busy and self.done >= self.chunks():
+            from app import updating
+
+            updating.settle(self, st)
+        if not self.busy:
+            self.dequeue(st)
+
+    def dequeue(self, st):
+        """The other target's manifest that waited for the last download
+        (data/update.next): checked and started now, or refused. A refusal
+        that may pass later gives its downlink version back (its retained
+        copy is taken again)."""
+        q = load(QUEUE)
+        if not q.busy:
             return
+        import downmsg
+
         from app import updating
 
-        updating.settle(self, st)
+        m = downmsg.Manifest()
+        m.t, m.v, m.n, m.z, m.h, m.c, m.f, m.p = q.target(), q.v, q.n, q.z, q.h, q.c, q.f, q.p
+        try:
+            updating.accept(self, st, m)
+            self.err = ""
+        except downmsg.Refused as e:
+            self.refuse(st, e.args[0], e.args[1])
+            if isinstance(e, downmsg.Later):
+                self.downv = min(self.downv, q.downv - 1)
+        self.save()
+        _remove(QUEUE)
 
     def restart(self):
         self.done = 0
@@ -130,11 +174,23 @@ class Update:
         _remove(IMG)
 
 
-def load():
-    """data/update -> an Update (a fresh idle one when absent or damaged)."""
+def cut(text, n):
+    """text's UTF-8 in at most n bytes, never half a character (load() must
+    decode what save() wrote)."""
+    raw = text.encode()
+    if len(raw) <= n:
+        return raw
+    while n and raw[n] & 0xC0 == 0x80:  # raw[n] continues the character before it
+        n -= 1
+    return raw[:n]
+
+
+def load(path=PATH):
+    """data/update (or the queued manifest's data/update.next) -> an Update
+    (a fresh idle one when absent or damaged)."""
     u = Update()
     try:
-        with open(PATH, "rb") as f:
+        with open(path, "rb") as f:
             raw = f.read(512)
     except OSError:
         return u
@@ -143,6 +199,7 @@ def load():
         if len(raw) < n + 6 or struct.unpack("<I", raw[-4:])[0] != crc32(raw[:-4]) & 0xFFFFFFFF:
             raise ValueError
         (u.downv, u.busy, u.t, u.v, u.z, u.c, u.done, u.h, u.f, u.expect) = struct.unpack(_FMT, raw[:n])
+        u.busy, u.fails = u.busy & 1, u.busy >> 1
         ln = raw[n]
         u.n = raw[n + 1:n + 1 + ln].decode()
         i = n + 1 + ln
@@ -152,7 +209,7 @@ def load():
         if u.t > 1 or (u.busy and not u.c):
             raise ValueError
     except (ValueError, IndexError, UnicodeError):
-        log.error("update", "%s damaged: no download in progress", PATH)
+        log.error("update", "%s damaged: no download in progress", path)
         return Update()
     return u
 
@@ -165,14 +222,16 @@ def wanted(st, cfg):
 
 
 def abandon(st, why):
-    """The download given up (its chunks are not on the broker any more): a
-    new manifest starts it again."""
+    """The download given up (its chunks are not on the broker any more, or
+    never the one it needs): a new manifest starts it again. A queued
+    manifest starts now."""
     u = load()
     if u.busy:
         u.refuse(st, "stale", "%s v%d: %s" % (u.target(), u.v, why))
         u.busy = 0
         _remove(IMG)
         u.save()
+        u.dequeue(st)
     u.flag(st)
 
 
@@ -184,6 +243,8 @@ def report(st):
         u = load()
         u.flag(st)
         out["upd"], out["uperr"] = u.status(), u.err
+        if st.upd == IDLE_ERR:  # the refusal reported: not read again at every uplink (after a power-on: once more)
+            st.upd = IDLE
     if "app.fwupdate" not in sys.modules and not _size(FW_PATH):
         return out  # never a firmware update: as flashed, and no module loaded to say so
     try:

@@ -16,11 +16,14 @@ import eventlog as log
 # nothing of app.update is imported back: what is shared comes with the
 # Update handed in (u.IMG, u.TARGETS)
 MAGIC = b"PTRLAPP1"
-ROOM_SPARE = 16384  # free flash left beside the image and its unpacked copy
+# free flash kept beside the image and its unpacked copy: the outbox goes on
+# growing while the download takes its wakes (an unsent day of readings)
+ROOM_SPARE = 65536
 MAX_ENTRIES = 200
 MAX_PATH = 64
 MAX_LEVELS = 4
 RUNNABLE = ("app/ladder.mpy", "app/ladder.py")  # what main.py runs after appslot.choose()
+_EBUSY = 16  # app.fwupdate's "a firmware trial is on" (MicroPython's errno has no EBUSY)
 PIECE = 1024  # bytes read or written at a time: the image is never on the heap whole
 _PATH_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./-"
 
@@ -38,19 +41,42 @@ def accept(u, st, m):
         raise downmsg.Refused("stale", "%s v%d, running v%d" % (m.t, m.v, running))
     if refused(m.v):
         raise downmsg.Refused("reverted", "%s v%d was rolled back" % (m.t, m.v))
+    if u.busy and t != u.t:  # versions of two targets do not compare: it waits its turn
+        return _queue(u, m)
     if u.busy and m.v < u.v:
         raise downmsg.Refused("stale", "%s v%d, v%d downloading" % (m.t, m.v, u.v))
     if m.t == "app":
-        free = _free_bytes() + _size(u.IMG)  # the old download's image goes
-        if free < 2 * m.z + ROOM_SPARE:
-            raise downmsg.Refused("invalid", "no room: %d bytes free for %d" % (free, m.z))
+        bs, free = _flash()
+        free += _blocks(_size(u.IMG), bs) * bs  # the old download's image goes
+        # the image's blocks, its unpacked copy (at least as many), the slot's folders, the spare
+        need = (2 * _blocks(m.z, bs) + 2 * 4) * bs + ROOM_SPARE
+        if free < need:
+            raise downmsg.Later("invalid", "no room: %d bytes free, %d needed" % (free, need))
     else:
         _fw_sink(m.z, m.c)  # the build has an OTA partition that takes it (Refused if not)
     _remove(u.IMG)
     u.busy, u.t, u.v, u.n, u.z, u.c = 1, t, m.v, m.n, m.z, m.c
-    u.h, u.f, u.expect, u.p, u.done = m.h, m.f, m.f, m.p, 0
+    u.h, u.f, u.expect, u.p, u.done, u.fails = m.h, m.f, m.f, m.p, 0, 0
+    st.upd_miss = 0
     log.info("update", "%s v%d (%s) accepted: %d bytes in %d chunks", m.t, m.v, m.n, m.z, u.chunks())
     return True
+
+
+def _queue(u, m):
+    """m (the other target's manifest) waits in u.QUEUE for the download in
+    progress to end (app.update's dequeue); a newer one of its target
+    replaces it. -> False: the download in progress goes on."""
+    from app import update
+
+    q = update.load(u.QUEUE)
+    if q.busy and q.v > m.v:
+        raise downmsg.Refused("stale", "%s v%d, v%d waits" % (m.t, m.v, q.v))
+    q = update.Update()
+    q.busy, q.t, q.v, q.n, q.z, q.c, q.h, q.f, q.p = 1, u.TARGETS.index(m.t), m.v, m.n, m.z, m.c, m.h, m.f, m.p
+    q.downv = getattr(m, "downv", 0)  # app.mailbox: its downlink version, given back if it is refused later
+    q.save(u.QUEUE)
+    log.info("update", "%s v%d (%s) waits for the %s v%d download to end", m.t, m.v, m.n, u.target(), u.v)
+    return False
 
 
 def take(u, st, topic, msg):
@@ -85,6 +111,7 @@ def take(u, st, topic, msg):
     u.done = i + 1
     u.expect = bytes(msg[size:])
     u.save()  # after the chunk is on flash: a cut before this writes it again
+    st.upd_miss = 0  # progress: app.cycle's count of fruitless fetches starts again
     return True
 
 
@@ -142,8 +169,18 @@ def settle(u, st):
         return
     slot = appslot.free_slot()
     d = appslot.slot_dir(slot)
-    _rmtree(d)
-    _unpack(u.IMG, entries, d)
+    try:
+        bs, free = _flash()
+        free += _tree_blocks(d, bs) * bs  # the free slot's old contents go
+        need = (_entries_blocks(entries, bs) + 2) * bs + ROOM_SPARE  # + "slots" itself
+        if free < need:
+            raise OSError("no room: %d bytes free, %d needed with the outbox's spare" % (free, need))
+        _rmtree(d)
+        _unpack(u.IMG, entries, d)
+    except OSError as e:  # ENOSPC: the half-filled slot goes now, its flash back to the outbox
+        _rmtree(d)
+        _failed(u, st, "slot %d: %s" % (slot, e))
+        return
     if _tree_digest(d, entries) != u.h:  # what littlefs gave back is not what was written
         u.refuse(st, "forged", "unpacked slot %d differs" % slot)
         _rmtree(d)
@@ -167,6 +204,18 @@ def _finish_fw(u, st):
     log.info("update", "fw v%d (%s) written: switching", u.v, u.n)
     st.save()  # the reset below ends the wake: what RTC memory keeps is kept now
     fwupdate.finish(u.v, u.n)
+
+
+def _failed(u, st, why):
+    """A finish that could not unpack: tried again at the next wake, given up
+    (refused, the image removed) after u.UNPACK_TRIES."""
+    u.fails += 1
+    if u.fails < u.UNPACK_TRIES:
+        log.warn("update", "app v%d not unpacked (%s): tried again", u.v, why)
+        u.save()
+        return
+    u.refuse(st, "invalid", "%s v%d given up: %s" % (u.target(), u.v, why))
+    _done(u, None)
 
 
 def _done(u, why):
@@ -203,6 +252,8 @@ def _fw_sink(z, c):
     try:
         return fwupdate.Sink(z, c)
     except (OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.args and e.args[0] == _EBUSY:  # a trial on: ends soon
+            raise downmsg.Later("invalid", "firmware: %s" % e)
         raise downmsg.Refused("invalid", "firmware: %s" % e)
 
 
@@ -236,6 +287,7 @@ def _entries(img, z):
     anything is written; Refused("invalid") naming the first broken one."""
     out = []
     last = None
+    dirs, files = {}, {}  # what the entries make: no entry may be a folder of one, nor under a file
     with open(img, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
             raise downmsg.Refused("invalid", "not an app image")
@@ -257,6 +309,9 @@ def _entries(img, z):
                 raise downmsg.Refused("invalid", "entry %s: %s" % (path[:MAX_PATH] or "?", why))
             if last is not None and path <= last:  # sorted, each once (ASCII: str order is byte order)
                 raise downmsg.Refused("invalid", "entry %s: out of order" % path)
+            why = _folder_problem(path, dirs, files)
+            if why:
+                raise downmsg.Refused("invalid", "entry %s: %s" % (path, why))
             b = f.read(4)
             if len(b) < 4:
                 raise downmsg.Refused("invalid", "image truncated")
@@ -276,6 +331,50 @@ def _entries(img, z):
         if path in RUNNABLE:
             return out
     raise downmsg.Refused("invalid", "no app/ladder: nothing main.py could run")
+
+
+def _folder_problem(path, dirs, files):
+    """None when path is neither a folder of another entry nor under one's
+    file ("app" and "app/x": unpacking one fails on the other at every wake)."""
+    if path in dirs:
+        return "a folder of another entry"
+    parts = path.split("/")
+    sub = ""
+    for part in parts[:-1]:
+        sub = sub + "/" + part if sub else part
+        if sub in files:
+            return "under the file %s" % sub
+        dirs[sub] = 1
+    files[path] = 1
+    return None
+
+
+def _entries_blocks(entries, bs):
+    """Flash blocks the unpacked entries take on littlefs: each file's data
+    in whole blocks (a small one inlined in its folder's metadata: counted
+    as one all the same), two per folder (a metadata pair)."""
+    n, dirs = 0, {}
+    for path, _, size in entries:
+        n += max(1, _blocks(size, bs))
+        i = path.rfind("/")
+        while i > 0:
+            dirs[path[:i]] = 1
+            i = path.rfind("/", 0, i)
+    return n + 2 * (len(dirs) + 1)  # + the slot folder
+
+
+def _tree_blocks(d, bs):
+    """Blocks the files under folder d take, counted as _entries_blocks does."""
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return 0
+    n = 2
+    for name in names:
+        p = d + "/" + name
+        st = os.stat(p)
+        n += _tree_blocks(p, bs) if st[0] & 0x4000 else max(1, _blocks(st[6], bs))
+    return n
 
 
 def _unpack(img, entries, d):
@@ -342,9 +441,14 @@ def _digest(path, z):
 
 
 # ---------------------------------------------------------------- flash
-def _free_bytes():
+def _flash():
+    """-> (block size, free bytes) of the filesystem data/ is on."""
     s = os.statvfs("data")
-    return s[0] * s[3]
+    return s[0], s[0] * s[3]
+
+
+def _blocks(n, bs):
+    return (n + bs - 1) // bs
 
 
 def _mkdirs(path):

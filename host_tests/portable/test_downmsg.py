@@ -182,3 +182,14 @@ def test_update_manifest_fields_out_of_their_range_are_invalid_and_of_the_wrong_
     refused("malformed", downmsg.update_manifest, body)
     assert downmsg.update_manifest(update_body(t="fw", z=2000000, c=512)).z == 2000000
     assert downmsg.update_manifest(update_body(z=262144, c=3584, n="x" * 32, p="y" * 64)).c == 3584
+
+
+def test_an_update_manifest_whose_chunks_would_land_on_the_nodes_own_downlink_is_invalid():
+    # chunk i is on p + "/" + i: under <topic>/down/ it would reach the
+    # mailbox as a downlink kind (and the broker queue it for the node)
+    down = "petrel/p-a1b2c3/down/"
+    for p in ("petrel/p-a1b2c3/down", "petrel/p-a1b2c3/down/update", "petrel/p-a1b2c3/down/x/y"):
+        refused("invalid", downmsg.update_manifest, update_body(p=p), down)
+    for p in ("petrel/p-a1b2c3", "petrel/p-a1b2c3/downs", "petrel/p-a1b2c4/down", "petrel/update/0001"):
+        assert downmsg.update_manifest(update_body(p=p), down).p == p
+    assert downmsg.update_manifest(update_body(p="petrel/p-a1b2c3/down")).p  # no node given: not checked

@@ -256,7 +256,7 @@ def test_fetch_subscribes_once_at_qos0_takes_the_chunks_and_leaves_them_with_the
         peer.send(qos0(t, b"chunk%d" % i + bytes(32)))
     peer.send(b"\x40\x02\x00\x02")
     t0 = time.ticks_ms()
-    assert s.fetch(topics) == 3
+    assert s.fetch(topics) == 3 and s.fetch_acked
     assert time.ticks_diff(time.ticks_ms(), t0) < 1000  # all came: no idle wait
     body = b"\x00\x01" + filters(topics, 0)
     assert read_exactly(peer, 2 + len(body)) == bytes((0x82, len(body))) + body  # one SUBSCRIBE, QoS 0
@@ -339,6 +339,31 @@ def test_fetch_ends_at_once_when_the_broker_refuses_the_chunk_topics():
     assert s.fetch(topics) == 0
     assert time.ticks_diff(time.ticks_ms(), t0) < session.FETCH_IDLE_MS
     assert s.result is None and s.client.refused_subs == [1]
+    assert s.fetch_acked  # answered: the chunks are not to be had (app.cycle counts it a miss)
+    s.client.close()
+    for x in (peer, srv):
+        x.close()
+
+
+def test_a_fetch_skipped_or_never_answered_is_not_taken_for_chunks_gone():
+    # app.cycle counts a session whose fetch was answered and brought no
+    # progress toward giving the download up: a fetch with no SUBACK is no
+    # evidence (finding 8), whether skipped or cut short by the budget
+    topics = chunk_topics(2)
+    s, peer, srv = fetch_session()
+    s.client.inbox = [(b"petrel/n1/down/config", b"x", True)] * 16  # no room for a chunk
+    assert s.fetch(topics) == 0 and not s.fetch_acked
+    s.client.close()
+    for x in (peer, srv):
+        x.close()
+    s, peer, srv = fetch_session(budget_ms=2000)  # the broker says nothing before the budget ends
+    assert s.fetch(topics) == 0 and not s.fetch_acked
+    s.client.close()
+    for x in (peer, srv):
+        x.close()
+    s, peer, srv = fetch_session()
+    peer.send(b"\x90\x04\x00\x01\x00\x00")  # answered, and none of them there
+    assert s.fetch(topics) == 0 and s.fetch_acked
     s.client.close()
     for x in (peer, srv):
         x.close()

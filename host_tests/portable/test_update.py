@@ -357,11 +357,16 @@ def test_manifests_refused_by_reason_start_nothing():
         finally:
             updating.ROOM_SPARE = spare
         assert sum(refusals(n.st)) - sum(before) == 17
-        assert update.load().downv == 24  # every refused one used its version: never again
-        n.receive(r.manifest(24, retained=True))  # its retained copy at the next connect: not counted
+        # every one refused for good used its version: never again; "no room"
+        # may pass later: its version is not spent (a retained copy comes again)
+        assert update.load().downv == 23
+        n.receive(r.manifest(23, retained=True))  # a refused one's retained copy at the next connect
+        assert sum(refusals(n.st)) - sum(before) == 17 and not update.load().busy
+        n.receive(r.manifest(24, retained=True))  # the one refused for room, again, with room now: taken
         assert sum(refusals(n.st)) - sum(before) == 17
-        n.receive(r.manifest(25))  # and a good one is taken
-        assert update.load().busy and update.load().v == 7
+        assert update.load().busy and update.load().v == 7 and update.load().downv == 24
+        n.receive(r.manifest(25))  # the same image sealed again: its progress kept
+        assert update.load().busy and update.load().downv == 25
 
     with_node(run)
 
@@ -566,6 +571,8 @@ def test_images_that_break_the_rules_are_refused_and_nothing_is_written():
         "a//b": [("app//b.py", b"x"), ladder],
         "unsorted": [ladder, ("app/a.py", b"x")],
         "twice": [ladder, ladder],
+        "a file and its folder": [("app", b"x"), ladder],
+        "a file and a later folder": [ladder, ("lib", b"x"), ("lib-x", b"x"), ("lib/y.py", b"x")],
         "no ladder": [("app/cycle.py", b"x")],
     }
     for name, entries in bad.items():
@@ -625,6 +632,138 @@ def test_report_reads_nothing_on_an_idle_node():
         assert not any("damaged" in str(x) for x in n.lines)
 
     with_node(run)
+
+
+def test_a_refusal_is_reported_once_then_not_read_again_until_a_power_on():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1, c=256))
+        assert n.st.upd == update.IDLE_ERR
+        assert "chunk of 256" in update.report(n.st)["uperr"]
+        assert n.st.upd == update.IDLE  # reported: the next uplinks neither read data/update nor repeat it
+        n.wake()
+        with open(update.PATH, "ab") as f:  # would read as damaged if it were read
+            f.write(b"x")
+        assert update.report(n.st)["uperr"] == "" and not any("damaged" in str(x) for x in n.lines)
+        n.st.upd = 0  # RTC memory lost (a power-on): data/update read once more
+        assert update.report(n.st)["uperr"] == "" and any("damaged" in str(x) for x in n.lines)
+
+    with_node(run)
+
+
+def test_texts_cut_at_their_byte_bound_never_split_a_character():
+    def run(n):
+        u = update.load()
+        for err, kept in (("\u00e9" * 60, "\u00e9" * 40), ("x" + "\u00e9" * 60, "x" + "\u00e9" * 39),
+                          ("x" + "\u20ac" * 30, "x" + "\u20ac" * 26)):  # 2- and 3-byte characters
+            u.err = err
+            u.downv = 5
+            u.save()
+            back = update.load()
+            assert back.err == kept and back.downv == 5, (err, back.err)
+        assert not any("damaged" in str(x) for x in n.lines)
+        assert update.cut("\u00e9\u00e9", 3) == "\u00e9".encode() and update.cut("ab", 5) == b"ab"
+
+    with_node(run)
+
+
+def test_a_manifest_for_the_other_target_waits_for_the_download_in_progress():
+    def run(n):
+        app = Release(image(), v=7)
+        fw = Release(fw_image(), v=3, c=1024, t="fw", name="1.30.0")
+        n.receive(app.manifest(1))
+        n.fetch(app)
+        n.receive(fw.manifest(2))  # fw v3 during app v7: neither stale nor a reason to drop the app's
+        u = update.load()
+        assert (u.t, u.v, u.done) == (0, 7, 4) and refusals(n.st) == (0,) * 7 and exists(update.QUEUE)
+        assert u.downv == 2
+        n.receive(fw.manifest(2, retained=True))  # its retained copy: already taken (waiting)
+        assert refusals(n.st) == (0,) * 7
+        while update.load().t == 0:
+            n.fetch(app)  # until the app's is done and staged: then the firmware's starts
+        assert appslot._load().v_pending == 7
+        u = update.load()
+        assert (u.busy, u.t, u.v, u.done) == (1, 1, 3, 0) and not exists(update.QUEUE)
+        assert refusals(n.st) == (0,) * 7 and n.wanted()[0] == fw.p + "/0"
+
+    def reverse(n):
+        fw = Release(fw_image(), v=3, c=1024, t="fw", name="1.30.0")
+        app = Release(image(), v=7)
+        n.receive(fw.manifest(1))
+        n.fetch(fw)
+        n.receive(app.manifest(2))  # app v7 during fw v3: the firmware's download is kept
+        u = update.load()
+        assert (u.t, u.v, u.done) == (1, 3, 4) and refusals(n.st) == (0,) * 7
+        spare = updating.ROOM_SPARE
+        updating.ROOM_SPARE = 1 << 40
+        try:  # the firmware's given up; the app's, checked now, finds no room: its version given back
+            update.abandon(n.st, "test")
+        finally:
+            updating.ROOM_SPARE = spare
+        u = update.load()
+        assert not u.busy and u.downv == 1 and "no room" in u.err and not exists(update.QUEUE)
+        n.receive(app.manifest(2, retained=True))  # so its retained copy is taken when it comes again
+        u = update.load()
+        assert (u.busy, u.t, u.v, u.downv) == (1, 0, 7, 2)
+
+    with_node(run, table="ota")
+    with_node(reverse, table="ota")
+
+
+def test_a_firmware_manifest_during_a_firmware_trial_does_not_spend_its_version():
+    def run(n):
+        fw = Release(fw_image(), v=3, c=1024, t="fw", name="1.30.0")
+        on_trial = fwupdate.on_trial
+        fwupdate.on_trial = lambda: True
+        try:
+            n.receive(fw.manifest(1))
+        finally:
+            fwupdate.on_trial = on_trial
+        u = update.load()
+        assert n.st.dr_invalid == 1 and not u.busy and u.downv == 0 and "trial" in u.err
+        n.receive(fw.manifest(1, retained=True))  # the trial over: its retained copy taken
+        assert update.load().busy and update.load().downv == 1 and n.st.dr_invalid == 1
+
+    with_node(run, table="ota")
+
+
+def test_a_finish_without_room_is_tried_twice_then_given_up_and_leaves_no_half_slot():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        spare = updating.ROOM_SPARE
+        updating.ROOM_SPARE = 1 << 40  # the outbox took the flash while the chunks came
+        try:
+            n.download(r)
+        finally:
+            updating.ROOM_SPARE = spare
+        u = update.load()
+        assert u.busy and u.fails == 1 and exists(update.IMG) and not exists("slots/1")
+        assert refusals(n.st) == (0,) * 7
+        unpack = updating._unpack
+
+        def full(img, entries, d):  # ENOSPC half way
+            unpack(img, entries[:2], d)
+            raise OSError(28, "ENOSPC")
+
+        updating._unpack = full
+        try:
+            n.fetch(r)  # the next wake's mailbox: the second try
+        finally:
+            updating._unpack = unpack
+        u = update.load()
+        assert not u.busy and n.st.dr_invalid == 1 and "given up" in u.err and "28" in u.err
+        assert not exists("slots/1") and not exists(update.IMG) and appslot._load().pending == 0
+        n.fetch(r)
+        assert n.st.dr_invalid == 1  # nothing tried again
+
+    with_node(run)
+
+
+def test_the_unpacked_size_is_counted_in_littlefs_blocks():
+    # data in whole blocks (a small file counted as one), two per folder and the slot's
+    entries = [("app/a.py", 0, 10), ("app/b.py", 0, 5000), ("app/x/c.py", 0, 4096), ("lib/d.py", 0, 0)]
+    assert updating._entries_blocks(entries, 4096) == 1 + 2 + 1 + 1 + 2 * 4
 
 
 def fw_image(size=9000):
@@ -689,10 +828,12 @@ class Linked:
     fetched = []
     release = None
     ok = True
+    acked = True  # the broker answers fetch()'s SUBSCRIBE
 
     def __init__(self, cfg, rtc):
         self.result, self.sent, self.rssi, self.wifi_ms, self.auth_refused = None, 0, -60, 100, False
         self.inbox = []
+        self.fetch_acked = False
 
     def open(self):
         Linked.opened += 1
@@ -715,7 +856,8 @@ class Linked:
 
     def fetch(self, topics):
         Linked.fetched.append(list(topics))
-        if Linked.release is None:  # the chunks are not on the broker
+        self.fetch_acked = Linked.acked
+        if Linked.release is None or not Linked.acked:  # the chunks are not on the broker
             return 0
         for t in topics:
             self.inbox.append(Linked.release.chunk(int(t.rsplit("/", 1)[1])))
@@ -900,11 +1042,53 @@ def test_a_download_whose_chunks_are_gone_from_the_broker_is_given_up():
         for _ in range(update.FETCH_MISSES):
             assert update.load().busy
             wake(n, samples=12)
-        assert not update.load().busy and n.st.dr_stale == 1 and not exists(update.IMG)
-        assert "no chunk on the broker" in update.report(n.st)["uperr"]
+            assert Linked.fetched
+        wake(n, samples=12)  # FETCH_MISSES answered fetches without progress: given up, nothing fetched
+        assert Linked.fetched == [] and not update.load().busy and n.st.dr_stale == 1 and not exists(update.IMG)
+        assert "no progress in %d sessions" % update.FETCH_MISSES in update.report(n.st)["uperr"]
         wake(n, samples=12)
         assert Linked.fetched == []  # no radio time on it any more
         n.receive(Release(image(), v=7).manifest(2))  # sent again: a new start
         assert update.load().busy and update.load().done == 0
+
+    with_node(run)
+
+
+def test_a_download_whose_next_chunk_never_matches_is_given_up_though_later_ones_come():
+    # chunk `done` forged (or missing) on the broker while the chunks after it
+    # come at every fetch: the sessions that brought chunks but no progress
+    # count, and the download ends, not ~8 KB fetched at every uplink for ever
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        bad = Release(image(), v=7)
+        bad.msgs = list(r.msgs)
+        bad.msgs[0] = b"x" + r.msgs[0][1:]
+        Linked.release = bad
+        for _ in range(update.FETCH_MISSES):
+            wake(n, samples=12)
+            assert len(Linked.fetched[0]) == 4 and update.load().busy and update.load().done == 0
+        assert n.st.dr_forged == update.FETCH_MISSES
+        wake(n, samples=12)
+        assert Linked.fetched == [] and not update.load().busy and n.st.dr_stale == 1
+
+    with_node(run)
+
+
+def test_fetches_skipped_or_unanswered_do_not_count_toward_giving_up():
+    def run(n):
+        r = Release(image(), v=7)
+        n.receive(r.manifest(1))
+        Linked.release, Linked.acked = None, False  # the SUBACK never came (budget, inbox room)
+        try:
+            for _ in range(update.FETCH_MISSES + 2):
+                wake(n, samples=12)
+                assert Linked.fetched and update.load().busy
+        finally:
+            Linked.acked = True
+        assert n.st.upd_miss == 0
+        Linked.release = r
+        wake(n, samples=12)
+        assert update.load().done == 4
 
     with_node(run)
