@@ -1,10 +1,14 @@
 """The recovery ladder around one wake cycle, then deep sleep. Never stuck awake.
 
-    run():  state from RTC memory -> why we booted -> maintenance pin?
-            -> watchdog armed (LOAD_WDT_MS) -> pushed files switched in or
-            reverted (app.mailbox) -> configuration read
+    run():  state from RTC memory -> why we booted -> after a reset: a
+            firmware switch or trial settled (app.fwupdate.boot) ->
+            maintenance pin? -> watchdog armed (LOAD_WDT_MS) -> pushed files
+            switched in or reverted (app.mailbox) -> configuration read
             -> watchdog re-armed for the whole wake -> safe mode or the cycle
-            -> deep sleep (or a maintenance hold asked for over the downlink)
+            -> state saved -> a trial judged (a crashed wake counted, or the
+            uplink's outcome: appslot, app.fwupdate) -> an unconfirmed
+            firmware reset into its rollback -> deep sleep (or a
+            maintenance hold asked for over the downlink)
 
 The recovery ladder: an exception in the cycle is logged whole, kept in
 /crash.log and counted in RTC memory, and the node sleeps as usual; a wake
