@@ -111,6 +111,10 @@ def test_paths_an_update_may_not_carry_are_refused_when_packed_and_when_read():
         update.pack(dict(("app/m%03d.mpy" % i, b"M") for i in range(200)) | {"app/ladder.mpy": b"M"})
     with pytest.raises(update.ImageError, match="ladder"):
         update.pack({"app/cycle.mpy": b"M"})
+    # a file that is another entry's folder: the node could unpack only one of the two
+    for files in ({"app": b"x", "app/ladder.mpy": b"M"}, dict(ok, lib=b"x", **{"lib-x": b"x"})):
+        with pytest.raises(update.ImageError, match="which is a file"):
+            update.pack(files)
 
 
 def test_the_nodes_own_reader_unpacks_the_built_image_and_refuses_what_the_host_refuses(tmp_path, monkeypatch):
@@ -153,7 +157,9 @@ def test_each_chunk_carries_the_next_ones_hash_and_the_manifest_the_first(size, 
     assert len(plan.msgs) == n == len(plan.topics())
     assert plan.body["f"] == hashlib.sha256(plan.msgs[0]).digest() == plan.first
     assert plan.body["h"] == hashlib.sha256(img).digest() and plan.body["z"] == size and plan.body["c"] == chunk
-    assert plan.body["p"] == "petrel/update/" + hashlib.sha256(img).hexdigest()[:16]
+    # the image's and the chunk size's: the same image at another --chunk is on other topics
+    assert plan.body["p"] == "petrel/update/%s-%d" % (hashlib.sha256(img).hexdigest()[:16], chunk)
+    assert update.Plan("app", img, 1024 if chunk != 1024 else 2048, 3, "t").prefix != plan.prefix
     assert plan.topics()[-1] == plan.body["p"] + "/%d" % (n - 1)
     whole = b""
     for i, m in enumerate(plan.msgs):
@@ -431,6 +437,17 @@ def test_the_rest_get_the_manifest_once_every_canary_confirmed(broker, tmp_path,
         assert _retained_manifests(broker, f.devices) == {a, b}
         # c and d: a version at or below the one waiting for them is refused too
         assert petrel("update", "publish", img_path, "--version", 7, "--devices", c, *broker_args(broker, f.reg)) == 2
+        # the canaries are downloading these chunks: clear refuses (exit 2), the chunks stay
+        capsys.readouterr()
+        clear_args = ("update", "clear", img_path, "--host", "localhost", "--port", broker.ports["tls"],
+                      "--ca", broker.pki["ca"], "--registry", f.reg)
+        assert petrel(*clear_args) == 2
+        err = capsys.readouterr().err
+        assert "is canary" in err and plan.prefix in err and "--force" in err
+        w = Watcher(broker.ports["plain"], plan.prefix + "/+")
+        assert len(w.wait(len(plan.msgs))) == len(plan.msgs)
+        w.close()
+        assert update.rollouts(f.reg)[0]["state"] == "canary"
         f.health(a, appv=7, appt=0, aprb=0, aperr="")
         f.health(b, appv=7, appt=1, aprb=0, aperr="", upd="")  # b still on trial
         capsys.readouterr()
@@ -455,6 +472,10 @@ def test_the_rest_get_the_manifest_once_every_canary_confirmed(broker, tmp_path,
         rows = dict((line.split()[0], line) for line in capsys.readouterr().out.splitlines()[1:])
         assert "v7" in rows[a] and "canary sent, rollout done" in rows[a] and "trial" not in rows[a]
         assert "app v7 3/5" in rows[c] and "sent, rollout done" in rows[c]
+        # the rollout done: clear takes the chunks (every chunk size of the image) and marks it
+        assert petrel(*clear_args) == 0
+        assert "cleared %d retained chunks" % len(plan.msgs) in capsys.readouterr().out
+        assert update.rollouts(f.reg)[0]["state"] == "cleared"
     finally:
         clear(broker.ports["plain"], plan.topics() + [downlink.topic(x, "update") for x in f.devices])
 
@@ -505,6 +526,7 @@ def test_follow_advances_until_the_canary_confirmed(broker, tmp_path):
             assert time.monotonic() < deadline, "the publish did not get to its canary"
             time.sleep(0.1)
         assert _retained_manifests(broker, f.devices, 0.3) == {a}
+        f.health(a, appv=2, appt=1, aprb=0)  # its trial wake, then confirmed: seen arriving
         f.health(a, appv=2, appt=0, aprb=0)
         t.join(15)
         assert result == [0]
@@ -535,3 +557,70 @@ def test_a_canary_is_judged_by_its_version_its_trial_and_its_rollbacks():
     assert j(None, [{"appv": 6, "aprb": 2}, {"appv": 6, "aprb": 3}], 7)[0] == "rolled back"
     # a later version already running counts as past this one
     assert j(before, [{"appv": 8, "appt": 0, "aprb": 0}], 7)[0] == "confirmed"
+
+
+def test_a_firmware_canary_is_judged_by_its_firmware_fields_not_the_apps():
+    j = update.judge
+    before = {"appv": 9, "appt": 0, "aprb": 0, "aperr": "", "fwv": 2, "fwt": 0, "uperr": ""}
+    # the app's version above the firmware's rollout version: no evidence of the firmware at all
+    assert j(before, [dict(before)], 3, "fw")[0] == "waiting"
+    assert j(before, [dict(before, upd="fw v3 5/24")], 3, "fw") == ("waiting", "downloading fw v3 5/24")
+    # its trial wake (fwv moves only once confirmed), then confirmed
+    trial = dict(before, fwt=1)
+    assert j(before, [trial], 3, "fw")[0] == "trial"
+    assert j(before, [trial, dict(before, fwv=3)], 3, "fw")[0] == "confirmed"
+    assert j(before, [dict(before, upd="fw v3 23/24"), dict(before, fwv=3)], 3, "fw")[0] == "confirmed"
+    # rolled back: its why in uperr (from fwerr) or fwerr, or still v2 after its trial
+    assert j(before, [trial, dict(before, uperr="v3 rolled back: no uplink in its trial wake")], 3, "fw") \
+        == ("rolled back", "v3 rolled back: no uplink in its trial wake")
+    assert j(before, [dict(before, fwerr="v3 refused by set_boot: -5379")], 3, "fw")[0] == "rolled back"
+    assert j(before, [trial, dict(before)], 3, "fw") == ("rolled back", "back to v2 after its trial of v3")
+    # a refusal of the manifest is not a rollback; an app's rollback is not the firmware's
+    assert j(before, [dict(before, uperr="update: fw v3: firmware: a firmware trial is on")], 3, "fw")[0] == "waiting"
+    assert j(before, [dict(before, aprb=1, aperr="v3 crashed")], 3, "fw")[0] == "waiting"
+    # fwv is the version itself, not a later one
+    assert j(before, [trial, dict(before, fwv=4)], 3, "fw")[0] == "waiting"
+
+
+def test_a_canary_is_confirmed_only_on_evidence_from_after_the_rollout():
+    j = update.judge
+    # already running the version (a record before the rollout shows it): not this rollout's doing
+    at7 = {"appv": 7, "appt": 0, "aprb": 0, "aperr": ""}
+    assert j(at7, [dict(at7)], 7) == ("waiting", "runs v7, not seen arriving since the rollout")
+    # no record before, and the first after already shows it confirmed: not evidence either
+    assert j(None, [dict(at7)], 7)[0] == "waiting"
+    # its download or its trial seen since, or an older version before it: evidence
+    assert j(None, [dict(at7, appv=6, upd="app v7 2/9"), dict(at7)], 7)[0] == "confirmed"
+    assert j(None, [dict(at7, appt=1), dict(at7)], 7)[0] == "confirmed"
+    assert j(dict(at7, appv=6), [dict(at7)], 7)[0] == "confirmed"
+    # another target's download is no evidence for this one
+    assert j(None, [dict(at7, upd="fw v7 2/9"), dict(at7)], 7)[0] == "waiting"
+
+
+def test_clear_force_takes_the_chunks_of_a_rollout_under_way_and_ends_it(broker, tmp_path, capsys):
+    f = Fleet(tmp_path, 2, "uf")
+    img_path, img = small_image(tmp_path)
+    plan = update.Plan("app", img, 1024, 4, "v4")
+    other = update.Plan("app", img, 2048, 4, "v4")  # the same image at another chunk size: other topics
+    try:
+        assert petrel("update", "publish", img_path, "--version", 4, "--devices", ",".join(f.devices),
+                      "--canary", 1, "--chunk", 1024, *broker_args(broker, f.reg)) == 0
+        assert petrel("update", "publish", img_path, "--version", 4, "--chunks-only",
+                      *broker_args(broker, f.reg)) == 0  # --chunk 2048: the download's chunks untouched
+        w = Watcher(broker.ports["plain"], plan.prefix + "/+")
+        got = w.wait(len(plan.msgs))
+        w.close()
+        assert dict((t, m) for t, m, _, _ in got) == dict(zip(plan.topics(), plan.msgs))
+        capsys.readouterr()
+        assert petrel("update", "clear", "--prefix", plan.prefix, "--force", "--host", "localhost", "--port",
+                      broker.ports["tls"], "--ca", broker.pki["ca"], "--registry", f.reg) == 0
+        out = capsys.readouterr()
+        assert "warning" in out.err and "cleared %d retained chunks" % len(plan.msgs) in out.out
+        assert update.rollouts(f.reg)[0]["state"] == "cleared"  # advance leaves it be
+        w = Watcher(broker.ports["plain"], "petrel/update/+/+")
+        time.sleep(0.5)
+        w.close()
+        left = set(t for t, m, r, _ in w.got if r and m)
+        assert left == set(other.topics())  # only --prefix's chunks went
+    finally:
+        clear(broker.ports["plain"], plan.topics() + other.topics() + [downlink.topic(x, "update") for x in f.devices])

@@ -15,7 +15,9 @@ app partition.
 
 Chunks: chunk i's message is image[i*c:(i+1)*c] + SHA-256(chunk i+1's
 message) (32 zero bytes for the last), published QoS 1, retained, once for
-the whole fleet on PREFIX/update/<16 hex of the image's SHA-256>/i. The
+the whole fleet on PREFIX/update/<16 hex of the image's SHA-256>-<chunk size>/i
+(the same image published with another --chunk never overwrites the chunks
+of a download under way). The
 manifest (downlink kind "update": t, v, n, z, h, c, f = SHA-256 of chunk 0's
 message, p) is sealed per device like every downlink message. Chunks are not
 secret (anyone allowed to subscribe to PREFIX/update/# reads them): the
@@ -117,6 +119,12 @@ def check_entries(paths):
             raise ImageError("entry %r: %s" % (p, why))
         if i and paths[i - 1].encode() >= p.encode():
             raise ImageError("entry %r: not after %r (entries are sorted, each once)" % (p, paths[i - 1]))
+    files = set(paths)
+    for p in paths:  # a file and a folder of one name: the node could unpack only one of them
+        parts = p.split("/")
+        for n in range(1, len(parts)):
+            if "/".join(parts[:n]) in files:
+                raise ImageError("entry %r: under %r, which is a file" % (p, "/".join(parts[:n])))
     if not any(p in RUNNABLE for p in paths):
         raise ImageError("no %s (nothing main.py could run)" % " or ".join(RUNNABLE))
 
@@ -225,8 +233,10 @@ def chain(img, chunk):
     return msgs
 
 
-def chunk_prefix(sha, topic_prefix="petrel"):
-    return "%s/update/%s" % (topic_prefix, sha.hex()[:16])
+def chunk_prefix(sha, chunk, topic_prefix="petrel"):
+    """The chunks' topic prefix: the image's and the chunk size's (chunk i of
+    the same image at another size is other bytes: never on the same topic)."""
+    return "%s/update/%s-%d" % (topic_prefix, sha.hex()[:16], chunk)
 
 
 def check_chunk(target, chunk):
@@ -249,7 +259,7 @@ class Plan:
         self.chunk = chunk
         self.msgs = chain(self.data, chunk)
         self.first = hashlib.sha256(self.msgs[0]).digest()
-        self.prefix = chunk_prefix(self.sha, topic_prefix)
+        self.prefix = chunk_prefix(self.sha, chunk, topic_prefix)
         self.body = downlink.update_body(target, version, name, len(self.data), self.sha, chunk,
                                          self.first, self.prefix)
 
@@ -490,38 +500,72 @@ def _names(text, version):
     return bool(re.search(r"(?<![0-9])v?%d(?![0-9])" % version, str(text or "")))
 
 
-def judge(before, since, version):
+def judge(before, since, version, target="app"):
     """A canary's state from its health records: before = the last one
     received before the rollout (or None), since = those after it in order.
-    -> (state, detail): state "rolled back", "confirmed", "trial", "waiting"."""
+    -> (state, detail): state "rolled back", "confirmed", "trial", "waiting".
+
+    By the target's own fields: an app by appv/appt (rollbacks: aprb grew,
+    aperr names the version, appv fell back after its trial), a firmware by
+    fwv == version and fwt (fwv, the version the node last confirmed, moves
+    only after the trial wake; rollbacks: its why in uperr or fwerr names the
+    version, fwv still below it after its trial). Confirmed only on evidence from after the
+    rollout's creation: a record of the version on trial, or newly running
+    (an earlier record showed an older one, or its download) -- never a
+    version the node ran before it (a firmware rollout's canaries are not
+    confirmed by the app's version, nor an old record by a new rollout)."""
+    fw = target == "fw"
+    ver_k, trial_k = ("fwv", "fwt") if fw else ("appv", "appt")
     base = before or {}
     base_aprb = _num(base.get("aprb"))
-    base_err = base.get("aperr") or ""
-    trial = False
+    base_errs = _rollback_texts(base, fw)
+    prev = _num(base.get(ver_k))  # the version an earlier record showed
+    coming = trial = seen = False
     last = None
     for h in since:
-        appv, appt, aprb = _num(h.get("appv")), _num(h.get("appt")), _num(h.get("aprb"))
-        err = h.get("aperr") or ""
-        if base_aprb is None and aprb is not None:
-            base_aprb = aprb  # no record before the rollout: count rollbacks from its first one
-        elif aprb is not None and aprb > base_aprb:
-            return "rolled back", "rollbacks %d -> %d: %s" % (base_aprb, aprb, fleet._printable(err) or "?")
-        if err and err != base_err and _names(err, version):
-            return "rolled back", fleet._printable(err)
-        if appv == version and appt:
-            trial = True
-        elif trial and appv is not None and appv < version:
-            return "rolled back", "back to v%d after its trial of v%d" % (appv, version)
+        ver, t = _num(h.get(ver_k)), _num(h.get(trial_k))
+        if not fw:
+            aprb = _num(h.get("aprb"))
+            if base_aprb is None and aprb is not None:
+                base_aprb = aprb  # no record before the rollout: count rollbacks from its first one
+            elif aprb is not None and aprb > base_aprb:
+                return "rolled back", "rollbacks %d -> %d: %s" % (base_aprb, aprb,
+                                                                 fleet._printable(h.get("aperr")) or "?")
+        for err in _rollback_texts(h, fw):
+            if err not in base_errs and _names(err, version):
+                return "rolled back", fleet._printable(err)
+        if t and (fw or ver == version):  # a firmware's fwv changes only once its trial confirmed it
+            trial = seen = True
+        elif trial and ver is not None and ver < version:
+            return "rolled back", "back to v%d after its trial of v%d" % (ver, version)
+        if _names(h.get("upd"), version) and str(h.get("upd")).startswith(target + " "):
+            coming = True  # downloading it: what runs next is new
+        if ver is not None and (ver == version if fw else ver >= version) and (
+                coming or (prev is not None and prev < version)):
+            seen = True
+        if ver is not None:
+            prev = ver
         last = h
     if last is None:
         return "waiting", "no health record since the rollout"
-    appv, appt = _num(last.get("appv")), _num(last.get("appt"))
-    if appv is not None and appv >= version and not appt:
-        return "confirmed", "runs v%d" % appv
-    if appv == version:
+    ver, t = _num(last.get(ver_k)), _num(last.get(trial_k))
+    if ver is not None and (ver == version if fw else ver >= version) and not t:
+        if seen:
+            return "confirmed", "runs v%d" % ver
+        return "waiting", "runs v%d, not seen arriving since the rollout" % ver
+    if t and (fw or ver == version):
         return "trial", "on trial"
     upd = last.get("upd")
-    return "waiting", ("downloading %s" % fleet._printable(upd, 40)) if upd else "runs v%s" % appv
+    return "waiting", ("downloading %s" % fleet._printable(upd, 40)) if upd else "runs v%s" % ver
+
+
+def _rollback_texts(h, fw):
+    """The record's texts that may say why a version was rolled back: an
+    app's aperr; a firmware's fwerr, or uperr when it is one (not a refusal
+    of the manifest: those start "update:")."""
+    if not fw:
+        return [h["aperr"]] if h.get("aperr") else []
+    return [e for e in (h.get("fwerr"), h.get("uperr")) if e and not str(e).startswith("update:")]
 
 
 def canary_health(st, device, since):
@@ -543,7 +587,8 @@ def advance(args, st, only=None, say=print):
             if only is not None and r["id"] != only:
                 continue
             canaries = r["devices"][:r["canaries"]]
-            verdicts = [(d,) + judge(*canary_health(st, d, r["created"]), r["version"]) for d in canaries]
+            verdicts = [(d,) + judge(*canary_health(st, d, r["created"]), r["version"], r["target"])
+                        for d in canaries]
             label = "rollout %d (%s v%d %s)" % (r["id"], r["target"], r["version"], r["name"])
             back = [(d, why) for d, s, why in verdicts if s == "rolled back"]
             if back:
@@ -629,11 +674,13 @@ def _follow(args, rid):
 
 
 # ------------------------------------------------------------ clear
-def retained_under(link, prefix, quiet_s=1.0):
-    """The topics under prefix/+ that hold a retained message (what the broker
-    sends right after a SUBACK), waiting until quiet_s passes with none more."""
+def retained_under(link, prefix, quiet_s=1.0, level=1):
+    """The topics under prefix/+ (level 2: prefix/+/+) that hold a retained
+    message (what the broker sends right after a SUBACK), waiting until
+    quiet_s passes with none more."""
     seen, lock, acked = set(), threading.Lock(), threading.Event()
     c = link.client
+    flt = prefix + "/+" * level
 
     def on_message(cl, u, m):
         if m.retain and m.payload:
@@ -642,9 +689,9 @@ def retained_under(link, prefix, quiet_s=1.0):
 
     c.on_message = on_message
     c.on_subscribe = lambda *a: acked.set()
-    c.subscribe(prefix + "/+", qos=1)
+    c.subscribe(flt, qos=1)
     if not acked.wait(link.timeout):
-        raise Refused("the broker did not answer the SUBSCRIBE to %s/+ within %.0f s" % (prefix, link.timeout))
+        raise Refused("the broker did not answer the SUBSCRIBE to %s within %.0f s" % (flt, link.timeout))
     deadline = time.monotonic() + link.timeout
     n = -1
     while time.monotonic() < deadline:
@@ -653,26 +700,70 @@ def retained_under(link, prefix, quiet_s=1.0):
                 break
             n = len(seen)
         time.sleep(quiet_s)
-    c.unsubscribe(prefix + "/+")
+    c.unsubscribe(flt)
     return sorted(seen, key=lambda t: (len(t), t))
+
+
+def _of_image(prefix, head):
+    """Whether a chunk prefix is one of the image whose SHA-256 starts with
+    head (16 hex): any chunk size, or the size-less prefix of older publishes."""
+    last = prefix.rsplit("/", 1)[-1]
+    return last == head or last.startswith(head + "-")
+
+
+def _live_rollouts(registry, mine):
+    """[(id, target, version, prefix, state)] of rollouts still publishing or
+    waiting on canaries on a prefix mine(prefix) takes: their chunks are
+    what nodes are downloading now."""
+    import sqlite3
+
+    if not registry or not Path(registry).exists():
+        return []
+    db = sqlite3.connect(Path(registry).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'update_rollouts'").fetchone():
+            return []
+        rows = db.execute("SELECT id, target, version, prefix, state FROM update_rollouts WHERE state IN"
+                          " ('publishing', 'canary') ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [r for r in rows if mine(r[3])]
 
 
 def _cmd_clear(args):
     if bool(args.image) == bool(args.prefix):
         raise Refused("give IMG or --prefix P", 2)
+    base = args.topic_prefix + "/update"
     if args.image:
         try:
             data = Path(args.image).read_bytes()
         except OSError as e:
             raise Refused("cannot read %s: %s" % (args.image, e.strerror), 2)
-        prefix = chunk_prefix(hashlib.sha256(data).digest(), args.topic_prefix)
+        head = hashlib.sha256(data).hexdigest()[:16]
+        where, level, shown = base, 2, "%s/%s-*" % (base, head)
+
+        def mine(p):
+            return p.startswith(base + "/") and _of_image(p, head)
     else:
         prefix = args.prefix.rstrip("/")
-        if not prefix.startswith(args.topic_prefix + "/update/") or "+" in prefix or "#" in prefix:
-            raise Refused("--prefix must be a chunk prefix, %s/update/<16 hex>" % args.topic_prefix, 2)
+        if not re.match(r"^%s/[0-9a-f]{16}(-[0-9]+)?$" % re.escape(base), prefix):
+            raise Refused("--prefix must be a chunk prefix, %s/update/<16 hex>-<chunk>" % args.topic_prefix, 2)
+        where, level, shown = prefix, 1, prefix
+
+        def mine(p):
+            return p == prefix
+    live = _live_rollouts(args.registry, mine)
+    if live:
+        what = "; ".join("rollout %d (%s v%d) on %s is %s" % r for r in live)
+        if not args.force:
+            raise Refused("%s: nodes may be downloading those chunks (a node whose chunks are gone gives its "
+                          "download up); clear once it is over, or give --force" % what, 2)
+        fleet._err("update clear", "warning: --force: %s; its chunks go" % what)
+    elif not args.registry:
+        fleet._err("update clear", "note: no --registry, so not checked whether a rollout still uses them")
     link = fleet._link(args)
     with link:
-        topics = retained_under(link, prefix)
+        topics = [t for t in retained_under(link, where, level=level) if mine(t.rsplit("/", 1)[0])]
         infos = [link.client.publish(t, b"", qos=1, retain=True) for t in topics]
         for t, info in zip(topics, infos):
             info.wait_for_publish(link.timeout)
@@ -681,16 +772,20 @@ def _cmd_clear(args):
     if args.registry:
         import sqlite3
 
+        states = ("done", "halted", "failed") + (("publishing", "canary") if args.force else ())
         db = sqlite3.connect(str(args.registry), timeout=30, isolation_level=None)
         try:
             if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'update_rollouts'").fetchone():
                 db.execute("BEGIN IMMEDIATE")
-                db.execute("UPDATE update_rollouts SET state = 'cleared', updated = ? WHERE prefix = ? AND"
-                           " state IN ('done', 'halted', 'failed')", (time.time(), prefix))
+                for rid, prefix in db.execute("SELECT id, prefix FROM update_rollouts WHERE state IN (%s)"
+                                              % ",".join("?" * len(states)), states).fetchall():
+                    if mine(prefix):
+                        db.execute("UPDATE update_rollouts SET state = 'cleared', updated = ? WHERE id = ?",
+                                   (time.time(), rid))
                 db.execute("COMMIT")
         finally:
             db.close()
-    print("cleared %d retained chunks under %s" % (len(topics), prefix))
+    print("cleared %d retained chunks under %s" % (len(topics), shown))
     return 0
 
 
@@ -747,8 +842,8 @@ def _cmd_inspect(args):
     print("%s: app image, %d entries, %d bytes, sha256 %s, .mpy for %s%s"
           % (args.image, len(entries), len(data), sha, arch_of(entries),
              "".join(", %s %s" % (k, notes[k]) for k in ("version", "name") if k in notes)))
-    print("chunks: %d of %d (--chunk %d; topics %s/0..)" % ((len(data) + args.chunk - 1) // args.chunk,
-                                                           args.chunk, args.chunk, chunk_prefix(bytes.fromhex(sha))))
+    print("chunks: %d of %d (--chunk %d; topics %s/0..)" % ((len(data) + args.chunk - 1) // args.chunk, args.chunk,
+                                                           args.chunk, chunk_prefix(bytes.fromhex(sha), args.chunk)))
     return 0
 
 
@@ -836,11 +931,16 @@ failed, or (--follow) halted or timed out; 2 bad usage.""",
     a.set_defaults(func=_run("advance", _cmd_advance))
 
     c = usub.add_parser("clear", help="remove an image's retained chunks from the broker",
-                        description="Publishes an empty retained message on each retained chunk of IMG (or "
-                                    "of --prefix P) once a rollout is over; with --registry, marks its "
-                                    "finished rollouts cleared. Exit codes: 0; 1 the broker failed; 2 bad usage.")
+                        description="Publishes an empty retained message on each retained chunk of IMG (every "
+                                    "chunk size it was published with) or of --prefix P, once a rollout is "
+                                    "over; with --registry, refuses while a rollout on those chunks is still "
+                                    "publishing or waiting on its canaries (--force clears them all the same: "
+                                    "nodes downloading them give their download up), and marks its rollouts "
+                                    "cleared. Exit codes: 0; 1 the broker failed; 2 bad usage or refused.")
     c.add_argument("image", nargs="?", metavar="IMG")
-    c.add_argument("--prefix", metavar="P", help="the chunks' topic prefix, PREFIX/update/<16 hex>")
+    c.add_argument("--prefix", metavar="P", help="the chunks' topic prefix, PREFIX/update/<16 hex>-<chunk>")
+    c.add_argument("--force", action="store_true",
+                   help="clear even while a rollout on those chunks is publishing or waiting on canaries")
     fleet._broker_options(c)
     for act in c._actions:
         if act.dest == "registry":
