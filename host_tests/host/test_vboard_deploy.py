@@ -194,13 +194,19 @@ def test_deploy_compiles_the_mqtt_client_at_O3_and_names_modules_by_their_board_
 
 def test_deploy_ends_an_over_the_air_update_so_the_deployed_app_runs():
     # a node running an update from a slot (firmware/appslot.py) would keep
-    # running it after a USB deploy: the slot choice and the slots go, the
-    # node's data (its readings, the update download's versions) stays
+    # running it after a USB deploy, and one still downloading (data/update,
+    # busy; data/update.img) would be installed over it later: the slot
+    # choice, the slots and the download go; the node's data (its readings,
+    # the downlink's versions in data/down) stays
     remote = {"data/appslot": "x", "slots/1/app/cycle.mpy": "x", "slots/2/lib/mqtt.mpy": "x",
-              "data/update": "x", "data/outbox/00000001": "x", "app/cycle.mpy": "x"}
+              "data/update": "x", "data/update.img": "x", "data/update.next": "x", "data/down": "x",
+              "data/outbox/00000001": "x", "data/updates.log": "x", "app/cycle.mpy": "x"}
     folders, copy, remove = deploy.plan({"app/cycle.mpy": __file__}, remote)
-    assert remove == ["data/appslot", "slots/1/app/cycle.mpy", "slots/2/lib/mqtt.mpy"]
+    assert remove == ["data/appslot", "data/update", "data/update.img", "data/update.next",
+                      "slots/1/app/cycle.mpy", "slots/2/lib/mqtt.mpy"]
     assert "over-the-air" in deploy.why_removed("data/appslot")
+    assert "install over" in deploy.why_removed("data/update.img")
+    assert "update clear" in deploy.DOWNLOAD_NOTE and "given up" in deploy.DOWNLOAD_NOTE
 
 
 def test_a_sleeping_node_is_reached_again_through_its_break_in_window(vboard):

@@ -235,12 +235,28 @@ class Board:
         return files, impl
 
 
+def over_the_air(rel):
+    """An over-the-air update's file on the node: its slots, the slot choice
+    (firmware/appslot.py), the download in progress (app/update.py:
+    data/update, its image data/update.img, a queued manifest)."""
+    return rel == "data/appslot" or rel.startswith("slots/") or rel == "data/update" \
+        or rel.startswith("data/update.")
+
+
 def why_removed(rel):
     if host_only(rel):
         return "host-only"
-    if rel == "data/appslot" or rel.startswith("slots/"):
+    if rel == "data/update" or rel.startswith("data/update."):
+        return "an over-the-air update's download: it would install over what is deployed now"
+    if over_the_air(rel):
         return "an over-the-air update's: the app deployed now runs"
     return "stale source beside its .mpy"
+
+
+DOWNLOAD_NOTE = ("note: an update's download was removed. The update's manifest stays retained on the "
+                 "broker: a node whose broker session is lost takes it again and downloads the update "
+                 "again while its chunks are there (`petrel update clear IMG` removes them; a download "
+                 "without chunks is given up)")
 
 
 def plan(local, remote):
@@ -256,10 +272,11 @@ def plan(local, remote):
             remove.append(rel)  # a .py beside its .mpy wins at import: it must go
         elif host_only(rel) and rel not in local:
             remove.append(rel)  # an older deploy's copy: flash the node never reads
-        elif rel == "data/appslot" or rel.startswith("slots/"):
+        elif over_the_air(rel):
             # an update the node took over the air (firmware/appslot.py) would
-            # keep running instead of what is deployed now: the app deployed
-            # over USB is the one that runs, and its slots' flash is freed
+            # keep running instead of what is deployed now, and one still
+            # downloading would be installed over it later: the app deployed
+            # over USB is the one that runs, and the slots' flash is freed
             remove.append(rel)
     have = set()
     for rel in remote:
@@ -307,6 +324,8 @@ def deploy(port, board="esp32-devkitc", config=None, dry_run=False, reset=False,
             say("copy   :%s" % rel)
         for rel in remove:
             say("remove :%s (%s)" % (rel, why_removed(rel)))
+        if "data/update" in remove:
+            say(DOWNLOAD_NOTE)
         if not (folders or copy or remove):
             say("up to date: %d files" % len(local))
         if dry_run or not (folders or copy or remove or reset):
