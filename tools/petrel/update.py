@@ -879,7 +879,7 @@ def register(sub):
         "publish", help="publish an image's chunks and a sealed manifest per device",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""Publishes the image's chunks once for the fleet (QoS 1, retained, on
-PREFIX/update/<16 hex of its SHA-256>/<i>, each chained to the next by its
+PREFIX/update/<16 hex of its SHA-256>-<chunk>/<i>, each chained to the next by its
 hash), then per device a manifest sealed with its downlink key and its next
 downlink version, retained on PREFIX/DEVICE/down/update. Refused before
 anything is published: a version not above one already published to a
