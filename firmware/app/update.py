@@ -146,27 +146,11 @@ class Update:
 
     def dequeue(self, st):
         """The other target's manifest that waited for the last download
-        (data/update.next): checked and started now, or refused. A refusal
-        that may pass later gives its downlink version back (its retained
-        copy is taken again)."""
-        q = load(QUEUE)
-        if not q.busy:
-            return
-        import downmsg
+        (data/update.next): started now, or refused (app.updating)."""
+        if _size(QUEUE):
+            from app import updating
 
-        from app import updating
-
-        m = downmsg.Manifest()
-        m.t, m.v, m.n, m.z, m.h, m.c, m.f, m.p = q.target(), q.v, q.n, q.z, q.h, q.c, q.f, q.p
-        try:
-            updating.accept(self, st, m)
-            self.err = ""
-        except downmsg.Refused as e:
-            self.refuse(st, e.args[0], e.args[1])
-            if isinstance(e, downmsg.Later):
-                self.downv = min(self.downv, q.downv - 1)
-        self.save()
-        _remove(QUEUE)
+            updating.dequeue(self, st)
 
     def restart(self):
         self.done = 0

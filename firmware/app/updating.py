@@ -79,6 +79,27 @@ def _queue(u, m):
     return False
 
 
+def dequeue(u, st):
+    """The other target's manifest that waited in u.QUEUE for the last
+    download: checked and started now, or refused. A refusal that may pass
+    later gives its downlink version back (its retained copy is taken again)."""
+    from app import update
+
+    q = update.load(u.QUEUE)
+    if q.busy:
+        m = downmsg.Manifest()
+        m.t, m.v, m.n, m.z, m.h, m.c, m.f, m.p = q.target(), q.v, q.n, q.z, q.h, q.c, q.f, q.p
+        try:
+            accept(u, st, m)
+            u.err = ""
+        except downmsg.Refused as e:
+            u.refuse(st, e.args[0], e.args[1])
+            if isinstance(e, downmsg.Later):
+                u.downv = min(u.downv, q.downv - 1)
+        u.save()
+    _remove(u.QUEUE)
+
+
 def take(u, st, topic, msg):
     """One message from a chunk topic -> whether the topic was this
     download's (then it was taken or ignored). Only the next chunk is

@@ -679,8 +679,10 @@ def test_a_manifest_for_the_other_target_waits_for_the_download_in_progress():
         assert u.downv == 2
         n.receive(fw.manifest(2, retained=True))  # its retained copy: already taken (waiting)
         assert refusals(n.st) == (0,) * 7
-        while update.load().t == 0:
-            n.fetch(app)  # until the app's is done and staged: then the firmware's starts
+        for _ in range(len(app.msgs)):  # until the app's is done and staged: then the firmware's starts
+            if update.load().t == 1 or not update.load().busy:
+                break
+            n.fetch(app)
         assert appslot._load().v_pending == 7
         u = update.load()
         assert (u.busy, u.t, u.v, u.done) == (1, 1, 3, 0) and not exists(update.QUEUE)
