@@ -214,6 +214,11 @@ def on_trial():
     return _mem["trial"]
 
 
+def trial_version():
+    """The version on its trial wake now, or 0."""
+    return _state()["ver"] if on_trial() else 0
+
+
 def uplink(ok):
     """After an uplink attempt: on a trial, a success confirms the new firmware
     now (the bootloader's mark first, then data/fw); a failure only notes it

@@ -165,7 +165,7 @@ def settle(u, st):
     if not u.busy or u.done < u.chunks():
         return
     running, refused = _target_version(u.target())
-    if running >= u.v or refused(u.v) or (u.t == 1 and _fw_on_trial()):
+    if running >= u.v or refused(u.v) or (u.t == 1 and _fw_trial_of(u.v)):
         _done(u, "%s v%d already switched to" % (u.target(), u.v))
         return
     if u.t == 1:
@@ -261,10 +261,13 @@ def _target_version(t):
     return fwupdate.report()["fwv"], fwupdate.refused
 
 
-def _fw_on_trial():
+def _fw_trial_of(v):
+    """Whether the firmware on trial is version v (the one this download
+    switched to); another one's download waits: its sink is refused (errno
+    16, Later) until the trial is settled."""
     from app import fwupdate
 
-    return fwupdate.on_trial()
+    return fwupdate.trial_version() == v
 
 
 def _fw_sink(z, c):

@@ -142,7 +142,7 @@ def test_an_image_written_in_chunks_boots_on_trial_after_finish():
         n.reboot(fwupdate.finish, 7, "1.30.0")
         assert running() == "ota_1"
         assert ota_state("ota_1") == simota.PENDING_VERIFY
-        assert fwupdate.on_trial()
+        assert fwupdate.on_trial() and fwupdate.trial_version() == 7
         assert fwupdate.report() == {"fwv": 0, "fwt": 1, "fwerr": ""}
         assert "v7 (1.30.0) on trial in ota_1" in n.log()
 
@@ -154,7 +154,7 @@ def test_confirmed_by_an_uplink_survives_sleep_reset_and_power_cut():
         on_trial(n)
         fwupdate.uplink(True)
         assert ota_state("ota_1") == simota.VALID  # the bootloader's mark, before the wake sleeps
-        assert not fwupdate.on_trial()
+        assert not fwupdate.on_trial() and fwupdate.trial_version() == 0
         assert fwupdate.report() == {"fwv": 7, "fwt": 0, "fwerr": ""}
         fwupdate.before_sleep()  # confirmed: returns, the ladder deep-sleeps
         n.reboot(machine.deepsleep, 5000)
