@@ -198,6 +198,9 @@ def load(path=PATH):
     return u
 
 
+Update.load = staticmethod(load)  # app.updating reads the queue through the Update it is handed
+
+
 def wanted(st, cfg):
     """The chunk topics this session should fetch; st.upd set from the file."""
     u = load()

@@ -66,12 +66,10 @@ def _queue(u, m):
     """m (the other target's manifest) waits in u.QUEUE for the download in
     progress to end (app.update's dequeue); a newer one of its target
     replaces it. -> False: the download in progress goes on."""
-    from app import update
-
-    q = update.load(u.QUEUE)
+    q = u.load(u.QUEUE)
     if q.busy and q.v > m.v:
         raise downmsg.Refused("stale", "%s v%d, v%d waits" % (m.t, m.v, q.v))
-    q = update.Update()
+    q = type(u)()
     q.busy, q.t, q.v, q.n, q.z, q.c, q.h, q.f, q.p = 1, u.TARGETS.index(m.t), m.v, m.n, m.z, m.c, m.h, m.f, m.p
     q.downv = getattr(m, "downv", 0)  # app.mailbox: its downlink version, given back if it is refused later
     q.save(u.QUEUE)
@@ -83,9 +81,7 @@ def dequeue(u, st):
     """The other target's manifest that waited in u.QUEUE for the last
     download: checked and started now, or refused. A refusal that may pass
     later gives its downlink version back (its retained copy is taken again)."""
-    from app import update
-
-    q = update.load(u.QUEUE)
+    q = u.load(u.QUEUE)
     if q.busy:
         m = downmsg.Manifest()
         m.t, m.v, m.n, m.z, m.h, m.c, m.f, m.p = q.target(), q.v, q.n, q.z, q.h, q.c, q.f, q.p
