@@ -361,3 +361,33 @@ def test_a_fresh_subscription_gets_the_retained_message_before_the_pubacks_after
     assert "LOG SRAA" in out, out
     assert "INBOX [(b'petrel/vm-ret/config', b'interval=300', True)]" in out, out
     assert "REFUSED []" in out, out
+
+
+def test_a_port_taken_before_mosquitto_binds_it_is_picked_again(tmp_path, monkeypatch):
+    # two test processes at once: another one may take a port between
+    # free_ports() and mosquitto's bind; the broker starts on fresh ones
+    import socket as _socket
+
+    from petrel import broker as _broker
+
+    taken = _socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    real, calls = _broker.free_ports, []
+
+    def first_one_taken(n):
+        ports = real(n)
+        calls.append(ports)
+        if len(calls) == 1:
+            ports[0] = taken.getsockname()[1]
+        return ports
+
+    monkeypatch.setattr(_broker, "free_ports", first_one_taken)
+    b = _broker.Broker(tmp_path / "b")
+    try:
+        b.start()
+        assert len(calls) == 2 and taken.getsockname()[1] not in b.ports.values()
+        _socket.create_connection(("127.0.0.1", b.ports["plain"]), timeout=2).close()
+    finally:
+        b.stop()
+        taken.close()

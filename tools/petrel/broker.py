@@ -169,6 +169,16 @@ class Broker:
     def start(self, timeout=10):
         ensure_installed()
         self.pki = make_pki(self.folder / "pki")
+        # another process (make test runs two at a time) may take a port
+        # between free_ports() and mosquitto's bind: fresh ports, a few times
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as e:
+                if "in use" not in str(e) or attempt == 2:
+                    raise
+
+    def _start(self, timeout):
         self.ports = dict(zip(LISTENERS, free_ports(len(LISTENERS))))
         pskfile = self.folder / "psk.txt"
         pskfile.write_text("".join("%s:%s\n" % kv for kv in self.psk.items()))
@@ -226,6 +236,15 @@ class Broker:
                     if time.monotonic() > deadline:
                         raise RuntimeError("mosquitto did not listen on %d" % port)
                     time.sleep(0.05)
+        # a port can answer before mosquitto has bound it, when another
+        # process listens there: mosquitto then exits at once ("Address
+        # already in use"); it must still be running a moment later
+        for _ in range(6):
+            time.sleep(0.05)
+            if self.proc.poll() is not None:
+                log = self.folder / "mosquitto.log"
+                raise RuntimeError("mosquitto exited: %s%s" % (
+                    self.proc.stderr.read().decode(), log.read_text()[-500:] if log.exists() else ""))
 
     def pause(self):
         """SIGSTOP: a broker that hangs with its sockets open."""
