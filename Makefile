@@ -55,9 +55,11 @@ test-vm: $(STAMP)
 	@echo "== portable tests on the MicroPython VM"
 	$(PETREL) vm test
 
+# Two test files at a time, one per core (a file's tests stay together: its
+# module-scoped scenarios run once): 6 minutes instead of 14.
 test-host: $(STAMP)
 	@echo "== host tests (tools, boot cycles on both interpreters)"
-	$(PY) -m pytest -q host_tests/host
+	$(PY) -m pytest -q -n 2 --dist loadfile host_tests/host
 
 # The long campaign: the outbox cut at every program/erase position of a
 # 1000-reading run with the RTC fast path, and at 2000 spread positions (plus
