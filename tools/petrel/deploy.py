@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import boards, paths
 
-KEEP_SOURCE = ("boot.py", "main.py")  # MicroPython runs these by name
+KEEP_SOURCE = ("boot.py", "main.py", "rescue.py")  # run by name; rescue.py: main.py's failure paths, loadable by any MicroPython
 
 # lib/ modules a node never imports, left off its flash (host_tests/host/
 # test_lib_imports.py checks that nothing in firmware/ reaches them):
