@@ -52,6 +52,43 @@ def scratch_dir(blocks=64):
     return path, dev
 
 
+def empty_tree(path):
+    """Everything below path removed (path itself stays)."""
+    import os
+
+    for name in os.listdir(path):
+        p = path + "/" + name
+        if os.stat(p)[0] & 0x4000:
+            empty_tree(p)
+            os.rmdir(p)
+        else:
+            os.remove(p)
+
+
+_host = {}
+
+
+def host_folder(name):
+    """One scratch folder per test module, emptied at each call: on the VM
+    a host folder (/tmp/petrel-<name>-test), not scratch_dir's littlefs,
+    whose long runs on the Python NorFlash block device made the unix VM
+    segfault (test_mailbox's _folder); under CPython scratch_dir's."""
+    import os
+    import sys
+
+    if name not in _host:
+        if sys.implementation.name == "micropython":
+            _host[name] = "/tmp/petrel-%s-test" % name
+            try:
+                os.mkdir(_host[name])
+            except OSError:
+                pass
+        else:
+            _host[name] = scratch_dir()[0]
+    empty_tree(_host[name])
+    return _host[name]
+
+
 def remount(path, flash):
     """After a reset or power cut: mount the same flash afresh (VM only)."""
     if flash is None:

@@ -11,39 +11,16 @@ import sys
 import appslot
 import machine
 import simstate
-from ptest import raises, scratch_dir, sleep_and_wake
+from ptest import empty_tree, host_folder, raises, sleep_and_wake
 
-_DIR = []
 
 
 class PowerCut(BaseException):
     """Like the board's Halt: nothing after it runs, no `except Exception` takes it."""
 
 
-def _rmtree(path):
-    for name in os.listdir(path):
-        p = path + "/" + name
-        if os.stat(p)[0] & 0x4000:
-            _rmtree(p)
-            os.rmdir(p)
-        else:
-            os.remove(p)
-
-
 def _folder():
-    """One scratch folder for the module, emptied for each node (on the VM a
-    host folder, as test_mailbox: see its _folder)."""
-    if not _DIR:
-        if sys.implementation.name == "micropython":
-            _DIR.append("/tmp/petrel-appslot-test")
-            try:
-                os.mkdir(_DIR[0])
-            except OSError:
-                pass
-        else:
-            _DIR.append(scratch_dir()[0])
-    _rmtree(_DIR[0])
-    return _DIR[0]
+    return host_folder("appslot")
 
 
 class Node:
@@ -314,7 +291,7 @@ def test_a_vanished_slot_is_the_factory():
     def t(n):
         on_trial_in_slot_1(n)
         appslot.uplink(True)
-        _rmtree("slots/1")
+        empty_tree("slots/1")
         os.rmdir("slots/1")
         n.boot()
         assert appslot.running() == (0, 0, "") and sys.path == n.path

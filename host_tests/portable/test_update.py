@@ -29,7 +29,7 @@ import rtcmem
 import simstate
 
 from app import config, fwupdate, mailbox, state, update, updating
-from ptest import raises, scratch_dir
+from ptest import host_folder, raises
 
 HMAC = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 DEV = "p-a1b2c3"
@@ -40,7 +40,6 @@ K_MAC, _ = downmsg.keys(bytes.fromhex(HMAC))
 FILES = {"app/__init__.py": b"", "app/ladder.py": b"def run():\n    pass\n",
          "app/version.py": b"VERSION = '0.7.0'\n" + b"# padding\n" * 120,
          "lib/util.py": bytes(range(256)) * 6}
-_DIR = []
 
 
 class PowerCut(BaseException):
@@ -96,30 +95,8 @@ class Release:
 
 
 # ------------------------------------------------------------ the node
-def _rmtree(path):
-    for name in os.listdir(path):
-        p = path + "/" + name
-        if os.stat(p)[0] & 0x4000:
-            _rmtree(p)
-            os.rmdir(p)
-        else:
-            os.remove(p)
-
-
 def _folder():
-    """One scratch folder for the module, emptied for each node (on the VM
-    a host folder: test_mailbox's _folder says why)."""
-    if not _DIR:
-        if sys.implementation.name == "micropython":
-            _DIR.append("/tmp/petrel-update-test")
-            try:
-                os.mkdir(_DIR[0])
-            except OSError:
-                pass
-        else:
-            _DIR.append(scratch_dir()[0])
-    _rmtree(_DIR[0])
-    return _DIR[0]
+    return host_folder("update")
 
 
 class Node:
